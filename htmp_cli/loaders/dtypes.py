@@ -1,0 +1,72 @@
+"""Safetensors dtypes: their sizes and exact conversion of raw bytes to numpy floats.
+
+Every floating-point dtype converts exactly: bfloat16 and the two float8 formats become float32
+(which holds each of their values exactly), float16, float32 and float64 keep their numpy type.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+INTEGER_DTYPES = ("BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64")
+# Known to the safetensors format but not converted by htmp: such tensors are skipped with a reason.
+UNSUPPORTED_DTYPES = ("F8_E8M0", "C64", "F4", "F6_E2M3", "F6_E3M2")
+
+BITS_PER_ELEMENT = {
+    "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "F8_E4M3": 8, "F8_E5M2": 8,
+    "BOOL": 8, "U8": 8, "I8": 8, "U16": 16, "I16": 16, "U32": 32, "I32": 32, "U64": 64, "I64": 64,
+    "F8_E8M0": 8, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
+
+
+def _float8_table(exponent_bits: int, mantissa_bits: int, *, finite_only: bool) -> np.ndarray:
+    """Value of every one of the 256 codes of an IEEE-like float8 format, as float32.
+
+    `finite_only` is the OCP "fn" variant (E4M3): no infinities, and only the all-ones code of
+    each sign is NaN; otherwise (E5M2) the top exponent holds infinities and NaNs as in IEEE 754.
+    """
+    bias = (1 << (exponent_bits - 1)) - 1
+    codes = np.arange(256, dtype=np.int64)
+    sign = np.where(codes >> 7, -1.0, 1.0)
+    exponent = (codes >> mantissa_bits) & ((1 << exponent_bits) - 1)
+    mantissa = codes & ((1 << mantissa_bits) - 1)
+    scale = float(1 << mantissa_bits)
+    subnormal = mantissa / scale * 2.0 ** (1 - bias)
+    normal = (1.0 + mantissa / scale) * 2.0 ** (exponent - bias)
+    values = sign * np.where(exponent == 0, subnormal, normal)
+    top = (1 << exponent_bits) - 1
+    if finite_only:
+        values[(exponent == top) & (mantissa == (1 << mantissa_bits) - 1)] = np.nan
+    else:
+        values[(exponent == top) & (mantissa == 0)] = sign[(exponent == top) & (mantissa == 0)] * np.inf
+        values[(exponent == top) & (mantissa != 0)] = np.nan
+    return values.astype(np.float32)
+
+
+F8_E4M3_VALUES = _float8_table(4, 3, finite_only=True)
+F8_E5M2_VALUES = _float8_table(5, 2, finite_only=False)
+
+
+def byte_size(dtype: str, n_elements: int) -> int | None:
+    """Bytes taken by `n_elements` of `dtype`, or None when they do not fill whole bytes."""
+    bits = BITS_PER_ELEMENT[dtype] * n_elements
+    return bits // 8 if bits % 8 == 0 else None
+
+
+def to_float_array(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Convert a uint8 buffer holding little-endian `dtype` values to a numpy float array, exactly."""
+    if dtype == "F64":
+        return raw.view("<f8")
+    if dtype == "F32":
+        return raw.view("<f4")
+    if dtype == "F16":
+        return raw.view("<f2")
+    if dtype == "BF16":
+        # bfloat16 is the top half of a float32: widen by shifting into the high bits.
+        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F8_E4M3":
+        return F8_E4M3_VALUES[raw]
+    if dtype == "F8_E5M2":
+        return F8_E5M2_VALUES[raw]
+    raise ValueError(f"dtype {dtype} is not a supported floating-point dtype")

@@ -1,0 +1,195 @@
+"""Safetensors: header validation and streaming reads, with no dependency on the safetensors package.
+
+Layout: 8 bytes (little-endian u64) header length, the JSON header, then the data section. Every
+header field is checked against the file before any tensor data is read, with the same rules the
+safetensors library applies (contiguous, non-overlapping data ranges that exactly fill the data
+section), so a file that library rejects is rejected here too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from htmp_cli.errors import CheckpointError
+from htmp_cli.loaders.dtypes import BITS_PER_ELEMENT, byte_size
+
+# The safetensors library refuses headers above 100 MB; a real header is a few hundred KB.
+MAX_HEADER_BYTES = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lies in a checkpoint file, as validated from the header."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    offset: int  # absolute byte offset in `file`
+    nbytes: int
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    path: Path
+    file_size: int
+    header_bytes: bytes
+    data_start: int
+    tensors: tuple[TensorEntry, ...]
+    metadata: dict[str, str]
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict[str, object] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise CheckpointError(f"header names {key!r} twice")
+        seen[key] = value
+    return seen
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_header(path: Path) -> SafetensorsHeader:
+    """Read and validate the header of a safetensors file; raise CheckpointError naming the fault."""
+    try:
+        file_size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{path}: {file_size} bytes, too short for a safetensors header")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > MAX_HEADER_BYTES:
+                raise CheckpointError(
+                    f"{path}: header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"
+                )
+            if 8 + header_len > file_size:
+                raise CheckpointError(
+                    f"{path}: header length {header_len} runs past the end of the "
+                    f"{file_size}-byte file (truncated or not safetensors)"
+                )
+            header_bytes = handle.read(header_len)
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, expected a .safetensors file") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read: {err.strerror or err}") from None
+
+    try:
+        header = json.loads(header_bytes.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{path}: header is not valid JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is JSON but not an object")
+
+    data_start = 8 + header_len
+    data_size = file_size - data_start
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CheckpointError(f"{path}: __metadata__ must map strings to strings")
+
+    entries = [_validate_entry(path, name, info, data_start) for name, info in header.items()]
+    _check_layout(path, entries, data_start, data_size)
+    return SafetensorsHeader(
+        path=path,
+        file_size=file_size,
+        header_bytes=header_bytes,
+        data_start=data_start,
+        tensors=tuple(entries),
+        metadata=dict(metadata),
+    )
+
+
+def _validate_entry(path: Path, name: str, info: object, data_start: int) -> TensorEntry:
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{where}: entry is not an object")
+    missing = {"dtype", "shape", "data_offsets"} - info.keys()
+    if missing:
+        raise CheckpointError(f"{where}: missing field {sorted(missing)[0]!r}")
+    extra = info.keys() - {"dtype", "shape", "data_offsets"}
+    if extra:
+        raise CheckpointError(f"{where}: unknown field {sorted(extra)[0]!r}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in BITS_PER_ELEMENT:
+        raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_int(o) and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise CheckpointError(f"{where}: data_offsets {offsets!r} is not a [begin, end] pair with begin <= end")
+    n_elements = math.prod(shape)
+    expected = byte_size(dtype, n_elements)
+    if expected is None or expected != offsets[1] - offsets[0]:
+        raise CheckpointError(
+            f"{where}: shape {shape} of {dtype} needs {expected} bytes but data_offsets "
+            f"span {offsets[1] - offsets[0]}"
+        )
+    return TensorEntry(
+        name=name,
+        dtype=dtype,
+        shape=tuple(shape),
+        file=path,
+        offset=data_start + offsets[0],
+        nbytes=offsets[1] - offsets[0],
+    )
+
+
+def _check_layout(path: Path, entries: list[TensorEntry], data_start: int, data_size: int) -> None:
+    cursor = data_start
+    for entry in sorted(entries, key=lambda e: (e.offset, e.offset + e.nbytes)):
+        if entry.offset < cursor:
+            raise CheckpointError(f"{path}: tensor {entry.name!r} overlaps the tensor before it")
+        if entry.offset > cursor:
+            raise CheckpointError(f"{path}: tensor {entry.name!r} starts after a gap in the data section")
+        cursor = entry.offset + entry.nbytes
+        if cursor > data_start + data_size:
+            raise CheckpointError(
+                f"{path}: tensor {entry.name!r} ends at byte {cursor - data_start} of a "
+                f"{data_size}-byte data section (file truncated?)"
+            )
+    if cursor != data_start + data_size:
+        raise CheckpointError(
+            f"{path}: tensors fill {cursor - data_start} bytes but the data section holds {data_size}"
+        )
+
+
+def read_raw(entry: TensorEntry) -> np.ndarray:
+    """The bytes of one tensor, read into a fresh buffer (not mapped, so resident memory stays bounded)."""
+    buffer = np.empty(entry.nbytes, dtype=np.uint8)
+    try:
+        with open(entry.file, "rb", buffering=0) as handle:
+            handle.seek(entry.offset)
+            view = memoryview(buffer)
+            done = 0
+            while done < entry.nbytes:
+                got = handle.readinto(view[done:])
+                if not got:
+                    raise CheckpointError(
+                        f"{entry.file}: tensor {entry.name!r} is cut short at byte "
+                        f"{done} of {entry.nbytes} (file changed or truncated)"
+                    )
+                done += got
+    except OSError as err:
+        raise CheckpointError(f"{entry.file}: cannot read tensor {entry.name!r}: {err.strerror or err}") from None
+    return buffer
+

@@ -1,0 +1,50 @@
+"""The analysis options: one frozen object, defaults documented once, validated in one place."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from htmp_cli.errors import OptionError
+
+PRECISIONS = ("float64", "float32")
+FIT_METHODS = ("csn", "ww")
+BACKENDS = ("auto", "numpy", "torch")
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """How a checkpoint is analysed.
+
+    min_dim: smallest side a 2-D tensor needs to be analysed. The default, 10, equals the default
+        `min_tail`: a matrix with fewer eigenvalues cannot hold a tail of that size, so its fit could
+        only fail. (WeightWatcher analyses from 8 up; pass `--min-dim 8` to see the same layers.)
+    precision: dtype of the Gram product and the symmetric eigensolver. float64 is accurate down
+        to the smallest eigenvalues; float32 is the fast option, accurate (<= 1e-5 relative) for
+        the top of the spectrum that the tail fit uses.
+    fit: "csn" is the Clauset-Shalizi-Newman fit (true-sup KS distance, distinct candidates with at
+        least `min_tail` points above them); "ww" reproduces WeightWatcher 0.7.7's default fit.
+    min_tail: smallest tail a "csn" fit may choose.
+    backend: eigensolver library. "auto" uses torch (its LAPACK is faster on large matrices) when
+        it is installed and a matrix has a side of at least 1,024, numpy otherwise.
+    """
+
+    min_dim: int = 10
+    precision: str = "float64"
+    fit: str = "csn"
+    min_tail: int = 10
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.min_dim < 1:
+            raise OptionError(f"--min-dim must be at least 1, got {self.min_dim}")
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.fit not in FIT_METHODS:
+            raise OptionError(f"--fit must be one of {', '.join(FIT_METHODS)}, got {self.fit!r}")
+        if self.min_tail < 2:
+            raise OptionError(f"--min-tail must be at least 2, got {self.min_tail}")
+        if self.backend not in BACKENDS:
+            raise OptionError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)

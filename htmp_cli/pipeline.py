@@ -1,0 +1,215 @@
+"""The analysis pipeline: checkpoint -> matrices -> spectra -> fits -> layer results -> report.
+
+`analyze` is the one entry point every command uses; reporters only ever see its result types.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from htmp_cli import __version__
+from htmp_cli.fits.metrics import ScaleMetrics, scale_metrics
+from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
+from htmp_cli.loaders import Checkpoint, open_checkpoint
+from htmp_cli.loaders.matrices import MatrixSpec, SkippedTensor, plan_matrices
+from htmp_cli.options import AnalysisOptions
+from htmp_cli.spectral import NonFiniteMatrixError, eigenvalues
+
+# WeightWatcher's names for the two ends of the alpha scale (math.md section 2).
+ALPHA_OVER_TRAINED = 2.0
+ALPHA_UNDER_TRAINED = 6.0
+
+
+@dataclass(frozen=True)
+class LayerTimings:
+    read: float
+    eigen: float
+    fit: float
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """Everything htmp knows about one analysed matrix."""
+
+    name: str
+    tensor: str
+    kind: str
+    dtype: str
+    shape: tuple[int, int]
+    N: int
+    M: int
+    status: str  # "success", or "failed" when no spectrum could be computed
+    reason: str | None = None
+    precision: str | None = None
+    backend: str | None = None
+    n_eigenvalues: int = 0
+    n_zero: int = 0
+    n_clamped: int = 0
+    power_law: PowerLawFit | None = None
+    metrics: ScaleMetrics | None = None
+    warnings: tuple[str, ...] = ()
+    timings: LayerTimings = field(default_factory=lambda: LayerTimings(0.0, 0.0, 0.0))
+
+    @property
+    def Q(self) -> float:
+        return self.N / self.M
+
+    @property
+    def alpha(self) -> float | None:
+        return self.power_law.alpha if self.power_law is not None else None
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: str
+    format: str
+    files: tuple[str, ...]
+    size_bytes: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    n_layers: int
+    n_failed_layers: int
+    n_failed_fits: int
+    n_skipped: int
+    means: dict[str, float | None]  # over successful layers (alpha-based: successful fits only)
+    warning_counts: dict[str, int]
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class AnalysisReport:
+    htmp_version: str
+    source: SourceInfo
+    options: AnalysisOptions
+    layers: tuple[LayerResult, ...]
+    skipped: tuple[SkippedTensor, ...]
+    summary: ModelSummary
+
+
+class ProgressListener(Protocol):
+    def start(self, total: int) -> None: ...
+    def layer_started(self, spec: MatrixSpec) -> None: ...
+    def layer_done(self, result: LayerResult) -> None: ...
+
+
+def analyze_matrix(spec: MatrixSpec, W: np.ndarray, options: AnalysisOptions, read_seconds: float = 0.0) -> LayerResult:
+    """Spectrum, tail fit and metrics of one matrix. Never raises for bad numbers: it fails the layer."""
+    rows, cols = spec.shape
+    base = dict(name=spec.name, tensor=spec.tensor, kind=spec.kind, dtype=spec.dtype, shape=spec.shape,
+                N=max(rows, cols), M=min(rows, cols))
+    t0 = time.perf_counter()
+    try:
+        spectrum = eigenvalues(W, precision=options.precision, backend=options.backend)
+    except NonFiniteMatrixError as err:
+        return LayerResult(**base, status="failed", reason=str(err),
+                           timings=LayerTimings(read_seconds, time.perf_counter() - t0, 0.0))
+    t1 = time.perf_counter()
+    common = dict(precision=spectrum.precision, backend=spectrum.backend, n_eigenvalues=spectrum.M,
+                  n_zero=spectrum.n_zero, n_clamped=spectrum.n_clamped)
+    if spectrum.lambda_max <= 0:
+        return LayerResult(**base, **common, status="failed", reason="matrix is all zeros",
+                           timings=LayerTimings(read_seconds, t1 - t0, 0.0))
+    nonzero = spectrum.nonzero
+    if options.fit == "ww":
+        fit = fit_power_law_ww(spectrum.eigenvalues)
+    else:
+        fit = fit_power_law(nonzero, min_tail=options.min_tail)
+    metrics = scale_metrics(spectrum.eigenvalues, nonzero, spectrum.M, fit.alpha)
+    warnings = []
+    if fit.ok and fit.alpha < ALPHA_OVER_TRAINED:
+        warnings.append("over-trained")
+    if fit.ok and fit.alpha > ALPHA_UNDER_TRAINED:
+        warnings.append("under-trained")
+    return LayerResult(**base, **common, status="success", power_law=fit, metrics=metrics,
+                       warnings=tuple(warnings),
+                       timings=LayerTimings(read_seconds, t1 - t0, time.perf_counter() - t1))
+
+
+def iter_layers(checkpoint: Checkpoint, matrices: list[MatrixSpec], options: AnalysisOptions,
+                listener: ProgressListener | None = None) -> Iterator[LayerResult]:
+    """Analyse matrices one at a time: only one tensor is in memory at once."""
+    for spec in matrices:
+        if listener is not None:
+            listener.layer_started(spec)
+        t0 = time.perf_counter()
+        W = checkpoint.read(spec.entry)
+        result = analyze_matrix(spec, W, options, read_seconds=time.perf_counter() - t0)
+        del W
+        if listener is not None:
+            listener.layer_done(result)
+        yield result
+
+
+def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...], timings: dict[str, float]) -> ModelSummary:
+    ok = [layer for layer in layers if layer.status == "success"]
+    fitted = [layer for layer in ok if layer.power_law is not None and layer.power_law.ok]
+
+    def mean(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None and math.isfinite(v)]
+        return float(np.mean(present)) if present else None
+
+    means: dict[str, float | None] = {
+        "alpha": mean([layer.power_law.alpha for layer in fitted]),
+        "D": mean([layer.power_law.D for layer in fitted]),
+        "alpha_weighted": mean([layer.metrics.alpha_weighted for layer in fitted]),
+        "log_alpha_norm": mean([layer.metrics.log_alpha_norm for layer in fitted]),
+    }
+    for name in ("log_norm", "log_spectral_norm", "stable_rank", "entropy", "rank_loss", "log_spread"):
+        means[name] = mean([getattr(layer.metrics, name) for layer in ok])
+    warning_counts = {
+        label: sum(label in layer.warnings for layer in layers) for label in ("over-trained", "under-trained")
+    }
+    return ModelSummary(
+        n_layers=len(layers),
+        n_failed_layers=len(layers) - len(ok),
+        n_failed_fits=len(ok) - len(fitted),
+        n_skipped=len(skipped),
+        means=means,
+        warning_counts=warning_counts,
+        timings=timings,
+    )
+
+
+def analyze(path: str | Path, options: AnalysisOptions | None = None,
+            listener: ProgressListener | None = None) -> AnalysisReport:
+    """Analyse every matrix of a checkpoint."""
+    options = options or AnalysisOptions()
+    started = time.perf_counter()
+    checkpoint = open_checkpoint(path)
+    matrices, skipped = plan_matrices(checkpoint.tensors, options.min_dim)
+    opened = time.perf_counter()
+    if listener is not None:
+        listener.start(len(matrices))
+    layers = tuple(iter_layers(checkpoint, matrices, options, listener))
+    finished = time.perf_counter()
+    timings = {
+        "open": opened - started,
+        "read": sum(layer.timings.read for layer in layers),
+        "eigen": sum(layer.timings.eigen for layer in layers),
+        "fit": sum(layer.timings.fit for layer in layers),
+        "total": finished - started,
+    }
+    source = SourceInfo(
+        path=str(checkpoint.path),
+        format=checkpoint.format,
+        files=tuple(str(f) for f in checkpoint.files),
+        size_bytes=checkpoint.size_bytes,
+        fingerprint=checkpoint.fingerprint,
+    )
+    return AnalysisReport(
+        htmp_version=__version__,
+        source=source,
+        options=options,
+        layers=layers,
+        skipped=tuple(skipped),
+        summary=summarize(layers, tuple(skipped), timings),
+    )

@@ -1,0 +1,1 @@
+"""Reporters: views of an AnalysisReport. They know nothing of the mathematics."""

@@ -1,0 +1,181 @@
+"""The JSON contract (design.md section 3) and the CSV and Markdown views derived from it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict
+from typing import Any
+
+from htmp_cli.pipeline import AnalysisReport, LayerResult
+
+SCHEMA = "htmp.report/1"
+
+# The per-layer columns shared by the table, CSV and Markdown views: (label, key in the flat row).
+TABLE_COLUMNS = (
+    ("name", "name"),
+    ("shape", "shape"),
+    ("alpha", "alpha"),
+    ("D", "D"),
+    ("tail", "tail_size"),
+    ("alpha_weighted", "alpha_weighted"),
+    ("log_norm", "log_norm"),
+    ("log_spectral_norm", "log_spectral_norm"),
+    ("stable_rank", "stable_rank"),
+    ("warning", "warning"),
+)
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN or infinity: such a value becomes null (it never reaches a mean)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
+    return {
+        "name": layer.name,
+        "tensor": layer.tensor,
+        "kind": layer.kind,
+        "dtype": layer.dtype,
+        "shape": list(layer.shape),
+        "N": layer.N,
+        "M": layer.M,
+        "Q": layer.Q,
+        "status": layer.status,
+        "reason": layer.reason,
+        "precision": layer.precision,
+        "backend": layer.backend,
+        "n_eigenvalues": layer.n_eigenvalues,
+        "n_zero": layer.n_zero,
+        "n_clamped": layer.n_clamped,
+        "power_law": asdict(layer.power_law) if layer.power_law is not None else None,
+        "metrics": asdict(layer.metrics) if layer.metrics is not None else None,
+        "warnings": list(layer.warnings),
+        "timings": asdict(layer.timings),
+    }
+
+
+def report_to_dict(report: AnalysisReport) -> dict[str, Any]:
+    summary = report.summary
+    return _clean({
+        "schema": SCHEMA,
+        "htmp_version": report.htmp_version,
+        "source": asdict(report.source),
+        "options": report.options.to_dict(),
+        "layers": [layer_to_dict(layer) for layer in report.layers],
+        "skipped": [asdict(s) for s in report.skipped],
+        "summary": asdict(summary),
+    })
+
+
+def flat_layer_row(layer: dict[str, Any]) -> dict[str, Any]:
+    """One flat record per layer (from its JSON form), for CSV, Markdown and the terminal table."""
+    fit = layer["power_law"] or {}
+    metrics = layer["metrics"] or {}
+    if layer["status"] != "success":
+        warning = f"failed: {layer['reason']}"
+    elif fit.get("status") == "failed":
+        warning = f"fit failed: {fit.get('reason')}"
+    else:
+        warning = ", ".join(layer["warnings"])
+    return {
+        "name": layer["name"],
+        "tensor": layer["tensor"],
+        "kind": layer["kind"],
+        "dtype": layer["dtype"],
+        "shape": "x".join(str(d) for d in layer["shape"]),
+        "N": layer["N"],
+        "M": layer["M"],
+        "Q": layer["Q"],
+        "status": layer["status"],
+        "alpha": fit.get("alpha"),
+        "sigma": fit.get("sigma"),
+        "xmin": fit.get("xmin"),
+        "xmax": fit.get("xmax"),
+        "D": fit.get("D"),
+        "tail_size": fit.get("tail_size"),
+        "fit_status": fit.get("status"),
+        **{key: metrics.get(key) for key in (
+            "alpha_weighted", "log_alpha_norm", "norm", "log_norm", "spectral_norm", "log_spectral_norm",
+            "stable_rank", "entropy", "rank_loss", "log_spread")},
+        "n_zero": layer["n_zero"],
+        "warning": warning,
+    }
+
+
+def to_json(report: AnalysisReport) -> str:
+    return json.dumps(report_to_dict(report), indent=2) + "\n"
+
+
+def to_csv(report: AnalysisReport) -> str:
+    rows = [flat_layer_row(layer) for layer in report_to_dict(report)["layers"]]
+    out = io.StringIO()
+    fieldnames = list(rows[0]) if rows else list(flat_layer_row(_EMPTY_LAYER))
+    writer = csv.DictWriter(out, fieldnames=fieldnames, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.{digits}e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def to_markdown(report: AnalysisReport) -> str:
+    data = report_to_dict(report)
+    lines = [f"# htmp analysis of `{data['source']['path']}`", ""]
+    lines.append("| " + " | ".join(label for label, _ in TABLE_COLUMNS) + " |")
+    lines.append("|" + "---|" * len(TABLE_COLUMNS))
+    for layer in data["layers"]:
+        row = flat_layer_row(layer)
+        cells = [format_number(row[key]).replace("|", "\\|") for _, key in TABLE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Summary", ""]
+    lines += [f"- {line}" for line in summary_lines(data)]
+    if data["skipped"]:
+        lines += ["", "## Skipped tensors", "", "| tensor | shape | dtype | reason |", "|---|---|---|---|"]
+        for s in data["skipped"]:
+            shape = "x".join(str(d) for d in s["shape"]) or "scalar"
+            lines.append(f"| {s['name']} | {shape} | {s['dtype']} | {s['reason']} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(data: dict[str, Any]) -> list[str]:
+    """The model summary as short human-readable lines (shared by the table and Markdown views)."""
+    s = data["summary"]
+    means = s["means"]
+    lines = [
+        f"{s['n_layers']} matrices analysed, {s['n_skipped']} tensors skipped, "
+        f"{s['n_failed_layers']} failed layers, {s['n_failed_fits']} failed tail fits",
+        "mean alpha " + format_number(means["alpha"]) + ", mean D " + format_number(means["D"])
+        + ", mean alpha_weighted " + format_number(means["alpha_weighted"])
+        + ", mean log_norm " + format_number(means["log_norm"])
+        + ", mean log_spectral_norm " + format_number(means["log_spectral_norm"])
+        + ", mean stable_rank " + format_number(means["stable_rank"]),
+        f"alpha < 2 (over-trained): {s['warning_counts']['over-trained']}, "
+        f"alpha > 6 (under-trained): {s['warning_counts']['under-trained']}",
+        "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in s["timings"].items()),
+    ]
+    return lines
+
+
+_EMPTY_LAYER = {
+    "name": "", "tensor": "", "kind": "", "dtype": "", "shape": [], "N": 0, "M": 0, "Q": 0.0,
+    "status": "", "reason": None, "n_zero": 0, "power_law": None, "metrics": None, "warnings": [],
+}
