@@ -21,7 +21,7 @@ fixtures: install
 	$(BIN)/python fixtures/make_fixtures.py fixtures
 
 demo: install
-	$(BIN)/htmp analyze fixtures/tiny_mlp.safetensors
+	$(BIN)/htmp analyze fixtures/demo_model.safetensors
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -133,7 +133,10 @@ def _emit(report, format: OutputFormat, output: Optional[Path]) -> None:  # type
         from htmp_cli.report.table import render_table
 
         if output is None:
-            render_table(report, Console())
+            console = Console()
+            if not console.is_terminal:
+                console = Console(width=max(console.width, 160))
+            render_table(report, console)
         else:
             with _open_output(output) as handle:
                 render_table(report, Console(file=handle, width=200, no_color=True))

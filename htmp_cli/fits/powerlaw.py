@@ -141,17 +141,30 @@ def fit_power_law_ww(eigenvalues: np.ndarray) -> PowerLawFit:
         return _failed(method, f"{n} eigenvalues above {WW_EVALS_THRESHOLD:g}, too few to fit", n)
     log_x = np.log(x)
     candidates = np.arange(n - 1)
+    tail_sizes = n - candidates
     small = n < WW_SMALL_N
     alphas, Ds = _scan_candidates(log_x, candidates, bias_corrected=small, two_sided=False)
-    Ds[~np.isfinite(Ds) | (alphas <= 1.0)] = 1.0
+    degenerate = ~np.isfinite(alphas)
     if small:
-        tail_sizes = n - candidates
-        Ds[tail_sizes < WW_SMALL_N_MIN_TAIL] = 1.0
-        alphas[tail_sizes < WW_SMALL_N_MIN_TAIL] = 0.0
+        # Candidates with short or degenerate tails are skipped: alpha 0, D 1.
+        skipped = (tail_sizes < WW_SMALL_N_MIN_TAIL) | degenerate
+        alphas[skipped] = 0.0
+        Ds[skipped] = 1.0
+        Ds[alphas <= 1.0] = 1.0
+        if not (~skipped & (alphas > 1.0)).any():
+            # 0.7.7 then fits the whole sample as one tail, whatever its size.
+            whole_alpha, whole_D = _scan_candidates(log_x, candidates[:1], bias_corrected=True, two_sided=False)
+            alphas[0], Ds[0] = whole_alpha[0], whole_D[0]
+            if not np.isfinite(alphas[0]):
+                alphas[0], Ds[0] = 1.0, 1.0
+    else:
+        # A tail of equal values gives alpha = inf, a model CDF of 0 and so D = (m-1)/m.
+        Ds[degenerate] = (tail_sizes[degenerate] - 1) / tail_sizes[degenerate]
+        Ds[alphas <= 1.0] = 1.0
     best = int(np.argmin(Ds))
     alpha = float(alphas[best])
     if not np.isfinite(alpha) or alpha <= 1.0:
-        return _failed(method, f"no candidate gave alpha > 1 (best alpha {alpha:g})", n, candidates.size)
+        return _failed(method, f"the best candidate has alpha {alpha:g}, not a power law", n, candidates.size)
     xmin = float(x[best])
     return PowerLawFit(
         status="success",

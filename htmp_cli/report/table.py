@@ -26,7 +26,7 @@ def render_table(report: AnalysisReport, console: Console) -> None:
     table = Table(title=f"htmp: {data['source']['path']}", title_justify="left", header_style="bold")
     for label, key in TABLE_COLUMNS:
         table.add_column(label, justify="right" if key in _NUMERIC else "left",
-                         overflow="fold", no_wrap=key in ("shape",))
+                         overflow="fold", no_wrap=key != "name" and key != "warning")
     for layer in data["layers"]:
         row = flat_layer_row(layer)
         cells = [format_number(row[key]) for _, key in TABLE_COLUMNS]
@@ -37,9 +37,16 @@ def render_table(report: AnalysisReport, console: Console) -> None:
     for line in summary_lines(data):
         console.print(f"  {line}", highlight=False)
     if data["skipped"]:
-        skipped = Table(title="Skipped tensors", title_justify="left", header_style="bold")
-        for column in ("tensor", "shape", "dtype", "reason"):
-            skipped.add_column(column, overflow="fold")
+        # Grouped by reason: a BERT has dozens of biases and norm scales, one line each would bury the rest.
+        by_reason: dict[str, list[str]] = {}
         for s in data["skipped"]:
-            skipped.add_row(s["name"], "x".join(str(d) for d in s["shape"]) or "scalar", s["dtype"], s["reason"])
+            shape = "x".join(str(d) for d in s["shape"]) or "scalar"
+            by_reason.setdefault(s["reason"], []).append(f"{s['name']} ({shape} {s['dtype']})")
+        skipped = Table(title=f"Skipped tensors ({len(data['skipped'])})", title_justify="left",
+                        header_style="bold")
+        skipped.add_column("reason", overflow="fold", ratio=1)
+        skipped.add_column("count", justify="right", no_wrap=True)
+        skipped.add_column("tensors", overflow="fold", ratio=3, style="dim")
+        for reason, names in by_reason.items():
+            skipped.add_row(reason, str(len(names)), ", ".join(names))
         console.print(skipped)
