@@ -148,3 +148,20 @@ def test_ww_mode_reproduces_weightwatcher_wwfit(values: np.ndarray) -> None:
         # 0.7.7's whole-sample fallback (fewer than 8 points) reports sigma from alpha = 0 before
         # refitting, a negative standard error; we report the one that goes with the alpha.
         assert ours.sigma == pytest.approx(theirs.sigma, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pruned_search_equals_evaluating_every_candidate_on_large_spectra(seed: int) -> None:
+    """The lower-bound pruning is exact: same xmin and D as the full candidate x point scan."""
+    from htmp_cli.fits import powerlaw as pl
+
+    rng = np.random.default_rng(seed)
+    W = rng.standard_t(2.5 + seed, size=(1500, 1000))
+    x = np.sort(np.linalg.eigvalsh(W.T @ W))
+    fit = fit_power_law(x)
+    candidates = np.arange(x.size - 9)
+    alphas = pl._alphas(pl._tail_log_sums(x), candidates, x.size, bias_corrected=False)
+    Ds = pl._ks_distances(np.log(x), candidates, alphas, np.arange(x.size), two_sided=True)
+    best = int(np.argmin(Ds))
+    assert fit.xmin == x[best]
+    assert fit.D == Ds[best]

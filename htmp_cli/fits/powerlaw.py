@@ -49,47 +49,91 @@ def _failed(method: str, reason: str, n_fitted: int, n_candidates: int = 0) -> P
     return PowerLawFit(status="failed", method=method, reason=reason, n_fitted=n_fitted, n_candidates=n_candidates)
 
 
-def _scan_candidates(
-    log_x: np.ndarray, candidates: np.ndarray, *, bias_corrected: bool, two_sided: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """alpha and KS distance D of the tail starting at each candidate index of sorted log_x.
+def _tail_log_sums(x: np.ndarray) -> np.ndarray:
+    """sum_{j >= i} ln(x_j / x_i) for every i of sorted x, in O(n).
 
-    Sums of ln(x_j / xmin) are taken over the (candidate x tail) block itself rather than from
-    suffix sums of ln x, which would cancel catastrophically for narrow tails of large values.
-    A candidate whose tail is degenerate (all points equal) gets alpha = inf and D = inf.
+    Written as sum_{t > i} (n - t) ln(x_t / x_{t-1}): a suffix sum of non-negative terms, each
+    step computed as log1p of a relative difference, so nothing cancels even for a narrow tail of
+    large values (where sum ln x_j - n ln x_i would lose every digit).
+    """
+    n = x.size
+    steps = np.log1p(np.diff(x) / x[:-1])
+    sums = np.zeros(n)
+    sums[:-1] = np.cumsum((steps * (n - np.arange(1, n)))[::-1])[::-1]
+    return sums
+
+
+def _alphas(sums: np.ndarray, candidates: np.ndarray, n: int, *, bias_corrected: bool) -> np.ndarray:
+    """MLE of alpha for the tail at each candidate; inf where the tail is degenerate (all equal)."""
+    m = (n - candidates).astype(np.float64)
+    total = sums[candidates]
+    with np.errstate(divide="ignore"):
+        alphas = 1.0 + ((m - 1.0) if bias_corrected else m) / total
+    alphas[total <= 0] = np.inf
+    return alphas
+
+
+def _ks_distances(log_x: np.ndarray, candidates: np.ndarray, alphas: np.ndarray, points: np.ndarray,
+                  *, two_sided: bool) -> np.ndarray:
+    """For each candidate i, max over tail points j in `points` (j >= i) of the KS gap at x_j.
+
+    With every point this is the KS distance D; with a subset it is a lower bound of D. The gap
+    at x_j is |P(x_j) - k/m| (k = j - i, m the tail size) against the lower step, or with
+    `two_sided` the larger of the two sides of the step, which makes the max the true sup.
+    Candidates must have finite alpha.
     """
     n = log_x.size
-    alphas = np.empty(candidates.size)
-    Ds = np.empty(candidates.size)
-    per_block = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    out = np.full(candidates.size, -np.inf)
+    order = np.argsort(candidates, kind="stable")
+    per_block = max(1, _BLOCK_ELEMENTS // max(points.size, 1))
     for lo in range(0, candidates.size, per_block):
-        cand = candidates[lo : lo + per_block]
-        first = int(cand[0])
-        tail_idx = np.arange(first, n)
-        in_tail = tail_idx[None, :] >= cand[:, None]
-        log_ratio = np.where(in_tail, log_x[None, first:] - log_x[cand, None], 0.0)
-        m = (n - cand).astype(np.float64)
-        total = log_ratio.sum(axis=1)
-        with np.errstate(divide="ignore"):
-            alpha = 1.0 + ((m - 1.0) if bias_corrected else m) / total
-        degenerate = total <= 0
-        alpha[degenerate] = np.inf
+        rows = order[lo : lo + per_block]
+        cand = candidates[rows]
+        cols = points[points >= cand[0]]
+        log_ratio = log_x[None, cols] - log_x[cand, None]
+        m = (n - cand).astype(np.float64)[:, None]
         # Model CDF P(x) = 1 - (x / xmin)^(1 - alpha); -expm1 keeps digits where P is small.
-        with np.errstate(invalid="ignore", over="ignore"):
-            model_cdf = -np.expm1((1.0 - alpha[:, None]) * log_ratio)
-        rank = (tail_idx[None, :] - cand[:, None]).astype(np.float64)
-        below = rank / m[:, None]
+        model_cdf = -np.expm1((1.0 - alphas[rows, None]) * log_ratio)
+        below = (cols[None, :] - cand[:, None]) / m
         if two_sided:
-            # The sup of |S_n - P| over x: each step of S_n is checked on both of its sides.
-            gap = np.maximum(model_cdf - below, below + 1.0 / m[:, None] - model_cdf)
+            gap = np.maximum(model_cdf - below, below + 1.0 / m - model_cdf)
         else:
             gap = np.abs(model_cdf - below)
-        gap = np.where(in_tail, gap, -np.inf)
-        D = gap.max(axis=1)
-        D[degenerate] = np.inf
-        alphas[lo : lo + per_block] = alpha
-        Ds[lo : lo + per_block] = D
-    return alphas, Ds
+        gap[cols[None, :] < cand[:, None]] = -np.inf  # points before the candidate are not in its tail
+        out[rows] = gap.max(axis=1)
+    return out
+
+
+def _best_candidate(log_x: np.ndarray, candidates: np.ndarray, alphas: np.ndarray) -> tuple[int, float]:
+    """Position (in `candidates`) of the smallest true-sup D, ties to the smallest xmin, and that D.
+
+    Exact, but cheaper than evaluating every candidate on every point: a lower bound of each D
+    from a strided subset of points rules out most candidates, and only those whose bound does
+    not exceed the best exact D found so far are evaluated in full.
+    """
+    n = log_x.size
+    valid = np.flatnonzero(np.isfinite(alphas))
+    all_points = np.arange(n)
+    stride = max(1, int(np.sqrt(n) / 4))
+    if stride == 1 or valid.size < 64:
+        Ds = _ks_distances(log_x, candidates[valid], alphas[valid], all_points, two_sided=True)
+        best = int(np.argmin(Ds))
+        return int(valid[best]), float(Ds[best])
+    sampled = np.unique(np.r_[np.arange(0, n, stride), n - 1])
+    bounds = _ks_distances(log_x, candidates[valid], alphas[valid], sampled, two_sided=True)
+    order = np.argsort(bounds, kind="stable")
+    best_pos, best_D = -1, np.inf
+    batch = 64
+    for lo in range(0, order.size, batch):
+        chunk = order[lo : lo + batch]
+        chunk = chunk[bounds[chunk] <= best_D]
+        if chunk.size == 0:
+            break
+        Ds = _ks_distances(log_x, candidates[valid[chunk]], alphas[valid[chunk]], all_points, two_sided=True)
+        for pos, D in zip(valid[chunk], Ds):
+            if D < best_D or (D == best_D and pos < best_pos):
+                best_pos, best_D = int(pos), float(D)
+    return best_pos, best_D
 
 
 def fit_power_law(eigenvalues: np.ndarray, min_tail: int = 10) -> PowerLawFit:
@@ -102,11 +146,10 @@ def fit_power_law(eigenvalues: np.ndarray, min_tail: int = 10) -> PowerLawFit:
         return _failed(method, f"{n} non-zero eigenvalues, fewer than min_tail={min_tail}", n)
     distinct_start = np.flatnonzero(np.r_[True, x[1:] != x[:-1]])
     candidates = distinct_start[n - distinct_start >= min_tail]
-    log_x = np.log(x)
-    alphas, Ds = _scan_candidates(log_x, candidates, bias_corrected=False, two_sided=True)
-    if not np.isfinite(Ds).any():
+    alphas = _alphas(_tail_log_sums(x), candidates, n, bias_corrected=False)
+    if not np.isfinite(alphas).any():
         return _failed(method, "every candidate tail is degenerate (all its eigenvalues equal)", n, candidates.size)
-    best = int(np.argmin(Ds))  # ties: the smallest xmin, as the powerlaw package does
+    best, D = _best_candidate(np.log(x), candidates, alphas)
     i = int(candidates[best])
     tail_size = n - i
     alpha = float(alphas[best])
@@ -114,14 +157,24 @@ def fit_power_law(eigenvalues: np.ndarray, min_tail: int = 10) -> PowerLawFit:
         status="success",
         method=method,
         alpha=alpha,
-        sigma=(alpha - 1.0) / np.sqrt(tail_size),
+        sigma=float((alpha - 1.0) / np.sqrt(tail_size)),
         xmin=float(x[i]),
         xmax=float(x[-1]),
-        D=float(Ds[best]),
+        D=D,
         tail_size=tail_size,
         n_candidates=int(candidates.size),
         n_fitted=n,
     )
+
+
+def _ww_scan(log_x: np.ndarray, sums: np.ndarray, candidates: np.ndarray, *, bias_corrected: bool
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """alpha and lower-step D of every candidate (D = inf where alpha is)."""
+    alphas = _alphas(sums, candidates, log_x.size, bias_corrected=bias_corrected)
+    Ds = np.full(candidates.size, np.inf)
+    finite = np.isfinite(alphas)
+    Ds[finite] = _ks_distances(log_x, candidates[finite], alphas[finite], np.arange(log_x.size), two_sided=False)
+    return alphas, Ds
 
 
 def fit_power_law_ww(eigenvalues: np.ndarray) -> PowerLawFit:
@@ -143,17 +196,18 @@ def fit_power_law_ww(eigenvalues: np.ndarray) -> PowerLawFit:
     candidates = np.arange(n - 1)
     tail_sizes = n - candidates
     small = n < WW_SMALL_N
-    alphas, Ds = _scan_candidates(log_x, candidates, bias_corrected=small, two_sided=False)
+    sums = _tail_log_sums(x)
+    alphas, Ds = _ww_scan(log_x, sums, candidates, bias_corrected=small)
     degenerate = ~np.isfinite(alphas)
     if small:
         # Candidates with short or degenerate tails are skipped: alpha 0, D 1.
-        skipped = (tail_sizes < WW_SMALL_N_MIN_TAIL) | degenerate
+        skipped = (tail_sizes < WW_SMALL_N_MIN_TAIL) | degenerate | (sums[candidates] <= 1e-12)
         alphas[skipped] = 0.0
         Ds[skipped] = 1.0
         Ds[alphas <= 1.0] = 1.0
         if not (~skipped & (alphas > 1.0)).any():
             # 0.7.7 then fits the whole sample as one tail, whatever its size.
-            whole_alpha, whole_D = _scan_candidates(log_x, candidates[:1], bias_corrected=True, two_sided=False)
+            whole_alpha, whole_D = _ww_scan(log_x, sums, candidates[:1], bias_corrected=True)
             alphas[0], Ds[0] = whole_alpha[0], whole_D[0]
             if not np.isfinite(alphas[0]):
                 alphas[0], Ds[0] = 1.0, 1.0
@@ -170,7 +224,7 @@ def fit_power_law_ww(eigenvalues: np.ndarray) -> PowerLawFit:
         status="success",
         method=method,
         alpha=alpha,
-        sigma=(alpha - 1.0) / np.sqrt(n - best),
+        sigma=float((alpha - 1.0) / np.sqrt(n - best)),
         xmin=xmin,
         xmax=float(x[-1]),
         D=float(Ds[best]),
