@@ -9,7 +9,8 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from functools import partial
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
 from htmp_cli.loaders import Checkpoint, open_checkpoint
 from htmp_cli.loaders.matrices import MatrixSpec, SkippedTensor, plan_matrices
 from htmp_cli.options import AnalysisOptions
-from htmp_cli.spectral import NonFiniteMatrixError, eigenvalues
+from htmp_cli.spectral import Decoder, NonFiniteMatrixError, gram_matrix, spectrum_of
 
 # WeightWatcher's names for the two ends of the alpha scale (math.md section 2).
 ALPHA_OVER_TRAINED = 2.0
@@ -101,14 +102,32 @@ class ProgressListener(Protocol):
     def layer_done(self, result: LayerResult) -> None: ...
 
 
-def analyze_matrix(spec: MatrixSpec, W: np.ndarray, options: AnalysisOptions, read_seconds: float = 0.0) -> LayerResult:
-    """Spectrum, tail fit and metrics of one matrix. Never raises for bad numbers: it fails the layer."""
+def _as_float32(block: np.ndarray) -> np.ndarray:
+    return block.astype(np.float32)
+
+
+def analyze_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder | None]],
+                   options: AnalysisOptions) -> LayerResult:
+    """Spectrum, tail fit and metrics of one matrix. Never raises for bad numbers: it fails the layer.
+
+    `load` returns the stored values and their decoder to floats. Loading here, rather than taking
+    an array, means the only reference to the weights is local: they are freed as soon as the Gram
+    matrix exists, before the eigensolve allocates its own copy.
+    """
+    started = time.perf_counter()
+    W, decode = load()
+    read_seconds = time.perf_counter() - started
+    if options.fit == "ww" and decode is None and W.dtype == np.float64:
+        decode = _as_float32  # WeightWatcher 0.7.7 analyses float32 copies of the weights
     rows, cols = spec.shape
     base = dict(name=spec.name, tensor=spec.tensor, kind=spec.kind, dtype=spec.dtype, shape=spec.shape,
                 N=max(rows, cols), M=min(rows, cols))
     t0 = time.perf_counter()
     try:
-        spectrum = eigenvalues(W, precision=options.precision, backend=options.backend)
+        gram = gram_matrix(W, options.precision, decode)
+        del W
+        spectrum = spectrum_of(gram, options.backend)
+        del gram
     except NonFiniteMatrixError as err:
         return LayerResult(**base, status="failed", reason=str(err),
                            timings=LayerTimings(read_seconds, time.perf_counter() - t0, 0.0))
@@ -140,10 +159,7 @@ def iter_layers(checkpoint: Checkpoint, matrices: list[MatrixSpec], options: Ana
     for spec in matrices:
         if listener is not None:
             listener.layer_started(spec)
-        t0 = time.perf_counter()
-        W = checkpoint.read(spec.entry)
-        result = analyze_matrix(spec, W, options, read_seconds=time.perf_counter() - t0)
-        del W
+        result = analyze_matrix(spec, partial(checkpoint.read_stored, spec.entry), options)
         if listener is not None:
             listener.layer_done(result)
         yield result

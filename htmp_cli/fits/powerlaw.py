@@ -90,7 +90,8 @@ def _ks_distances(log_x: np.ndarray, candidates: np.ndarray, alphas: np.ndarray,
         rows = order[lo : lo + per_block]
         cand = candidates[rows]
         cols = points[points >= cand[0]]
-        log_ratio = log_x[None, cols] - log_x[cand, None]
+        # Clamped at 0: points before the candidate (masked below) must not overflow expm1.
+        log_ratio = np.maximum(log_x[None, cols] - log_x[cand, None], 0.0)
         m = (n - cand).astype(np.float64)[:, None]
         # Model CDF P(x) = 1 - (x / xmin)^(1 - alpha); -expm1 keeps digits where P is small.
         model_cdf = -np.expm1((1.0 - alphas[rows, None]) * log_ratio)

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from htmp_cli.errors import CheckpointError
-from htmp_cli.loaders.dtypes import to_float_array
+from typing import Callable
+
+from htmp_cli.loaders.dtypes import stored_array, to_float_array
 from htmp_cli.loaders.safetensors import TensorEntry, read_header, read_raw
 
 __all__ = ["Checkpoint", "TensorEntry", "open_checkpoint"]
@@ -39,6 +41,11 @@ class Checkpoint:
         """One tensor as a float array of its shape (float dtypes only), converted exactly."""
         raw = read_raw(entry)
         return to_float_array(raw, entry.dtype).reshape(entry.shape)
+
+    def read_stored(self, entry: TensorEntry) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
+        """One tensor in its storage type, shaped, with the decoder to floats (None if it is floats)."""
+        stored, decode = stored_array(read_raw(entry), entry.dtype)
+        return stored.reshape(entry.shape), decode
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:

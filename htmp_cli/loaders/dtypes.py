@@ -6,6 +6,8 @@ Every floating-point dtype converts exactly: bfloat16 and the two float8 formats
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
@@ -54,19 +56,36 @@ def byte_size(dtype: str, n_elements: int) -> int | None:
     return bits // 8 if bits % 8 == 0 else None
 
 
+def _decode_bf16(codes: np.ndarray) -> np.ndarray:
+    # bfloat16 is the top half of a float32: widen by shifting into the high bits.
+    wide = codes.astype(np.uint32)
+    wide <<= 16
+    return wide.view(np.float32)
+
+
+def stored_array(raw: np.ndarray, dtype: str) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
+    """A view of a uint8 buffer in the dtype's storage type, and the decoder that makes floats of it.
+
+    F64, F32 and F16 are numpy floats already (no decoder). BF16 and float8 stay as their codes
+    (uint16, uint8) until decoded block by block: a bf16 matrix then never exists in memory as a
+    whole float32 copy, only as blocks of one.
+    """
+    if dtype == "F64":
+        return raw.view("<f8"), None
+    if dtype == "F32":
+        return raw.view("<f4"), None
+    if dtype == "F16":
+        return raw.view("<f2"), None
+    if dtype == "BF16":
+        return raw.view("<u2"), _decode_bf16
+    if dtype == "F8_E4M3":
+        return raw, F8_E4M3_VALUES.take
+    if dtype == "F8_E5M2":
+        return raw, F8_E5M2_VALUES.take
+    raise ValueError(f"dtype {dtype} is not a supported floating-point dtype")
+
+
 def to_float_array(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Convert a uint8 buffer holding little-endian `dtype` values to a numpy float array, exactly."""
-    if dtype == "F64":
-        return raw.view("<f8")
-    if dtype == "F32":
-        return raw.view("<f4")
-    if dtype == "F16":
-        return raw.view("<f2")
-    if dtype == "BF16":
-        # bfloat16 is the top half of a float32: widen by shifting into the high bits.
-        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-    if dtype == "F8_E4M3":
-        return F8_E4M3_VALUES[raw]
-    if dtype == "F8_E5M2":
-        return F8_E5M2_VALUES[raw]
-    raise ValueError(f"dtype {dtype} is not a supported floating-point dtype")
+    stored, decode = stored_array(raw, dtype)
+    return stored if decode is None else decode(stored)
