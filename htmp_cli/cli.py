@@ -7,6 +7,7 @@ traceback only with --debug); 3 a scan finished with failures.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -54,6 +55,13 @@ class Backend(str, Enum):
     torch = "torch"
 
 
+class _StdoutConsole(Console):
+    """rich exits with status 1 on a broken pipe, which here means "gate failed"; let ours handle it."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"htmp {__version__}")
@@ -82,6 +90,11 @@ def _run_guarded(debug: bool, body):  # type: ignore[no-untyped-def]
         _fail(str(err))
     except (typer.Exit, KeyboardInterrupt):
         raise
+    except BrokenPipeError:
+        # The reader went away (`htmp analyze ... | head`): nothing left to say, and nobody to say it to.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(EXIT_OK) from None
     except MemoryError:
         if debug:
             raise
@@ -133,9 +146,9 @@ def _emit(report, format: OutputFormat, output: Optional[Path]) -> None:  # type
         from htmp_cli.report.table import render_table
 
         if output is None:
-            console = Console()
+            console = _StdoutConsole()
             if not console.is_terminal:
-                console = Console(width=max(console.width, 160))
+                console = _StdoutConsole(width=max(console.width, 160))
             render_table(report, console)
         else:
             with _open_output(output) as handle:
@@ -192,7 +205,7 @@ def list_tensors(
         for name, shape, dtype, action in rows:
             table.add_row(name, "x".join(map(str, shape)) or "scalar", dtype, action,
                           style="dim" if action.startswith("skip") else None)
-        console = Console()
+        console = _StdoutConsole()
         console.print(table)
         console.print(f"{len(matrices)} matrices to analyse, {len(skipped)} tensors skipped", highlight=False)
 

@@ -194,3 +194,15 @@ def test_progress_bar_on_a_terminal(fixtures: Path) -> None:
     assert proc.returncode == 0
     assert "analysing" in terminal
     json.loads(stdout)
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_a_closed_pipe_ends_quietly_with_exit_0(minilm_path: Path, fmt: str) -> None:
+    """`htmp analyze ... | head -1`: no error line, no traceback, and not exit 1 (that means a failed gate)."""
+    proc = subprocess.Popen([sys.executable, "-m", "htmp_cli", "analyze", str(minilm_path), "-f", fmt],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert stderr == b""
