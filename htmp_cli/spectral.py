@@ -95,16 +95,20 @@ def gram_matrix(W: np.ndarray, precision: str = "float64", decode: Decoder | Non
         part = W[start : start + step] if by_rows else W[:, start : start + step]
         if decode is not None:
             part = decode(part)
-        # Shaped (k, M) in C order, so block.T is (M, k) in Fortran order: what syrk wants.
-        block = np.ascontiguousarray(part if by_rows else part.T, dtype=dtype)
+        # (k, M) for a tall W, (M, k) for a wide one, in C order and never transposed in memory:
+        # block.T is then Fortran-ordered, which syrk reads directly (trans picks the side).
+        block = np.ascontiguousarray(part, dtype=dtype)
         if not np.isfinite(block).all():
             raise NonFiniteMatrixError("matrix contains NaN or Inf entries")
         if in_place:
-            gram = syrk(1.0, block.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
-        elif gram is None:
-            gram = block.T @ block  # one buffer transposed: numpy calls syrk
+            gram = syrk(1.0, block.T, beta=1.0, c=gram, trans=0 if by_rows else 1, lower=0, overwrite_c=1)
         else:
-            gram += block.T @ block
+            # One buffer and its transpose: numpy calls syrk.
+            product = block.T @ block if by_rows else block @ block.T
+            if gram is None:
+                gram = product
+            else:
+                gram += product
     return GramMatrix(values=gram, uplo="U" if in_place else "L", N=N, M=M, precision=precision)
 
 

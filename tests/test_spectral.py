@@ -92,3 +92,15 @@ def test_log_alpha_norm_does_not_overflow() -> None:
     lam = np.array([1e300, 1e299, 1.0])
     m = scale_metrics(lam, lam, 3, alpha=4.0)
     assert m.log_alpha_norm == pytest.approx(1200 + math.log10(1 + 1e-4), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1300, 1030), (1030, 1300)])
+def test_in_place_syrk_path_for_large_matrices(monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int]) -> None:
+    """From M = 1024 on the Gram matrix is accumulated in place by BLAS syrk, tall or wide, in blocks."""
+    W = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    monkeypatch.setattr(spectral, "_BLOCK_BYTES", 1030 * 8 * 100)  # 100 rows or columns per block
+    gram = spectral.gram_matrix(W, "float64")
+    assert gram.uplo == "U" and gram.values.flags["F_CONTIGUOUS"]
+    spectrum = spectral.spectrum_of(gram, backend="numpy")
+    expected = np.sort(np.linalg.svd(W.astype(np.float64), compute_uv=False) ** 2)
+    np.testing.assert_allclose(spectrum.eigenvalues, expected, rtol=1e-8, atol=1e-10 * expected.max())
