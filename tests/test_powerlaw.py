@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -24,7 +24,7 @@ def slow_csn_fit(values: np.ndarray, min_tail: int) -> tuple[float, float, float
         m = len(tail)
         if m < min_tail:
             continue
-        s = sum(math.log(v / xmin) for v in tail)
+        s = sum(math.log1p((v - xmin) / xmin) for v in tail)
         if s <= 0:
             continue
         alpha = 1 + m / s
@@ -50,6 +50,9 @@ positive_values = arrays(
 
 @settings(max_examples=150, deadline=None)
 @given(values=positive_values, min_tail=st.integers(2, 12))
+# A tail one ulp wide: alpha ~ 1e16, where a log of a rounded ratio would lose the sums.
+@example(values=np.array([0.001] * 6 + [np.nextafter(0.001, 1.0)] * 3 + [np.nextafter(np.nextafter(0.001, 1.0), 1.0)] * 3),
+         min_tail=2)
 def test_vectorised_fit_equals_the_plain_loop(values: np.ndarray, min_tail: int) -> None:
     fit = fit_power_law(values, min_tail=min_tail)
     if len(set(values.tolist())) < 2 or fit.status == "failed":
@@ -142,12 +145,15 @@ def test_ww_mode_reproduces_weightwatcher_wwfit(values: np.ndarray) -> None:
         return
     assert ours.ok
     assert ours.xmin == theirs.xmin
-    assert ours.alpha == pytest.approx(theirs.alpha, rel=1e-9)
-    assert ours.D == pytest.approx(theirs.D, rel=1e-9, abs=1e-12)
+    # 1e-6 is the agreement the reproduction promises. WWFit's sum(ln x) - n ln xmin cancels on
+    # tails a few ulps wide (alpha ~ 1e6 and beyond), where our cancellation-free sums differ
+    # from it in the ninth digit; on realistic tails the two agree to about 1e-13.
+    assert ours.alpha == pytest.approx(theirs.alpha, rel=1e-6)
+    assert ours.D == pytest.approx(theirs.D, rel=1e-6, abs=1e-12)
     if theirs.sigma >= 0:
         # 0.7.7's whole-sample fallback (fewer than 8 points) reports sigma from alpha = 0 before
         # refitting, a negative standard error; we report the one that goes with the alpha.
-        assert ours.sigma == pytest.approx(theirs.sigma, rel=1e-9)
+        assert ours.sigma == pytest.approx(theirs.sigma, rel=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -161,7 +167,7 @@ def test_pruned_search_equals_evaluating_every_candidate_on_large_spectra(seed: 
     fit = fit_power_law(x)
     candidates = np.arange(x.size - 9)
     alphas = pl._alphas(pl._tail_log_sums(x), candidates, x.size, bias_corrected=False)
-    Ds = pl._ks_distances(np.log(x), candidates, alphas, np.arange(x.size), two_sided=True)
+    Ds = pl._ks_distances(x, candidates, alphas, np.arange(x.size), two_sided=True)
     best = int(np.argmin(Ds))
     assert fit.xmin == x[best]
     assert fit.D == Ds[best]

@@ -73,7 +73,7 @@ def _alphas(sums: np.ndarray, candidates: np.ndarray, n: int, *, bias_corrected:
     return alphas
 
 
-def _ks_distances(log_x: np.ndarray, candidates: np.ndarray, alphas: np.ndarray, points: np.ndarray,
+def _ks_distances(x: np.ndarray, candidates: np.ndarray, alphas: np.ndarray, points: np.ndarray,
                   *, two_sided: bool) -> np.ndarray:
     """For each candidate i, max over tail points j in `points` (j >= i) of the KS gap at x_j.
 
@@ -82,7 +82,7 @@ def _ks_distances(log_x: np.ndarray, candidates: np.ndarray, alphas: np.ndarray,
     `two_sided` the larger of the two sides of the step, which makes the max the true sup.
     Candidates must have finite alpha.
     """
-    n = log_x.size
+    n = x.size
     out = np.full(candidates.size, -np.inf)
     order = np.argsort(candidates, kind="stable")
     per_block = max(1, _BLOCK_ELEMENTS // max(points.size, 1))
@@ -90,8 +90,11 @@ def _ks_distances(log_x: np.ndarray, candidates: np.ndarray, alphas: np.ndarray,
         rows = order[lo : lo + per_block]
         cand = candidates[rows]
         cols = points[points >= cand[0]]
-        # Clamped at 0: points before the candidate (masked below) must not overflow expm1.
-        log_ratio = np.maximum(log_x[None, cols] - log_x[cand, None], 0.0)
+        # ln(x_j / x_i) as log1p of the relative difference: exact to rounding even for a tail
+        # one ulp wide, where a difference of logs would lose every digit. Points before the
+        # candidate (masked below) are clamped to 0 so that expm1 cannot overflow.
+        xmins = x[cand, None]
+        log_ratio = np.log1p(np.maximum(x[None, cols] - xmins, 0.0) / xmins)
         m = (n - cand).astype(np.float64)[:, None]
         # Model CDF P(x) = 1 - (x / xmin)^(1 - alpha); -expm1 keeps digits where P is small.
         model_cdf = -np.expm1((1.0 - alphas[rows, None]) * log_ratio)
@@ -105,23 +108,23 @@ def _ks_distances(log_x: np.ndarray, candidates: np.ndarray, alphas: np.ndarray,
     return out
 
 
-def _best_candidate(log_x: np.ndarray, candidates: np.ndarray, alphas: np.ndarray) -> tuple[int, float]:
+def _best_candidate(x: np.ndarray, candidates: np.ndarray, alphas: np.ndarray) -> tuple[int, float]:
     """Position (in `candidates`) of the smallest true-sup D, ties to the smallest xmin, and that D.
 
     Exact, but cheaper than evaluating every candidate on every point: a lower bound of each D
     from a strided subset of points rules out most candidates, and only those whose bound does
     not exceed the best exact D found so far are evaluated in full.
     """
-    n = log_x.size
+    n = x.size
     valid = np.flatnonzero(np.isfinite(alphas))
     all_points = np.arange(n)
     stride = max(1, int(np.sqrt(n) / 4))
     if stride == 1 or valid.size < 64:
-        Ds = _ks_distances(log_x, candidates[valid], alphas[valid], all_points, two_sided=True)
+        Ds = _ks_distances(x, candidates[valid], alphas[valid], all_points, two_sided=True)
         best = int(np.argmin(Ds))
         return int(valid[best]), float(Ds[best])
     sampled = np.unique(np.r_[np.arange(0, n, stride), n - 1])
-    bounds = _ks_distances(log_x, candidates[valid], alphas[valid], sampled, two_sided=True)
+    bounds = _ks_distances(x, candidates[valid], alphas[valid], sampled, two_sided=True)
     order = np.argsort(bounds, kind="stable")
     best_pos, best_D = -1, np.inf
     batch = 64
@@ -130,7 +133,7 @@ def _best_candidate(log_x: np.ndarray, candidates: np.ndarray, alphas: np.ndarra
         chunk = chunk[bounds[chunk] <= best_D]
         if chunk.size == 0:
             break
-        Ds = _ks_distances(log_x, candidates[valid[chunk]], alphas[valid[chunk]], all_points, two_sided=True)
+        Ds = _ks_distances(x, candidates[valid[chunk]], alphas[valid[chunk]], all_points, two_sided=True)
         for pos, D in zip(valid[chunk], Ds):
             if D < best_D or (D == best_D and pos < best_pos):
                 best_pos, best_D = int(pos), float(D)
@@ -150,7 +153,7 @@ def fit_power_law(eigenvalues: np.ndarray, min_tail: int = 10) -> PowerLawFit:
     alphas = _alphas(_tail_log_sums(x), candidates, n, bias_corrected=False)
     if not np.isfinite(alphas).any():
         return _failed(method, "every candidate tail is degenerate (all its eigenvalues equal)", n, candidates.size)
-    best, D = _best_candidate(np.log(x), candidates, alphas)
+    best, D = _best_candidate(x, candidates, alphas)
     i = int(candidates[best])
     tail_size = n - i
     alpha = float(alphas[best])
@@ -168,13 +171,13 @@ def fit_power_law(eigenvalues: np.ndarray, min_tail: int = 10) -> PowerLawFit:
     )
 
 
-def _ww_scan(log_x: np.ndarray, sums: np.ndarray, candidates: np.ndarray, *, bias_corrected: bool
+def _ww_scan(x: np.ndarray, sums: np.ndarray, candidates: np.ndarray, *, bias_corrected: bool
              ) -> tuple[np.ndarray, np.ndarray]:
     """alpha and lower-step D of every candidate (D = inf where alpha is)."""
-    alphas = _alphas(sums, candidates, log_x.size, bias_corrected=bias_corrected)
+    alphas = _alphas(sums, candidates, x.size, bias_corrected=bias_corrected)
     Ds = np.full(candidates.size, np.inf)
     finite = np.isfinite(alphas)
-    Ds[finite] = _ks_distances(log_x, candidates[finite], alphas[finite], np.arange(log_x.size), two_sided=False)
+    Ds[finite] = _ks_distances(x, candidates[finite], alphas[finite], np.arange(x.size), two_sided=False)
     return alphas, Ds
 
 
@@ -193,12 +196,11 @@ def fit_power_law_ww(eigenvalues: np.ndarray) -> PowerLawFit:
     n = x.size
     if n < 2:
         return _failed(method, f"{n} eigenvalues above {WW_EVALS_THRESHOLD:g}, too few to fit", n)
-    log_x = np.log(x)
     candidates = np.arange(n - 1)
     tail_sizes = n - candidates
     small = n < WW_SMALL_N
     sums = _tail_log_sums(x)
-    alphas, Ds = _ww_scan(log_x, sums, candidates, bias_corrected=small)
+    alphas, Ds = _ww_scan(x, sums, candidates, bias_corrected=small)
     degenerate = ~np.isfinite(alphas)
     if small:
         # Candidates with short or degenerate tails are skipped: alpha 0, D 1.
@@ -208,9 +210,9 @@ def fit_power_law_ww(eigenvalues: np.ndarray) -> PowerLawFit:
         Ds[alphas <= 1.0] = 1.0
         if not (~skipped & (alphas > 1.0)).any():
             # 0.7.7 then fits the whole sample as one tail, whatever its size.
-            whole_alpha, whole_D = _ww_scan(log_x, sums, candidates[:1], bias_corrected=True)
+            whole_alpha, whole_D = _ww_scan(x, sums, candidates[:1], bias_corrected=True)
             alphas[0], Ds[0] = whole_alpha[0], whole_D[0]
-            if not np.isfinite(alphas[0]):
+            if not np.isfinite(alphas[0]) or sums[0] <= 1e-12:
                 alphas[0], Ds[0] = 1.0, 1.0
     else:
         # A tail of equal values gives alpha = inf, a model CDF of 0 and so D = (m-1)/m.
