@@ -114,7 +114,7 @@ def analyze(
     precision: Precision = typer.Option(Precision.float64, "--precision", help="Gram product and eigensolver precision; float32 is faster."),
     fit: FitMethod = typer.Option(FitMethod.csn, "--fit", help="csn: Clauset-Shalizi-Newman fit; ww: WeightWatcher 0.7.7's fit, reproduced."),
     min_tail: int = typer.Option(10, "--min-tail", help="Smallest tail the csn fit may choose."),
-    backend: Backend = typer.Option(Backend.auto, "--backend", help="Eigensolver: numpy, torch, or auto (torch for sides >= 1024 when installed)."),
+    backend: Backend = typer.Option(Backend.auto, "--backend", help="Eigensolver: numpy, torch, or auto (torch from a smaller side of 1024, if installed)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on when stderr is a terminal)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:

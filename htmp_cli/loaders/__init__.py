@@ -7,12 +7,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from htmp_cli.errors import CheckpointError
-from typing import Callable
-
 from htmp_cli.loaders.dtypes import stored_array, to_float_array
 from htmp_cli.loaders.safetensors import TensorEntry, read_header, read_raw
 
