@@ -25,9 +25,10 @@ from scipy import optimize, special
 
 KAPPA_MIN = 1e-3
 KAPPA_MAX = 100.0  # upper end of the validated float64 path; beyond it the law is MP-like
-_INTEGER_DELTA_GAP = 1e-5
+_INTEGER_DELTA_GAP = 1e-3  # rounding grows as 1/gap^2, the extrapolated bias as gap^4
+DELTA_MAX = 250.0  # the float64 path agrees with mpmath to ~1e-11 up to here (tested); not beyond
 _FIT_GRID = 512
-_TINY = 1e-200  # below it the float64 path underflows; the density is its power law there  # points of the log-density grid the likelihood interpolates
+_TINY = 1e-150  # below it the float64 path loses its terms; the density is its power law there
 
 
 def shape_parameters(kappa: float, gamma: float) -> tuple[float, float, float]:
@@ -61,25 +62,55 @@ def _logpdf_cd(x: np.ndarray, c: float, d: float) -> np.ndarray:
 
 
 def _at_both_sides(fn, x: np.ndarray, c: float, d: float) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """fn(x, c, d); at a pole of Gamma(+-d) (integer delta, 0 included: gamma = 1) the mean of
-    its values at d -+ gap, with error O(gap^2): the law is analytic in delta and the poles cancel."""
-    nearest = round(d)
-    if abs(d - nearest) >= _INTEGER_DELTA_GAP:
+    """fn(x, c, d), except within the gap of an integer delta (0 included: gamma = 1).
+
+    There Gamma(+-d) and Kummer's M have poles that cancel in the law, and the float64 terms lose
+    digits as 1/(d - n)^2. The law is analytic in delta, so it is taken from the symmetric means at
+    n -+ gap and n -+ 2 gap (Richardson: error O(gap^4)), plus the slope times the offset from n.
+    """
+    n = round(d)
+    # The step must also be small beside c, or the extrapolation spans a visibly different law.
+    h = min(_INTEGER_DELTA_GAP, c / 100.0)
+    if abs(d - n) >= h:
         return fn(x, c, d)
-    return 0.5 * (fn(x, c, nearest - _INTEGER_DELTA_GAP) + fn(x, c, nearest + _INTEGER_DELTA_GAP))
+    below, above = fn(x, c, n - h), fn(x, c, n + h)
+    wide = 0.5 * (fn(x, c, n - 2 * h) + fn(x, c, n + 2 * h))
+    centre = (4.0 * 0.5 * (below + above) - wide) / 3.0
+    return centre + (d - n) * (above - below) / (2 * h)
 
 
 def logpdf(x: np.ndarray, kappa: float, gamma: float) -> np.ndarray:
-    """Log-density of the standardised HTMP law; -inf where x <= 0."""
+    """Log-density of the standardised HTMP law; -inf where x <= 0, never NaN.
+
+    Defined for delta <= DELTA_MAX, where the float64 path is validated against mpmath; beyond it
+    a ValueError says so (fits never go there; `logpdf_mpmath` is the slow exact route). Where float64 under- or overflows (x below 1e-150,
+    or far out in the Gamma-like upper tail) the density continues as its asymptotic power law at 0
+    (x^(delta-1)) or its tail x^(delta-1+kappa) e^(-s x), anchored at the last finite value.
+    """
     x = np.asarray(x, dtype=np.float64)
     _check(kappa, gamma)
     out = np.full(x.shape, -np.inf)
-    c, d, _ = shape_parameters(kappa, gamma)
+    c, d, s = shape_parameters(kappa, gamma)
+    positive = x > 0
+    if d > DELTA_MAX:
+        raise ValueError(f"HTMP float64 path is validated for delta <= {DELTA_MAX:g}; kappa={kappa:g}, "
+                         f"gamma={gamma:g} give delta={d:g}")
     regular = x >= _TINY
-    out[regular] = _at_both_sides(_logpdf_cd, x[regular], c, d)
-    tiny = (x > 0) & ~regular
+    values = _at_both_sides(_logpdf_cd, x[regular], c, d)
+    broken = ~np.isfinite(values)
+    if broken.any():
+        xr = x[regular]
+        finite = np.flatnonzero(~broken)
+        for i in np.flatnonzero(broken):
+            below = finite[xr[finite] < xr[i]]
+            if below.size:
+                j = below[np.argmax(xr[below])]
+                values[i] = values[j] + (d - 1.0 + kappa) * math.log(xr[i] / xr[j]) - s * (xr[i] - xr[j])
+            else:
+                values[i] = -np.inf
+    out[regular] = values
+    tiny = positive & ~regular
     if tiny.any():
-        # Far below any eigenvalue: the density's power law at 0, rho ~ x^(delta-1), from x = _TINY.
         anchor = _at_both_sides(_logpdf_cd, np.array([_TINY]), c, d)[0]
         out[tiny] = anchor + (d - 1.0) * (np.log(x[tiny]) - math.log(_TINY))
     return out
@@ -105,27 +136,40 @@ def _cdf_cd(x: np.ndarray, c: float, d: float) -> np.ndarray:
     theta = _phase_cd(grid, c, d)
     for _ in range(12):
         steps = np.abs(np.angle(np.exp(1j * np.diff(theta))))
+        steps[~np.isfinite(steps)] = 0.0
         coarse = np.flatnonzero(steps > math.pi / 2)
         if coarse.size == 0:
             break
         grid = np.unique(np.r_[grid, 0.5 * (grid[coarse] + grid[coarse + 1])])
         theta = _phase_cd(grid, c, d)
-    unwrapped = np.unwrap(np.r_[0.0, theta])[1:]
-    return np.interp(x, grid, np.abs(unwrapped) / (math.pi * c))
+    # Far out in the upper tail the float64 terms overflow: the law has all but nothing left there.
+    finite = np.isfinite(theta)
+    unwrapped = np.unwrap(np.r_[0.0, theta[finite]])[1:]
+    return np.interp(x, grid[finite], np.abs(unwrapped) / (math.pi * c), right=1.0)
 
 
 def cdf(x: np.ndarray, kappa: float, gamma: float) -> np.ndarray:
-    """CDF of the standardised law: (2 / (pi kappa)) times the unwrapped phase change of U from 0 to x."""
+    """CDF of the standardised law: (2 / (pi kappa)) times the unwrapped phase change of U from 0 to x.
+
+    Below x = 1e-150 it continues as the power law of the density at 0, F ~ x^delta. Defined for
+    delta <= DELTA_MAX, like `logpdf`.
+    """
     x = np.asarray(x, dtype=np.float64)
     _check(kappa, gamma)
     out = np.zeros(x.shape)
-    positive = x > 0
-    if positive.any():
-        order = np.argsort(x[positive])
-        c, d, _ = shape_parameters(kappa, gamma)
+    regular = x >= _TINY
+    c, d, _ = shape_parameters(kappa, gamma)
+    if d > DELTA_MAX:
+        raise ValueError(f"HTMP float64 path is validated for delta <= {DELTA_MAX:g}; got delta={d:g}")
+    if regular.any():
+        order = np.argsort(x[regular])
         values = np.empty(order.size)
-        values[order] = np.clip(_at_both_sides(_cdf_cd, x[positive][order], c, d), 0.0, 1.0)
-        out[positive] = values
+        values[order] = np.clip(_at_both_sides(_cdf_cd, x[regular][order], c, d), 0.0, 1.0)
+        out[regular] = values
+    tiny = (x > 0) & ~regular
+    if tiny.any():
+        anchor = float(np.clip(_at_both_sides(_cdf_cd, np.array([_TINY]), c, d), 0.0, 1.0)[0])
+        out[tiny] = anchor * (x[tiny] / _TINY) ** max(d, 0.0)
     return out
 
 
@@ -231,7 +275,9 @@ def fit_htmp(eigenvalues: np.ndarray, gamma: float, orientation: str = "direct")
             return math.inf
         return -float(np.interp(log_x, grid, dens).sum())
 
-    bounds = (math.log(KAPPA_MIN), math.log(KAPPA_MAX))
+    # The float64 path is validated up to delta = DELTA_MAX, i.e. kappa = 2 gamma DELTA_MAX / (1 - gamma).
+    kappa_max = KAPPA_MAX if gamma >= 1.0 else min(KAPPA_MAX, 2.0 * gamma * DELTA_MAX / (1.0 - gamma))
+    bounds = (math.log(KAPPA_MIN), math.log(kappa_max))
     result = optimize.minimize_scalar(negative_loglik, bounds=bounds, method="bounded",
                                       options={"xatol": 1e-4})
     if not np.isfinite(result.fun):

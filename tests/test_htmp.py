@@ -1,0 +1,150 @@
+"""The HTMP law: normalisation, moments, the fast path against mpmath, the CDF, limits, and the fit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate
+
+from htmp_cli.fits import htmp as H
+from htmp_cli.synthetic import htmp_sample
+
+GRID = [(kappa, gamma) for kappa in (0.3, 1.0, 4.0, 10.0, 40.0) for gamma in (0.25, 0.5, 0.7)]
+
+
+def _moment(kappa: float, gamma: float, k: int) -> float:
+    # In u = ln x the near-zero power law x^(delta-1) becomes a smooth exponential.
+    def integrand(u: float) -> float:
+        x = math.exp(u)
+        return x ** (k + 1) * H.pdf(np.array([x]), kappa, gamma)[0]
+
+    return integrate.quad(integrand, -700, 8, limit=2000, points=[-1, -0.5, 0, 0.5, 1], epsabs=1e-13, epsrel=1e-12)[0]
+
+
+@pytest.mark.parametrize("kappa, gamma", GRID)
+def test_density_integrates_to_one_with_mean_one_and_known_variance(kappa: float, gamma: float) -> None:
+    tol = 1e-7
+    m0, m1, m2 = (_moment(kappa, gamma, k) for k in (0, 1, 2))
+    assert m0 == pytest.approx(1.0, abs=tol)
+    assert m1 == pytest.approx(1.0, abs=tol)
+    assert m2 - m1**2 == pytest.approx(gamma * (1 + 2 / kappa), rel=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(kappa=st.floats(0.05, 100.0), gamma=st.floats(0.05, 0.98), q=st.floats(0.0, 1.0))
+def test_fast_path_matches_mpmath(kappa: float, gamma: float, q: float) -> None:
+    """Where the float64 path is used (delta <= DELTA_MAX), at points across the law's support."""
+    _, delta, _ = H.shape_parameters(kappa, gamma)
+    if delta > H.DELTA_MAX:
+        return  # mpmath itself is used there
+    sd = math.sqrt(gamma * (1 + 2 / kappa))
+    x = max(1e-4, 1 + sd * (8 * q - 3))  # from 3 to 5 standard deviations around the mean
+    ours = H.logpdf(np.array([x]), kappa, gamma)[0]
+    reference = H.logpdf_mpmath(x, kappa, gamma)
+    if reference < -600:
+        return  # beyond float64's range either way
+    integer_delta = abs(delta - round(delta)) < H._INTEGER_DELTA_GAP
+    # Relative error of the density (= absolute error of its log) 1e-10 where it exceeds 1e-12;
+    # in the far tails 1e-10 relative on the log-density itself.
+    tolerance = 1e-10 if reference > math.log(1e-12) else 1e-10 * abs(reference)
+    assert abs(ours - reference) < (5e-8 if integer_delta else tolerance), (ours, reference)
+
+
+@pytest.mark.parametrize("kappa, gamma", [(4.0, 0.5), (10.0, 0.25), (2.5, 1.0), (7.0, 1.0)])
+def test_integer_delta_and_square_matrices(kappa: float, gamma: float) -> None:
+    """delta integer (poles of Gamma(+-delta)) and gamma = 1 (delta = 0) go through the extrapolated path."""
+    x = np.array([0.05, 0.5, 1.0, 2.0, 4.0])
+    ours = H.logpdf(x, kappa, gamma)
+    reference = np.array([H.logpdf_mpmath(v, kappa, gamma) for v in x])
+    np.testing.assert_allclose(ours, reference, atol=5e-8)
+
+
+@pytest.mark.parametrize("kappa, gamma", [(1.0, 0.25), (4.0, 0.5), (10.0, 0.25), (0.3, 0.7), (40.0, 0.5)])
+def test_cdf_matches_the_integrated_density(kappa: float, gamma: float) -> None:
+    x = np.array([0.2, 0.6, 1.0, 1.4, 2.5, 5.0])
+    ours = H.cdf(x, kappa, gamma)
+
+    def integrand(u: float) -> float:
+        v = math.exp(u)
+        return v * H.pdf(np.array([v]), kappa, gamma)[0]
+
+    expected = np.array([integrate.quad(integrand, -700, math.log(v), limit=2000)[0] for v in x])
+    np.testing.assert_allclose(ours, expected, atol=2e-6)
+    assert np.all(np.diff(ours) > 0)
+
+
+def test_large_kappa_approaches_marchenko_pastur() -> None:
+    """L1 distance to MP(gamma = 0.25): 0.38, 0.11, 0.03 at kappa 2, 10, 50 (math.md section 5)."""
+    gamma = 0.25
+    lo, hi = (1 - math.sqrt(gamma)) ** 2, (1 + math.sqrt(gamma)) ** 2
+
+    def mp(x: float) -> float:
+        return math.sqrt(max((hi - x) * (x - lo), 0.0)) / (2 * math.pi * gamma * x)
+
+    distances = []
+    for kappa in (2.0, 10.0, 50.0):
+        def gap(x: float, kappa: float = kappa) -> float:
+            return abs(H.pdf(np.array([x]), kappa, gamma)[0] - mp(x))
+
+        distances.append(integrate.quad(gap, 1e-9, 12, points=[lo, 1, hi], limit=2000)[0])
+    assert distances == pytest.approx([0.38, 0.11, 0.03], abs=0.01)
+
+
+@settings(max_examples=100, deadline=None)
+@given(kappa=st.floats(1e-3, 100.0), gamma=st.floats(0.01, 1.0),
+       x=st.lists(st.floats(0.0, 1e3), min_size=1, max_size=5))
+def test_no_nan_escapes(kappa: float, gamma: float, x: list[float]) -> None:
+    _, delta, _ = H.shape_parameters(kappa, gamma)
+    if delta > H.DELTA_MAX:
+        with pytest.raises(ValueError, match="validated for delta"):
+            H.logpdf(np.array(x), kappa, gamma)
+        return
+    values = H.logpdf(np.array(x), kappa, gamma)
+    assert not np.isnan(values).any()
+    F = H.cdf(np.array(x), kappa, gamma)
+    assert np.all((F >= 0) & (F <= 1))
+
+
+@pytest.mark.parametrize("gamma", [0.25, 0.5])
+@pytest.mark.parametrize("kappa", [1.0, 4.0, 10.0])
+def test_fit_recovers_kappa_on_dumitriu_edelman_samples(kappa: float, gamma: float) -> None:
+    sample = htmp_sample(2000, kappa, gamma, np.random.default_rng(int(kappa * 10 + gamma * 100)))
+    fit = H.fit_htmp(sample * 3.7, gamma)  # any scale: the fit standardises by the mean
+    assert fit.status == "success" and fit.at_bound is None
+    assert fit.kappa == pytest.approx(kappa, rel=0.15)
+    assert fit.scale == pytest.approx(3.7 * sample.mean())
+    assert fit.ks_htmp < fit.ks_mp
+    assert fit.ks_htmp < 0.03
+
+
+def test_grid_likelihood_agrees_with_the_pointwise_likelihood() -> None:
+    """The fit interpolates the log-density on a grid; the pointwise maximum is the same kappa."""
+    from scipy import optimize
+
+    gamma = 0.4
+    x = htmp_sample(1500, 3.0, gamma, np.random.default_rng(9))
+    x = x / x.mean()
+    fit = H.fit_htmp(x, gamma)
+    exact = optimize.minimize_scalar(lambda lk: -H.logpdf(x, math.exp(lk), gamma).sum(),
+                                     bounds=(math.log(1e-3), math.log(100)), method="bounded",
+                                     options={"xatol": 1e-5})
+    assert fit.kappa == pytest.approx(math.exp(exact.x), rel=0.01)
+
+
+def test_inverse_orientation_reports_the_implied_power_law() -> None:
+    gamma = 0.5
+    sample = 1.0 / htmp_sample(2000, 4.0, gamma, np.random.default_rng(3))  # lambda ~ inverse law
+    inverse = H.fit_htmp(sample, gamma, orientation="inverse")
+    direct = H.fit_htmp(sample, gamma, orientation="direct")
+    assert inverse.kappa == pytest.approx(4.0, rel=0.15)
+    assert inverse.tail_exponent == pytest.approx(1 + inverse.delta)
+    assert inverse.ks_htmp < direct.ks_htmp
+
+
+def test_fit_fails_cleanly() -> None:
+    assert H.fit_htmp(np.ones(5), 0.5).status == "failed"
+    assert H.fit_htmp(np.full(50, 2.0), 0.5).status == "failed"
