@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from htmp_cli.errors import OptionError
+from htmp_cli.fits.phases import PhaseThresholds
 
 PRECISIONS = ("float64", "float32")
 FIT_METHODS = ("csn", "ww")
@@ -26,6 +27,8 @@ class AnalysisOptions:
     min_tail: smallest tail a "csn" fit may choose.
     backend: eigensolver library. "auto" uses torch (its LAPACK is faster on large matrices) when
         it is installed and a matrix has a side of at least 1,024, numpy otherwise.
+    htmp: fit the HTMP law (both orientations) to every layer.
+    thresholds: the numbers of the phase rules (see htmp_cli.fits.phases.PhaseThresholds).
     """
 
     min_dim: int = 10
@@ -33,6 +36,8 @@ class AnalysisOptions:
     fit: str = "csn"
     min_tail: int = 10
     backend: str = "auto"
+    htmp: bool = True
+    thresholds: PhaseThresholds = field(default_factory=PhaseThresholds)
 
     def __post_init__(self) -> None:
         if self.min_dim < 1:

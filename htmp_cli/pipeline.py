@@ -15,12 +15,15 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from htmp_cli import __version__
+from htmp_cli.fits.htmp import HTMPFit, fit_htmp
 from htmp_cli.fits.metrics import ScaleMetrics, scale_metrics
+from htmp_cli.fits.mp import MPFit, fit_mp
+from htmp_cli.fits.phases import PHASES, PhaseResult, classify
 from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
 from htmp_cli.loaders import Checkpoint, open_checkpoint
 from htmp_cli.loaders.matrices import MatrixSpec, SkippedTensor, plan_matrices
 from htmp_cli.options import AnalysisOptions
-from htmp_cli.spectral import Decoder, NonFiniteMatrixError, gram_matrix, spectrum_of
+from htmp_cli.spectral import Decoder, NonFiniteMatrixError, Spectrum, gram_matrix, spectrum_of
 
 # WeightWatcher's names for the two ends of the alpha scale (math.md section 2).
 ALPHA_OVER_TRAINED = 2.0
@@ -54,6 +57,10 @@ class LayerResult:
     n_clamped: int = 0
     power_law: PowerLawFit | None = None
     metrics: ScaleMetrics | None = None
+    mp: MPFit | None = None
+    htmp: HTMPFit | None = None  # direct orientation: lambda / scale ~ HTMP
+    htmp_inverse: HTMPFit | None = None  # inverse orientation: scale / lambda ~ HTMP
+    phase: PhaseResult | None = None
     warnings: tuple[str, ...] = ()
     timings: LayerTimings = field(default_factory=lambda: LayerTimings(0.0, 0.0, 0.0))
 
@@ -64,6 +71,25 @@ class LayerResult:
     @property
     def alpha(self) -> float | None:
         return self.power_law.alpha if self.power_law is not None else None
+
+    @property
+    def htmp_best(self) -> HTMPFit | None:
+        """The HTMP orientation with the smaller KS distance (None if neither fit)."""
+        fits = [f for f in (self.htmp, self.htmp_inverse) if f is not None and f.status == "success"]
+        return min(fits, key=lambda f: f.ks_htmp) if fits else None
+
+
+@dataclass(frozen=True)
+class SpectrumAnalysis:
+    """Every fit and metric of one spectrum: what `analyze_matrix` adds to the shape and timings."""
+
+    power_law: PowerLawFit
+    metrics: ScaleMetrics
+    mp: MPFit
+    htmp: HTMPFit | None
+    htmp_inverse: HTMPFit | None
+    phase: PhaseResult
+    warnings: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -83,6 +109,8 @@ class ModelSummary:
     n_skipped: int
     means: dict[str, float | None]  # over successful layers (alpha-based: successful fits only)
     warning_counts: dict[str, int]
+    phase_counts: dict[str, int]
+    worrying: dict[str, list[str]]  # rank-collapse, random-like and very heavy-tailed layers by name
     timings: dict[str, float]
 
 
@@ -137,20 +165,33 @@ def analyze_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decode
     if spectrum.lambda_max <= 0:
         return LayerResult(**base, **common, status="failed", reason="matrix is all zeros",
                            timings=LayerTimings(read_seconds, t1 - t0, 0.0))
+    analysis = spectrum_analysis(spectrum, options)
+    return LayerResult(**base, **common, status="success", power_law=analysis.power_law, metrics=analysis.metrics,
+                       mp=analysis.mp, htmp=analysis.htmp, htmp_inverse=analysis.htmp_inverse,
+                       phase=analysis.phase, warnings=analysis.warnings,
+                       timings=LayerTimings(read_seconds, t1 - t0, time.perf_counter() - t1))
+
+
+def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions) -> SpectrumAnalysis:
+    """Tail fit, scale metrics, MP bulk, HTMP (both orientations) and phase of one spectrum."""
     nonzero = spectrum.nonzero
     if options.fit == "ww":
         fit = fit_power_law_ww(spectrum.eigenvalues)
     else:
         fit = fit_power_law(nonzero, min_tail=options.min_tail)
     metrics = scale_metrics(spectrum.eigenvalues, nonzero, spectrum.M, fit.alpha)
+    mp = fit_mp(spectrum.eigenvalues, spectrum.N, spectrum.M)
+    gamma = spectrum.M / spectrum.N
+    direct = fit_htmp(nonzero, gamma, "direct") if options.htmp else None
+    inverse = fit_htmp(nonzero, gamma, "inverse") if options.htmp else None
+    phase = classify(spectrum.eigenvalues, spectrum.M, metrics.rank_loss, fit, mp, direct, options.thresholds)
     warnings = []
     if fit.ok and fit.alpha < ALPHA_OVER_TRAINED:
         warnings.append("over-trained")
     if fit.ok and fit.alpha > ALPHA_UNDER_TRAINED:
         warnings.append("under-trained")
-    return LayerResult(**base, **common, status="success", power_law=fit, metrics=metrics,
-                       warnings=tuple(warnings),
-                       timings=LayerTimings(read_seconds, t1 - t0, time.perf_counter() - t1))
+    return SpectrumAnalysis(power_law=fit, metrics=metrics, mp=mp, htmp=direct, htmp_inverse=inverse,
+                            phase=phase, warnings=tuple(warnings))
 
 
 def iter_layers(checkpoint: Checkpoint, matrices: list[MatrixSpec], options: AnalysisOptions,
@@ -181,8 +222,17 @@ def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...
     }
     for name in ("log_norm", "log_spectral_norm", "stable_rank", "entropy", "rank_loss", "log_spread"):
         means[name] = mean([getattr(layer.metrics, name) for layer in ok])
+    means["kappa"] = mean([layer.htmp.kappa for layer in ok if layer.htmp is not None and layer.htmp.status == "success"])
+    means["mp_softrank"] = mean([layer.mp.mp_softrank for layer in ok if layer.mp is not None])
     warning_counts = {
         label: sum(label in layer.warnings for layer in layers) for label in ("over-trained", "under-trained")
+    }
+    phase_counts = {phase: sum(layer.phase is not None and layer.phase.phase == phase for layer in ok)
+                    for phase in PHASES}
+    worrying = {
+        "rank-collapse": [layer.name for layer in ok if layer.phase.phase == "rank-collapse"],
+        "random-like": [layer.name for layer in ok if layer.phase.phase == "random-like"],
+        "very heavy-tailed": [layer.name for layer in ok if layer.phase.very_heavy],
     }
     return ModelSummary(
         n_layers=len(layers),
@@ -191,6 +241,8 @@ def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...
         n_skipped=len(skipped),
         means=means,
         warning_counts=warning_counts,
+        phase_counts=phase_counts,
+        worrying=worrying,
         timings=timings,
     )
 

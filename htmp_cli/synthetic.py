@@ -21,3 +21,45 @@ def htmp_sample(n: int, kappa: float, gamma: float, rng: np.random.Generator) ->
     main = diagonal**2 + np.r_[0.0, sub**2]
     off = sub * diagonal[:-1]
     return np.sort(eigvalsh_tridiagonal(main, off)) * gamma / kappa
+
+
+def _spikes(N: int, M: int, strengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    U = np.linalg.qr(rng.standard_normal((N, strengths.size)))[0]
+    V = np.linalg.qr(rng.standard_normal((M, strengths.size)))[0]
+    return (U * strengths) @ V.T
+
+
+def phase_layer(phase: str, N: int, M: int, rng: np.random.Generator) -> np.ndarray:
+    """A synthetic N x M weight matrix (N >= M) in the given phase, on the scale of G / sqrt(N).
+
+    random-like: Gaussian noise. bleeding-out: noise plus several rank-one signals just above the
+    detection threshold gamma^(1/4), so a few eigenvalues sit just past the edge. bulk+spikes: noise
+    plus 1-5 strong signals. bulk-decay: noise whose columns have power-law decaying scales, so a
+    tail grows smoothly out of the bulk. heavy-tailed: Student-t entries with 1.5-3 degrees of
+    freedom. rank-collapse: a product of thin Gaussian factors (rank 40-80% of M) plus faint noise.
+    """
+    gamma = M / N
+    noise = rng.standard_normal((N, M)) / np.sqrt(N)
+    if phase == "random-like":
+        return noise
+    if phase == "bleeding-out":
+        k = int(rng.integers(3, 9))
+        strengths = gamma**0.25 * rng.uniform(1.05, 1.25, size=k)
+        return noise + _spikes(N, M, strengths, rng)
+    if phase == "bulk+spikes":
+        k = int(rng.integers(1, 6))
+        strengths = rng.uniform(2.0, 5.0, size=k)
+        return noise + _spikes(N, M, strengths, rng)
+    if phase == "bulk-decay":
+        decay = rng.uniform(0.6, 0.9)
+        scales = np.arange(1, M + 1) ** -decay
+        scales *= np.sqrt(M / np.sum(scales**2))
+        return noise * scales[rng.permutation(M)]
+    if phase == "heavy-tailed":
+        df = rng.uniform(1.5, 3.0)
+        return rng.standard_t(df, size=(N, M)) / np.sqrt(N)
+    if phase == "rank-collapse":
+        rank = int(M * rng.uniform(0.4, 0.8))
+        low = rng.standard_normal((N, rank)) @ rng.standard_normal((rank, M)) / np.sqrt(N * rank)
+        return low + 1e-7 * noise
+    raise ValueError(f"unknown phase {phase!r}")

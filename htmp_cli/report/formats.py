@@ -24,6 +24,8 @@ TABLE_COLUMNS = (
     ("log_norm", "log_norm"),
     ("log_spectral_norm", "log_spectral_norm"),
     ("stable_rank", "stable_rank"),
+    ("kappa", "kappa"),
+    ("phase", "phase"),
     ("warning", "warning"),
 )
 
@@ -58,6 +60,13 @@ def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
         "n_clamped": layer.n_clamped,
         "power_law": asdict(layer.power_law) if layer.power_law is not None else None,
         "metrics": asdict(layer.metrics) if layer.metrics is not None else None,
+        "mp": asdict(layer.mp) if layer.mp is not None else None,
+        "htmp": {
+            "direct": asdict(layer.htmp) if layer.htmp is not None else None,
+            "inverse": asdict(layer.htmp_inverse) if layer.htmp_inverse is not None else None,
+            "best": layer.htmp_best.orientation if layer.htmp_best is not None else None,
+        },
+        "phase": asdict(layer.phase) if layer.phase is not None else None,
         "warnings": list(layer.warnings),
         "timings": asdict(layer.timings),
     }
@@ -80,6 +89,9 @@ def flat_layer_row(layer: dict[str, Any]) -> dict[str, Any]:
     """One flat record per layer (from its JSON form), for CSV, Markdown and the terminal table."""
     fit = layer["power_law"] or {}
     metrics = layer["metrics"] or {}
+    htmp = layer.get("htmp") or {}
+    best = htmp.get(htmp.get("best") or "", None) or {}
+    phase = layer.get("phase") or {}
     if layer["status"] != "success":
         warning = f"failed: {layer['reason']}"
     elif fit.get("status") == "failed":
@@ -107,6 +119,12 @@ def flat_layer_row(layer: dict[str, Any]) -> dict[str, Any]:
             "alpha_weighted", "log_alpha_norm", "norm", "log_norm", "spectral_norm", "log_spectral_norm",
             "stable_rank", "entropy", "rank_loss", "log_spread")},
         "n_zero": layer["n_zero"],
+        "kappa": (f"{best['kappa']:.3g} {'inv' if best['orientation'] == 'inverse' else 'dir'}"
+                  + (" (bound)" if best.get("at_bound") else "")) if best else None,
+        "kappa_direct": ((htmp.get("direct") or {}).get("kappa")),
+        "kappa_inverse": ((htmp.get("inverse") or {}).get("kappa")),
+        "phase": phase.get("summary"),
+        "phase_name": phase.get("phase"),
         "warning": warning,
     }
 
@@ -128,6 +146,8 @@ def to_csv(report: AnalysisReport) -> str:
 def format_number(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
+    if isinstance(value, str):
+        return value
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
@@ -170,6 +190,8 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         + ", mean stable_rank " + format_number(means["stable_rank"]),
         f"alpha < 2 (over-trained): {s['warning_counts']['over-trained']}, "
         f"alpha > 6 (under-trained): {s['warning_counts']['under-trained']}",
+        "phases: " + ", ".join(f"{name} {count}" for name, count in s["phase_counts"].items()),
+        *[f"{label}: {', '.join(names)}" for label, names in s["worrying"].items() if names],
         "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in s["timings"].items()),
     ]
     return lines
@@ -178,4 +200,5 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
 _EMPTY_LAYER = {
     "name": "", "tensor": "", "kind": "", "dtype": "", "shape": [], "N": 0, "M": 0, "Q": 0.0,
     "status": "", "reason": None, "n_zero": 0, "power_law": None, "metrics": None, "warnings": [],
+    "htmp": None, "phase": None,
 }

@@ -26,7 +26,7 @@ def render_table(report: AnalysisReport, console: Console) -> None:
     table = Table(title=f"htmp: {data['source']['path']}", title_justify="left", header_style="bold")
     for label, key in TABLE_COLUMNS:
         table.add_column(label, justify="right" if key in _NUMERIC else "left",
-                         overflow="fold", no_wrap=key != "name" and key != "warning")
+                         overflow="fold", no_wrap=key not in ("name", "warning", "phase"))
     for layer in data["layers"]:
         row = flat_layer_row(layer)
         cells = [format_number(row[key]) for _, key in TABLE_COLUMNS]
