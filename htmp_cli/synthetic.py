@@ -32,31 +32,32 @@ def _spikes(N: int, M: int, strengths: np.ndarray, rng: np.random.Generator) -> 
 def phase_layer(phase: str, N: int, M: int, rng: np.random.Generator) -> np.ndarray:
     """A synthetic N x M weight matrix (N >= M) in the given phase, on the scale of G / sqrt(N).
 
-    random-like: Gaussian noise. bleeding-out: noise plus several rank-one signals just above the
-    detection threshold gamma^(1/4), so a few eigenvalues sit just past the edge. bulk+spikes: noise
-    plus 1-5 strong signals. bulk-decay: noise whose columns have power-law decaying scales, so a
-    tail grows smoothly out of the bulk. heavy-tailed: Student-t entries with 1.5-3 degrees of
-    freedom. rank-collapse: a product of thin Gaussian factors (rank 40-80% of M) plus faint noise.
+    random-like: Gaussian noise. bleeding-out: noise plus 5-15 rank-one signals around the detection
+    threshold gamma^(1/4), so a few eigenvalues smear just past the edge. bulk+spikes: noise plus
+    1-5 strong signals. bulk-decay: noise whose column variances ramp smoothly from 1 up to 2.5-4
+    over the top 10-25% of columns, so a tail grows out of the bulk with no gap. heavy-tailed:
+    Student-t entries with 1.5-2.5 degrees of freedom. rank-collapse: a product of thin Gaussian factors (rank 40-80% of M) plus faint noise.
     """
     gamma = M / N
     noise = rng.standard_normal((N, M)) / np.sqrt(N)
     if phase == "random-like":
         return noise
     if phase == "bleeding-out":
-        k = int(rng.integers(3, 9))
-        strengths = gamma**0.25 * rng.uniform(1.05, 1.25, size=k)
+        k = int(rng.integers(5, 16))
+        strengths = gamma**0.25 * rng.uniform(1.0, 1.15, size=k)
         return noise + _spikes(N, M, strengths, rng)
     if phase == "bulk+spikes":
         k = int(rng.integers(1, 6))
         strengths = rng.uniform(2.0, 5.0, size=k)
         return noise + _spikes(N, M, strengths, rng)
     if phase == "bulk-decay":
-        decay = rng.uniform(0.6, 0.9)
-        scales = np.arange(1, M + 1) ** -decay
-        scales *= np.sqrt(M / np.sum(scales**2))
-        return noise * scales[rng.permutation(M)]
+        # Population variances 1, except a top share ramping smoothly up: a tail out of the bulk.
+        variances = np.ones(M)
+        top = max(2, int(M * rng.uniform(0.10, 0.25)))
+        variances[:top] = np.linspace(rng.uniform(2.5, 4.0), 1.0, top)
+        return noise * np.sqrt(variances)
     if phase == "heavy-tailed":
-        df = rng.uniform(1.5, 3.0)
+        df = rng.uniform(1.5, 2.5)
         return rng.standard_t(df, size=(N, M)) / np.sqrt(N)
     if phase == "rank-collapse":
         rank = int(M * rng.uniform(0.4, 0.8))

@@ -28,7 +28,7 @@ class PhaseThresholds:
     tiny_fraction: float = 0.05  # ... or more than this share of eigenvalues
     tiny_edge_fraction: float = 0.01  # ... below this fraction of the MP lower edge
     heavy_lambda_ratio: float = 2.0  # heavy-tailed: lambda_max above this many l+
-    heavy_ks_mp: float = 0.1  # ... and every eigenvalue this far (KS) from MP
+    heavy_ks_mp: float = 0.05  # ... and every eigenvalue this far (KS) from MP (math.md: 0.1; calibrated)
     tail_ks_max: float = 0.1  # ... with an accepted tail fit: D at most this
     tail_min_size: int = 50  # ... on at least this many eigenvalues
     alpha_heavy: float = 4.0  # ... and alpha below this
@@ -38,7 +38,7 @@ class PhaseThresholds:
     decay_excess_fraction: float = 0.03  # ... with more than this share in (l+, 2 l+]
     good_bulk_ks: float = 0.05  # a good MP bulk: KS of the bulk below this
     spikes_max_fraction: float = 0.05  # bulk+spikes: at most this share of M are spikes
-    gap_tw: float = 4.0  # a gap: smallest spike this many Tracy-Widom scales above the bulk's top
+    gap_tw: float = 8.0  # a gap: smallest spike this many Tracy-Widom scales above the bulk's top
     bleed_lambda_ratio: float = 1.2  # bleeding-out: lambda_max below this many l+
     kappa_random: float = 50.0  # random-like: HTMP kappa above this
 
