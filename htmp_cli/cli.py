@@ -115,16 +115,20 @@ def analyze(
     fit: FitMethod = typer.Option(FitMethod.csn, "--fit", help="csn: Clauset-Shalizi-Newman fit; ww: WeightWatcher 0.7.7's fit, reproduced."),
     min_tail: int = typer.Option(10, "--min-tail", help="Smallest tail the csn fit may choose."),
     backend: Backend = typer.Option(Backend.auto, "--backend", help="Eigensolver: numpy, torch, or auto (torch from a smaller side of 1024, if installed)."),
+    htmp_fit: bool = typer.Option(True, "--htmp/--no-htmp", help="Fit the HTMP law (both orientations) to every layer."),
+    threshold: list[str] = typer.Option([], "--threshold", metavar="NAME=VALUE",
+                                        help="Override a phase-rule threshold (repeatable); see the README for the names."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on when stderr is a terminal)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Analyse every weight matrix of a checkpoint: tail fit, scale metrics, model summary."""
+    """Analyse every weight matrix of a checkpoint: tail fit, MP, HTMP, phase, scale metrics, summary."""
 
     def body() -> None:
         from htmp_cli.pipeline import analyze as run_analysis
 
         options = AnalysisOptions(min_dim=min_dim, precision=precision.value, fit=fit.value,
-                                  min_tail=min_tail, backend=backend.value)
+                                  min_tail=min_tail, backend=backend.value, htmp=htmp_fit,
+                                  thresholds=_parse_thresholds(threshold))
         err_console = Console(stderr=True)
         show_progress = err_console.is_terminal if progress is None else progress
         if show_progress:
@@ -137,6 +141,21 @@ def analyze(
         _emit(report, format, output)
 
     _run_guarded(debug, body)
+
+
+def _parse_thresholds(pairs: list[str]):  # type: ignore[no-untyped-def]
+    from htmp_cli.fits.phases import PhaseThresholds
+
+    values: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep:
+            raise HtmpError(f"--threshold {pair!r}: expected NAME=VALUE")
+        try:
+            values[name.strip()] = float(raw)
+        except ValueError:
+            raise HtmpError(f"--threshold {pair!r}: {raw!r} is not a number") from None
+    return PhaseThresholds.from_mapping(values)
 
 
 def _emit(report, format: OutputFormat, output: Optional[Path]) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,62 @@
+"""The phase classifier on synthetic layers of every phase, and its thresholds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from htmp_cli.cli import app
+from htmp_cli.errors import OptionError
+from htmp_cli.fits.phases import PHASES, PhaseThresholds
+from htmp_cli.options import AnalysisOptions
+from htmp_cli.pipeline import spectrum_analysis
+from htmp_cli.spectral import eigenvalues
+from htmp_cli.synthetic import phase_layer
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_each_phase_is_recognised_on_fresh_synthetic_layers(phase: str) -> None:
+    """At least 90% of fresh layers of each phase get their phase (the calibration's bar)."""
+    rng = np.random.default_rng(PHASES.index(phase) + 777)
+    hits = 0
+    total = 20
+    for _ in range(total):
+        N = int(rng.integers(400, 1201))
+        M = int(rng.integers(100, N + 1))
+        analysis = spectrum_analysis(eigenvalues(phase_layer(phase, N, M, rng), backend="numpy"), AnalysisOptions())
+        hits += analysis.phase.phase == phase
+        assert analysis.phase.summary.split(":")[0] in (analysis.phase.phase, "very heavy-tailed")
+        assert analysis.phase.rule
+    assert hits >= 0.9 * total, f"{phase}: {hits}/{total}"
+
+
+def test_the_result_carries_the_rule_and_numbers() -> None:
+    rng = np.random.default_rng(3)
+    W = rng.standard_t(1.7, size=(1000, 500)) / np.sqrt(1000)
+    phase = spectrum_analysis(eigenvalues(W), AnalysisOptions()).phase
+    assert phase.phase == "heavy-tailed"
+    assert phase.summary.startswith(("heavy-tailed: alpha", "very heavy-tailed: alpha"))
+    assert {"alpha", "kappa", "lambda_max_over_l_plus", "ks_mp_all", "n_spikes"} <= set(phase.evidence)
+
+
+def test_thresholds_are_validated_and_overridable() -> None:
+    with pytest.raises(OptionError, match="unknown phase threshold 'alpha_heavyy'"):
+        PhaseThresholds.from_mapping({"alpha_heavyy": 3})
+    with pytest.raises(OptionError, match="non-negative number"):
+        PhaseThresholds.from_mapping({"alpha_heavy": -1})
+    assert PhaseThresholds.from_mapping({"alpha_heavy": 3}).alpha_heavy == 3.0
+
+
+def test_threshold_option_changes_the_verdict(fixtures) -> None:  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    path = str(fixtures / "demo_model.safetensors")
+    default = json.loads(runner.invoke(app, ["analyze", path, "-f", "json"]).output)
+    strict = json.loads(runner.invoke(app, ["analyze", path, "-f", "json", "--threshold", "alpha_heavy=0.5",
+                                            "--threshold", "rank_loss_fraction=0"]).output)
+    assert strict["options"]["thresholds"]["alpha_heavy"] == 0.5
+    assert [l["phase"]["phase"] for l in default["layers"]] != [l["phase"]["phase"] for l in strict["layers"]]
+    bad = runner.invoke(app, ["analyze", path, "--threshold", "nope"])
+    assert bad.exit_code == 2
