@@ -38,6 +38,7 @@ class PhaseThresholds:
     decay_excess_fraction: float = 0.03  # ... with more than this share in (l+, 2 l+]
     good_bulk_ks: float = 0.05  # a good MP bulk: KS of the bulk below this
     spikes_max_fraction: float = 0.05  # bulk+spikes: at most this share of M are spikes
+    spikes_excess_fraction: float = 0.015  # ... and, without a gap, at most this share in (l+, 2 l+]
     gap_tw: float = 8.0  # a gap: smallest spike this many Tracy-Widom scales above the bulk's top
     bleed_lambda_ratio: float = 1.2  # bleeding-out: lambda_max below this many l+
     kappa_random: float = 50.0  # random-like: HTMP kappa above this
@@ -111,9 +112,14 @@ def classify(eigenvalues: np.ndarray, M: int, rank_loss: int, power_law: PowerLa
         return result("bulk-decay", "tail growing out of the bulk",
                       f"alpha {_fmt(alpha)}, {excess_share:.0%} in (l+, 2 l+], KS to MP {_fmt(mp.ks_all)}")
     n_spikes = mp.n_spikes or 0
-    if good_bulk and 1 <= n_spikes <= t.spikes_max_fraction * M and gap:
+    # Spikes reaching well past the edge, but few of them just past it (no tail growing out of the bulk).
+    far_out = ratio is not None and ratio >= t.bleed_lambda_ratio and excess_share <= t.spikes_excess_fraction
+    if good_bulk and 1 <= n_spikes <= t.spikes_max_fraction * M and (gap or far_out):
+        # Separated from the bulk by a gap, or reaching well past the edge (learned directions
+        # often spread from the edge up to many times l+, with no single gap).
         return result("bulk+spikes", "MP bulk and separated spikes",
-                      f"{n_spikes} spikes past a gap, bulk KS {_fmt(mp.ks_bulk)}")
+                      f"{n_spikes} spikes, {'a gap' if gap else 'no gap'}, lambda_max {_fmt(ratio)} x l+, "
+                      f"bulk KS {_fmt(mp.ks_bulk)}")
     if good_bulk and n_spikes >= 1 and not gap and ratio is not None and ratio < t.bleed_lambda_ratio:
         return result("bleeding-out", "mass just past the MP edge",
                       f"{n_spikes} past the TW edge, none separated, lambda_max {_fmt(ratio)} x l+")
