@@ -148,3 +148,29 @@ def test_inverse_orientation_reports_the_implied_power_law() -> None:
 def test_fit_fails_cleanly() -> None:
     assert H.fit_htmp(np.ones(5), 0.5).status == "failed"
     assert H.fit_htmp(np.full(50, 2.0), 0.5).status == "failed"
+
+
+def test_large_kappa_switches_to_the_matching_mp_law_without_a_jump() -> None:
+    x = np.linspace(0.05, 3.0, 300)
+    for gamma in (0.3, 0.7, 1.0):
+        below = H.cdf(x, H.KAPPA_MAX, gamma)
+        above = H.cdf(x, H.KAPPA_MAX * (1 + 1e-9), gamma)
+        assert np.max(np.abs(below - above)) < 0.01
+        assert not np.isnan(H.logpdf(x, 500.0, gamma)).any()
+
+
+def test_inverse_law_density_and_cdf_agree() -> None:
+    """The inverse law's CDF is the integral of its density (and its upper tail is the power law)."""
+    kappa, gamma = 3.0, 0.4
+    z = np.array([0.5, 1.0, 2.0, 4.0])
+
+    def integrand(u: float) -> float:
+        v = math.exp(u)
+        return v * math.exp(H.inverse_logpdf(np.array([v]), kappa, gamma)[0])
+
+    expected = np.array([integrate.quad(integrand, -30, math.log(v), limit=2000)[0] for v in z])
+    np.testing.assert_allclose(H.inverse_cdf(z, kappa, gamma), expected, atol=2e-6)
+    _, delta, _ = H.shape_parameters(kappa, gamma)
+    far = np.array([1e3, 1e4])
+    slope = np.diff(H.inverse_logpdf(far, kappa, gamma)) / np.diff(np.log(far))
+    assert slope[0] == pytest.approx(-(1 + delta), rel=0.02)

@@ -8,9 +8,10 @@ parameter kappa > 0, with c = kappa/2, delta = kappa(1-gamma)/(2 gamma), s = c +
 U is Tricomi's function on its branch cut, evaluated through Kummer's M by the connection formula
 U(c, 1-d, -y) = A + B e^{-i pi d}, A = Gamma(d)/Gamma(c+d) M(c, 1-d, -y),
 B = Gamma(-d)/Gamma(c) y^d M(c+d, 1+d, -y), so |U|^2 = A^2 + B^2 + 2 A B cos(pi d), with A and B
-carried in log space. This float64 path agrees with mpmath to about 1e-12 for kappa <= 100 (tested);
-above that its terms lose accuracy, and there the law is Marchenko-Pastur to 0.005 in CDF, so the fit
-stops at kappa = 100 and flags it. At integer delta Gamma(+-d) have poles that cancel: the path
+carried in log space. This float64 path agrees with mpmath to about 1e-12 for kappa <= 100 and
+delta <= 250 (tested); above kappa = 100 its terms lose accuracy, and there the law is Marchenko-Pastur
+to 0.005 in CDF: the functions switch to the MP law of the same mean and variance, and the fit stops at
+kappa = 100 and flags it. At integer delta Gamma(+-d) have poles that cancel: the path
 averages delta -+ 1e-5 there. The CDF is (2/(pi kappa)) times the unwrapped phase of U.
 """
 
@@ -89,6 +90,8 @@ def logpdf(x: np.ndarray, kappa: float, gamma: float) -> np.ndarray:
     """
     x = np.asarray(x, dtype=np.float64)
     _check(kappa, gamma)
+    if kappa > KAPPA_MAX:
+        return mp_logpdf(x, _mp_equivalent_gamma(kappa, gamma))
     out = np.full(x.shape, -np.inf)
     c, d, s = shape_parameters(kappa, gamma)
     positive = x > 0
@@ -156,6 +159,8 @@ def cdf(x: np.ndarray, kappa: float, gamma: float) -> np.ndarray:
     """
     x = np.asarray(x, dtype=np.float64)
     _check(kappa, gamma)
+    if kappa > KAPPA_MAX:
+        return mp_cdf(x, _mp_equivalent_gamma(kappa, gamma))
     out = np.zeros(x.shape)
     regular = x >= _TINY
     c, d, _ = shape_parameters(kappa, gamma)
@@ -184,6 +189,23 @@ def inverse_cdf(z: np.ndarray, kappa: float, gamma: float) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     with np.errstate(divide="ignore"):
         return 1.0 - cdf(1.0 / z, kappa, gamma)
+
+
+def _mp_equivalent_gamma(kappa: float, gamma: float) -> float:
+    """Above KAPPA_MAX the law is MP to 0.005 in CDF; the MP with the same mean (1) and variance
+    gamma (1 + 2/kappa) has aspect ratio gamma (1 + 2/kappa), capped at 1."""
+    return min(1.0, gamma * (1.0 + 2.0 / kappa))
+
+
+def mp_logpdf(x: np.ndarray, gamma: float) -> np.ndarray:
+    """Log-density of Marchenko-Pastur with sigma^2 = 1 (mean 1), aspect ratio gamma <= 1."""
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = (1 - math.sqrt(gamma)) ** 2, (1 + math.sqrt(gamma)) ** 2
+    inside = (x > lo) & (x < hi) & (x > 0)
+    out = np.full(x.shape, -np.inf)
+    xi = x[inside]
+    out[inside] = 0.5 * np.log((hi - xi) * (xi - lo)) - np.log(2 * math.pi * gamma * xi)
+    return out
 
 
 def mp_cdf(x: np.ndarray, gamma: float) -> np.ndarray:
