@@ -174,3 +174,10 @@ def test_inverse_law_density_and_cdf_agree() -> None:
     far = np.array([1e3, 1e4])
     slope = np.diff(H.inverse_logpdf(far, kappa, gamma)) / np.diff(np.log(far))
     assert slope[0] == pytest.approx(-(1 + delta), rel=0.02)
+
+
+def test_interpolated_cdf_used_by_the_fit_is_close_to_the_exact_one() -> None:
+    x = np.sort(htmp_sample(3000, 5.0, 0.3, np.random.default_rng(4)))
+    exact = H.cdf(x, 5.0, 0.3)
+    fast = H.cdf(x, 5.0, 0.3, exact_points=False)
+    assert np.max(np.abs(exact - fast)) < 1e-4

@@ -9,13 +9,16 @@ fallback, marked as such.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from htmp_cli.errors import OptionError
-from htmp_cli.fits.htmp import HTMPFit
-from htmp_cli.fits.mp import MPFit
-from htmp_cli.fits.powerlaw import PowerLawFit
+
+if TYPE_CHECKING:  # the fits import scipy; the options (and `htmp ls`) need only the thresholds
+    from htmp_cli.fits.htmp import HTMPFit
+    from htmp_cli.fits.mp import MPFit
+    from htmp_cli.fits.powerlaw import PowerLawFit
 
 PHASES = ("random-like", "bleeding-out", "bulk+spikes", "bulk-decay", "heavy-tailed", "rank-collapse")
 
