@@ -167,7 +167,7 @@ def _emit(report, format: OutputFormat, output: Optional[Path]) -> None:  # type
         if output is None:
             console = _StdoutConsole()
             if not console.is_terminal:
-                console = _StdoutConsole(width=max(console.width, 160))
+                console = _StdoutConsole(width=max(console.width, 220))
             render_table(report, console)
         else:
             with _open_output(output) as handle:

@@ -59,6 +59,17 @@ def test_json_follows_the_contract(fixtures: Path) -> None:
     assert summary["n_layers"] == 11 and summary["n_skipped"] == 6
     alphas = [l["power_law"]["alpha"] for l in data["layers"] if l["power_law"]["status"] == "success"]
     assert summary["means"]["alpha"] == pytest.approx(sum(alphas) / len(alphas))
+    # Every layer has a phase with its rule and numbers; the summary counts them and names the worrying.
+    phases = [l["phase"]["phase"] for l in data["layers"]]
+    assert sum(summary["phase_counts"].values()) == len(phases) == 11
+    assert all(summary["phase_counts"][p] == phases.count(p) for p in set(phases))
+    assert summary["worrying"]["random-like"] == [l["name"] for l in data["layers"] if l["phase"]["phase"] == "random-like"]
+    assert set(summary["worrying"]) == {"rank-collapse", "random-like", "very heavy-tailed"}
+    for l in data["layers"]:
+        assert l["phase"]["rule"] and l["phase"]["evidence"] and l["phase"]["summary"]
+        assert set(l["htmp"]) == {"direct", "inverse", "best"}
+        assert l["htmp"]["direct"]["orientation"] == "direct" and l["htmp"]["inverse"]["orientation"] == "inverse"
+        assert {"lambda_plus", "n_spikes", "mp_softrank", "ks_bulk", "ks_all"} <= set(l["mp"])
 
 
 def test_same_input_same_output(fixtures: Path) -> None:

@@ -24,11 +24,14 @@ def _alpha_style(alpha: float | None) -> str:
 def render_table(report: AnalysisReport, console: Console) -> None:
     data = report_to_dict(report)
     table = Table(title=f"htmp: {data['source']['path']}", title_justify="left", header_style="bold")
+    rows = [flat_layer_row(layer) for layer in data["layers"]]
     for label, key in TABLE_COLUMNS:
-        table.add_column(label, justify="right" if key in _NUMERIC else "left",
+        # Names and phase reasons fold only past a readable width; numbers never wrap.
+        longest = max((len(str(row[key] or "")) for row in rows), default=0)
+        min_width = min(longest, 48 if key == "name" else 40) if key in ("name", "phase") else None
+        table.add_column(label, justify="right" if key in _NUMERIC else "left", min_width=min_width,
                          overflow="fold", no_wrap=key not in ("name", "warning", "phase"))
-    for layer in data["layers"]:
-        row = flat_layer_row(layer)
+    for layer, row in zip(data["layers"], rows):
         cells = [format_number(row[key]) for _, key in TABLE_COLUMNS]
         style = "red" if layer["status"] != "success" else _alpha_style(row["alpha"])
         table.add_row(*cells, style=style or None)
