@@ -25,6 +25,8 @@ from typing import Literal
 import numpy as np
 from scipy import optimize, special
 
+from htmp_cli.fits.mp import ks_distance, mp_cdf, mp_logpdf
+
 KAPPA_MIN = 1e-3
 KAPPA_MAX = 100.0  # upper end of the validated float64 path; beyond it the law is MP-like
 _INTEGER_DELTA_GAP = 1e-3  # rounding grows as 1/gap^2, the extrapolated bias as gap^4
@@ -202,32 +204,6 @@ def _mp_equivalent_gamma(kappa: float, gamma: float) -> float:
     return min(1.0, gamma * (1.0 + 2.0 / kappa))
 
 
-def mp_logpdf(x: np.ndarray, gamma: float) -> np.ndarray:
-    """Log-density of Marchenko-Pastur with sigma^2 = 1 (mean 1), aspect ratio gamma <= 1."""
-    x = np.asarray(x, dtype=np.float64)
-    lo, hi = (1 - math.sqrt(gamma)) ** 2, (1 + math.sqrt(gamma)) ** 2
-    inside = (x > lo) & (x < hi) & (x > 0)
-    out = np.full(x.shape, -np.inf)
-    xi = x[inside]
-    out[inside] = 0.5 * np.log((hi - xi) * (xi - lo)) - np.log(2 * math.pi * gamma * xi)
-    return out
-
-
-def mp_cdf(x: np.ndarray, gamma: float) -> np.ndarray:
-    """CDF of Marchenko-Pastur with sigma^2 = 1 (mean 1) and aspect ratio gamma <= 1."""
-    lo, hi = (1 - math.sqrt(gamma)) ** 2, (1 + math.sqrt(gamma)) ** 2
-    # x = lo + (hi-lo)(1 - cos t)/2 turns the square-root edges into a smooth integrand in t.
-    t = np.linspace(0.0, math.pi, 4097)
-    grid = lo + (hi - lo) * (1 - np.cos(t)) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        integrand = np.where(grid > 0, ((hi - lo) ** 2 / 4) * np.sin(t) ** 2 / (2 * math.pi * gamma * grid), 0.0)
-    if gamma == 1.0:
-        integrand[0] = 2.0 / (2 * math.pi)  # limit of sin^2 t / x as t -> 0 when lo = 0 and hi = 4
-    cumulative = np.r_[0.0, np.cumsum((integrand[1:] + integrand[:-1]) / 2 * np.diff(t))]
-    cumulative /= cumulative[-1]
-    return np.interp(np.asarray(x, dtype=np.float64), grid, cumulative, left=0.0, right=1.0)
-
-
 def _check(kappa: float, gamma: float) -> None:
     if not (kappa > 0 and 0 < gamma <= 1):
         raise ValueError(f"HTMP needs kappa > 0 and 0 < gamma <= 1, got kappa={kappa}, gamma={gamma}")
@@ -244,13 +220,6 @@ def logpdf_mpmath(x: float, kappa: float, gamma: float, dps: int = 40) -> float:
         value = (mpmath.log(s) + (d - 1) * mpmath.log(s * xm) - s * xm - mpmath.loggamma(c + 1)
                  - mpmath.loggamma(c + d) - 2 * mpmath.log(abs(u)))
         return float(value)
-
-
-def ks_distance(sorted_values: np.ndarray, model_cdf: np.ndarray) -> float:
-    """Two-sided KS distance between the empirical CDF of sorted values and a model CDF at them."""
-    n = sorted_values.size
-    ranks = np.arange(n)
-    return float(max(np.max(model_cdf - ranks / n), np.max((ranks + 1) / n - model_cdf)))
 
 
 @dataclass(frozen=True)
@@ -320,7 +289,8 @@ def fit_htmp(eigenvalues: np.ndarray, gamma: float, orientation: str = "direct")
     ks = ks_distance(x, cdf(x, kappa, gamma, exact_points=False))
     # Marchenko-Pastur with sigma^2 = 1 is the moment fit to the mean-one eigenvalues; it is the
     # same comparison in both orientations (KS is invariant under the reciprocal).
-    ks_mp = ks_distance(values / values.mean(), mp_cdf(values / values.mean(), gamma))
+    mean_one = values / values.mean()
+    ks_mp = ks_distance(mean_one, mp_cdf(mean_one, gamma))
     return HTMPFit(
         status="success",
         orientation=orientation,

@@ -20,8 +20,6 @@ from typing import Literal
 
 import numpy as np
 
-from htmp_cli.fits.htmp import ks_distance, mp_cdf
-
 TW_99 = 2.02  # 99% quantile of Tracy-Widom (beta = 1): a 1% false-alarm rate per layer
 _MAX_ITERATIONS = 100
 
@@ -45,6 +43,39 @@ class MPFit:
     ks_all: float | None = None  # KS distance D_MP of every eigenvalue to the fitted law
     iterations: int = 0
     reason: str | None = None
+
+
+def mp_logpdf(x: np.ndarray, gamma: float) -> np.ndarray:
+    """Log-density of Marchenko-Pastur with sigma^2 = 1 (mean 1), aspect ratio gamma <= 1."""
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = (1 - math.sqrt(gamma)) ** 2, (1 + math.sqrt(gamma)) ** 2
+    inside = (x > lo) & (x < hi) & (x > 0)
+    out = np.full(x.shape, -np.inf)
+    xi = x[inside]
+    out[inside] = 0.5 * np.log((hi - xi) * (xi - lo)) - np.log(2 * math.pi * gamma * xi)
+    return out
+
+
+def mp_cdf(x: np.ndarray, gamma: float) -> np.ndarray:
+    """CDF of Marchenko-Pastur with sigma^2 = 1 (mean 1) and aspect ratio gamma <= 1."""
+    lo, hi = (1 - math.sqrt(gamma)) ** 2, (1 + math.sqrt(gamma)) ** 2
+    # x = lo + (hi-lo)(1 - cos t)/2 turns the square-root edges into a smooth integrand in t.
+    t = np.linspace(0.0, math.pi, 4097)
+    grid = lo + (hi - lo) * (1 - np.cos(t)) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        integrand = np.where(grid > 0, ((hi - lo) ** 2 / 4) * np.sin(t) ** 2 / (2 * math.pi * gamma * grid), 0.0)
+    if gamma == 1.0:
+        integrand[0] = 2.0 / (2 * math.pi)  # limit of sin^2 t / x as t -> 0 when lo = 0 and hi = 4
+    cumulative = np.r_[0.0, np.cumsum((integrand[1:] + integrand[:-1]) / 2 * np.diff(t))]
+    cumulative /= cumulative[-1]
+    return np.interp(np.asarray(x, dtype=np.float64), grid, cumulative, left=0.0, right=1.0)
+
+
+def ks_distance(sorted_values: np.ndarray, model_cdf: np.ndarray) -> float:
+    """Two-sided KS distance between the empirical CDF of sorted values and a model CDF at them."""
+    n = sorted_values.size
+    ranks = np.arange(n)
+    return float(max(np.max(model_cdf - ranks / n), np.max((ranks + 1) / n - model_cdf)))
 
 
 def _mp_median(gamma: float) -> float:
