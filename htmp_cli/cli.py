@@ -55,6 +55,24 @@ class Backend(str, Enum):
     torch = "torch"
 
 
+class ConvMode(str, Enum):
+    pooled = "pooled"
+    unfold = "unfold"
+
+
+_PATH_HELP = ("A checkpoint: .safetensors, PyTorch .pt/.pth/.bin, .gguf, a shard index, "
+              "or a folder holding one (Hugging Face or llama.cpp layout).")
+_MIN_DIM = typer.Option(10, "--min-dim", help="Smallest side of a matrix to analyse (10 = the default min-tail).")
+_CONV = typer.Option(ConvMode.pooled, "--conv",
+                     help="Conv kernels: pooled = eigenvalues of the (out, in) slices pooled into one ESD; "
+                          "unfold = the (out, in*kernel) matrix.")
+_SPLIT_FUSED = typer.Option(False, "--split-fused",
+                            help="Split fused q/k/v projections (c_attn, qkv_proj, Wqkv, ...) into q, k and v where the shape allows.")
+_SKIP_EMBEDDINGS = typer.Option(False, "--skip-embeddings", help="Leave embeddings and output heads out.")
+_INCLUDE = typer.Option([], "--include", metavar="REGEX", help="Analyse only tensors whose name matches (repeatable).")
+_EXCLUDE = typer.Option([], "--exclude", metavar="REGEX", help="Leave out tensors whose name matches (repeatable).")
+
+
 class _StdoutConsole(Console):
     """rich exits with status 1 on a broken pipe, which here means "gate failed"; let ours handle it."""
 
@@ -107,10 +125,15 @@ def _run_guarded(debug: bool, body):  # type: ignore[no-untyped-def]
 
 @app.command()
 def analyze(
-    path: str = typer.Argument(..., help="A .safetensors file, a shard index, or a folder holding either."),
+    path: str = typer.Argument(..., help=_PATH_HELP),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output view."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the output to FILE instead of stdout."),
-    min_dim: int = typer.Option(10, "--min-dim", help="Smallest side of a 2-D tensor to analyse (10 = the default min-tail)."),
+    min_dim: int = _MIN_DIM,
+    conv: ConvMode = _CONV,
+    split_fused: bool = _SPLIT_FUSED,
+    skip_embeddings: bool = _SKIP_EMBEDDINGS,
+    include: list[str] = _INCLUDE,
+    exclude: list[str] = _EXCLUDE,
     precision: Precision = typer.Option(Precision.float64, "--precision", help="Gram product and eigensolver precision; float32 is faster."),
     fit: FitMethod = typer.Option(FitMethod.csn, "--fit", help="csn: Clauset-Shalizi-Newman fit; ww: WeightWatcher 0.7.7's fit, reproduced."),
     min_tail: int = typer.Option(10, "--min-tail", help="Smallest tail the csn fit may choose."),
@@ -128,7 +151,9 @@ def analyze(
 
         options = AnalysisOptions(min_dim=min_dim, precision=precision.value, fit=fit.value,
                                   min_tail=min_tail, backend=backend.value, htmp=htmp_fit,
-                                  thresholds=_parse_thresholds(threshold))
+                                  thresholds=_parse_thresholds(threshold), conv=conv.value,
+                                  split_fused=split_fused, skip_embeddings=skip_embeddings,
+                                  include=tuple(include), exclude=tuple(exclude))
         err_console = Console(stderr=True)
         show_progress = err_console.is_terminal if progress is None else progress
         if show_progress:
@@ -191,8 +216,13 @@ def _open_output(output: Path):  # type: ignore[no-untyped-def]
 
 @app.command("ls")
 def list_tensors(
-    path: str = typer.Argument(..., help="A .safetensors file, a shard index, or a folder holding either."),
-    min_dim: int = typer.Option(10, "--min-dim", help="Smallest side of a 2-D tensor to analyse."),
+    path: str = typer.Argument(..., help=_PATH_HELP),
+    min_dim: int = _MIN_DIM,
+    conv: ConvMode = _CONV,
+    split_fused: bool = _SPLIT_FUSED,
+    skip_embeddings: bool = _SKIP_EMBEDDINGS,
+    include: list[str] = _INCLUDE,
+    exclude: list[str] = _EXCLUDE,
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table or json."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -202,17 +232,21 @@ def list_tensors(
         from htmp_cli.loaders import open_checkpoint
         from htmp_cli.loaders.matrices import plan_matrices
 
-        AnalysisOptions(min_dim=min_dim)
+        options = AnalysisOptions(min_dim=min_dim, conv=conv.value, split_fused=split_fused,
+                                  skip_embeddings=skip_embeddings, include=tuple(include), exclude=tuple(exclude))
         checkpoint = open_checkpoint(path)
-        matrices, skipped = plan_matrices(checkpoint.tensors, min_dim)
-        verdict = {m.tensor: f"analyse ({m.kind})" for m in matrices}
+        matrices, skipped = plan_matrices(checkpoint.tensors, options.matrix_rules)
+        verdict = _ls_verdicts(matrices)
         verdict.update({s.name: f"skip: {s.reason}" for s in skipped})
         rows = [(e.name, list(e.shape), e.dtype, verdict[e.name]) for e in checkpoint.tensors]
         if format is OutputFormat.json:
             sys.stdout.write(json.dumps({
                 "source": {"path": str(checkpoint.path), "format": checkpoint.format,
-                           "size_bytes": checkpoint.size_bytes, "fingerprint": checkpoint.fingerprint},
+                           "size_bytes": checkpoint.size_bytes, "fingerprint": checkpoint.fingerprint,
+                           "notes": list(checkpoint.notes)},
                 "tensors": [{"name": n, "shape": s, "dtype": d, "action": a} for n, s, d, a in rows],
+                "matrices": [{"name": m.name, "tensor": m.tensor, "kind": m.kind, "shape": list(m.shape),
+                              "slices": m.slices, "note": m.note} for m in matrices],
             }, indent=2) + "\n")
             return
         if format is not OutputFormat.table:
@@ -226,9 +260,33 @@ def list_tensors(
                           style="dim" if action.startswith("skip") else None)
         console = _StdoutConsole()
         console.print(table)
+        for note in checkpoint.notes:
+            console.print(f"note: {note}", highlight=False)
         console.print(f"{len(matrices)} matrices to analyse, {len(skipped)} tensors skipped", highlight=False)
 
     _run_guarded(debug, body)
+
+
+def _ls_verdicts(matrices) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    by_tensor: dict[str, list] = {}
+    for m in matrices:
+        by_tensor.setdefault(m.tensor, []).append(m)
+    verdicts = {}
+    for tensor, specs in by_tensor.items():
+        first = specs[0]
+        shape = "x".join(map(str, first.shape))
+        if first.kind == "expert" and len(specs) > 1:
+            text = f"analyse ({len(specs)} experts of {shape})"
+        elif len(specs) > 1:
+            text = f"analyse ({first.kind}: {', '.join(s.name.rsplit(':', 1)[-1] for s in specs)} of {shape})"
+        elif first.slices > 1:
+            text = f"analyse ({first.kind}: {first.slices} slices of {shape}, pooled)"
+        elif first.shape != first.entry.shape:
+            text = f"analyse ({first.kind} as {shape})"
+        else:
+            text = f"analyse ({first.kind})"
+        verdicts[tensor] = text + (f"; {first.note}" if first.note and len(specs) == 1 else "")
+    return verdicts
 
 
 def main() -> None:

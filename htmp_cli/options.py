@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 from htmp_cli.errors import OptionError
 from htmp_cli.fits.phases import PhaseThresholds
+from htmp_cli.loaders.matrices import CONV_MODES, MatrixRules
 
 PRECISIONS = ("float64", "float32")
 FIT_METHODS = ("csn", "ww")
@@ -29,6 +31,12 @@ class AnalysisOptions:
         it is installed and a matrix has a side of at least 1,024, numpy otherwise.
     htmp: fit the HTMP law (both orientations) to every layer.
     thresholds: the numbers of the phase rules (see htmp_cli.fits.phases.PhaseThresholds).
+    conv: "pooled" analyses a conv kernel's (out, in) slices as one pooled spectrum (WeightWatcher's
+        way); "unfold" analyses the (out, in * kernel size) matrix.
+    split_fused: split fused q/k/v projections into three matrices where the shape allows.
+    skip_embeddings: leave embeddings and output heads out.
+    include, exclude: regexes on tensor names; a tensor is analysed if it matches some `include`
+        (when any are given) and no `exclude`.
     """
 
     min_dim: int = 10
@@ -38,6 +46,11 @@ class AnalysisOptions:
     backend: str = "auto"
     htmp: bool = True
     thresholds: PhaseThresholds = field(default_factory=PhaseThresholds)
+    conv: str = "pooled"
+    split_fused: bool = False
+    skip_embeddings: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.min_dim < 1:
@@ -50,6 +63,19 @@ class AnalysisOptions:
             raise OptionError(f"--min-tail must be at least 2, got {self.min_tail}")
         if self.backend not in BACKENDS:
             raise OptionError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.conv not in CONV_MODES:
+            raise OptionError(f"--conv must be one of {', '.join(CONV_MODES)}, got {self.conv!r}")
+        for flag, patterns in (("--include", self.include), ("--exclude", self.exclude)):
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise OptionError(f"{flag} {pattern!r} is not a valid regular expression: {err}") from None
+
+    @property
+    def matrix_rules(self) -> MatrixRules:
+        return MatrixRules(min_dim=self.min_dim, conv=self.conv, split_fused=self.split_fused,
+                           skip_embeddings=self.skip_embeddings, include=self.include, exclude=self.exclude)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

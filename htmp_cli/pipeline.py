@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
@@ -23,7 +23,7 @@ from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
 from htmp_cli.loaders import Checkpoint, open_checkpoint
 from htmp_cli.loaders.matrices import MatrixSpec, SkippedTensor, plan_matrices
 from htmp_cli.options import AnalysisOptions
-from htmp_cli.spectral import Decoder, NonFiniteMatrixError, Spectrum, gram_matrix, spectrum_of
+from htmp_cli.spectral import Decoder, NonFiniteMatrixError, Spectrum, gram_matrix, pool_spectra, spectrum_of
 
 # WeightWatcher's names for the two ends of the alpha scale (math.md section 2).
 ALPHA_OVER_TRAINED = 2.0
@@ -50,6 +50,9 @@ class LayerResult:
     M: int
     status: str  # "success", or "failed" when no spectrum could be computed
     reason: str | None = None
+    slices: int = 1  # conv kernel positions whose eigenvalues are pooled
+    group: str | None = None  # the expert group (stacked tensor or experts.*. name) of an expert
+    note: str | None = None  # how the matrix was cut from its tensor, when that needs saying
     precision: str | None = None
     backend: str | None = None
     n_eigenvalues: int = 0
@@ -99,6 +102,20 @@ class SourceInfo:
     files: tuple[str, ...]
     size_bytes: int
     fingerprint: str
+    notes: tuple[str, ...] = ()  # what the loader found and did: folder choice, wrappers removed, ...
+
+
+@dataclass(frozen=True)
+class ExpertGroup:
+    """The experts of one mixture-of-experts layer, summarised together."""
+
+    name: str
+    n_experts: int
+    n_fitted: int
+    alpha_mean: float | None
+    alpha_min: float | None
+    alpha_max: float | None
+    phase_counts: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,8 @@ class ModelSummary:
     phase_counts: dict[str, int]
     worrying: dict[str, list[str]]  # rank-collapse, random-like and very heavy-tailed layers by name
     timings: dict[str, float]
+    kind_counts: dict[str, int] = field(default_factory=dict)
+    expert_groups: tuple[ExpertGroup, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,18 +168,27 @@ def analyze_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decode
         decode = _as_float32  # WeightWatcher 0.7.7 analyses float32 copies of the weights
     rows, cols = spec.shape
     base = dict(name=spec.name, tensor=spec.tensor, kind=spec.kind, dtype=spec.dtype, shape=spec.shape,
-                N=max(rows, cols), M=min(rows, cols))
+                N=max(rows, cols), M=min(rows, cols), slices=spec.slices, group=spec.group, note=spec.note)
     t0 = time.perf_counter()
     try:
-        gram = gram_matrix(W, options.precision, decode)
-        del W
-        spectrum = spectrum_of(gram, options.backend)
-        del gram
+        if W.ndim == 3:  # conv kernel slices, one spectrum each, pooled
+            spectrum = pool_spectra([spectrum_of(gram_matrix(W[k], options.precision, decode), options.backend)
+                                     for k in range(W.shape[0])])
+            del W
+        else:
+            gram = gram_matrix(W, options.precision, decode)
+            del W
+            spectrum = spectrum_of(gram, options.backend)
+            del gram
     except NonFiniteMatrixError as err:
         return LayerResult(**base, status="failed", reason=str(err),
                            timings=LayerTimings(read_seconds, time.perf_counter() - t0, 0.0))
+    if options.fit == "ww" and spec.kind == "conv2d":
+        # WeightWatcher 0.7.7 scales pooled Conv2D slices by sqrt(1/2) (its conv2d_norm), halving
+        # every eigenvalue; only its reproduction mode copies that (README: "Conv kernels").
+        spectrum = replace(spectrum, eigenvalues=spectrum.eigenvalues / 2, zero_threshold=spectrum.zero_threshold / 2)
     t1 = time.perf_counter()
-    common = dict(precision=spectrum.precision, backend=spectrum.backend, n_eigenvalues=spectrum.M,
+    common = dict(precision=spectrum.precision, backend=spectrum.backend, n_eigenvalues=spectrum.eigenvalues.size,
                   n_zero=spectrum.n_zero, n_clamped=spectrum.n_clamped)
     if spectrum.lambda_max <= 0:
         return LayerResult(**base, **common, status="failed", reason="matrix is all zeros",
@@ -179,12 +207,13 @@ def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions) -> SpectrumA
         fit = fit_power_law_ww(spectrum.eigenvalues)
     else:
         fit = fit_power_law(nonzero, min_tail=options.min_tail)
-    metrics = scale_metrics(spectrum.eigenvalues, nonzero, spectrum.M, fit.alpha)
+    count = spectrum.eigenvalues.size  # M, or M per slice times the slices of a pooled conv kernel
+    metrics = scale_metrics(spectrum.eigenvalues, nonzero, count, fit.alpha)
     mp = fit_mp(spectrum.eigenvalues, spectrum.N, spectrum.M)
     gamma = spectrum.M / spectrum.N
     direct = fit_htmp(nonzero, gamma, "direct") if options.htmp else None
     inverse = fit_htmp(nonzero, gamma, "inverse") if options.htmp else None
-    phase = classify(spectrum.eigenvalues, spectrum.M, metrics.rank_loss, fit, mp, direct, options.thresholds)
+    phase = classify(spectrum.eigenvalues, count, metrics.rank_loss, fit, mp, direct, options.thresholds)
     warnings = []
     if fit.ok and fit.alpha < ALPHA_OVER_TRAINED:
         warnings.append("over-trained")
@@ -200,7 +229,7 @@ def iter_layers(checkpoint: Checkpoint, matrices: list[MatrixSpec], options: Ana
     for spec in matrices:
         if listener is not None:
             listener.layer_started(spec)
-        result = analyze_matrix(spec, partial(checkpoint.read_stored, spec.entry), options)
+        result = analyze_matrix(spec, partial(checkpoint.read_matrix, spec), options)
         if listener is not None:
             listener.layer_done(result)
         yield result
@@ -234,7 +263,12 @@ def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...
         "random-like": [layer.name for layer in ok if layer.phase.phase == "random-like"],
         "very heavy-tailed": [layer.name for layer in ok if layer.phase.very_heavy],
     }
+    kind_counts: dict[str, int] = {}
+    for layer in layers:
+        kind_counts[layer.kind] = kind_counts.get(layer.kind, 0) + 1
     return ModelSummary(
+        kind_counts=kind_counts,
+        expert_groups=expert_groups(layers),
         n_layers=len(layers),
         n_failed_layers=len(layers) - len(ok),
         n_failed_fits=len(ok) - len(fitted),
@@ -247,13 +281,32 @@ def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...
     )
 
 
+def expert_groups(layers: tuple[LayerResult, ...]) -> tuple[ExpertGroup, ...]:
+    members: dict[str, list[LayerResult]] = {}
+    for layer in layers:
+        if layer.group is not None:
+            members.setdefault(layer.group, []).append(layer)
+    groups = []
+    for name, group in members.items():
+        alphas = [g.power_law.alpha for g in group if g.status == "success" and g.power_law is not None and g.power_law.ok]
+        phases: dict[str, int] = {}
+        for g in group:
+            if g.phase is not None:
+                phases[g.phase.phase] = phases.get(g.phase.phase, 0) + 1
+        groups.append(ExpertGroup(name=name, n_experts=len(group), n_fitted=len(alphas),
+                                  alpha_mean=float(np.mean(alphas)) if alphas else None,
+                                  alpha_min=min(alphas) if alphas else None, alpha_max=max(alphas) if alphas else None,
+                                  phase_counts=phases))
+    return tuple(groups)
+
+
 def analyze(path: str | Path, options: AnalysisOptions | None = None,
             listener: ProgressListener | None = None) -> AnalysisReport:
     """Analyse every matrix of a checkpoint."""
     options = options or AnalysisOptions()
     started = time.perf_counter()
     checkpoint = open_checkpoint(path)
-    matrices, skipped = plan_matrices(checkpoint.tensors, options.min_dim)
+    matrices, skipped = plan_matrices(checkpoint.tensors, options.matrix_rules)
     opened = time.perf_counter()
     if listener is not None:
         listener.start(len(matrices))
@@ -272,6 +325,7 @@ def analyze(path: str | Path, options: AnalysisOptions | None = None,
         files=tuple(str(f) for f in checkpoint.files),
         size_bytes=checkpoint.size_bytes,
         fingerprint=checkpoint.fingerprint,
+        notes=checkpoint.notes,
     )
     return AnalysisReport(
         htmp_version=__version__,

@@ -51,6 +51,7 @@ class Spectrum:
     zero_threshold: float  # below it an eigenvalue is a numerical zero: M * eps * lambda_max
     n_zero: int
     n_clamped: int  # negative eigenvalues (round-off) set to zero
+    slices: int = 1  # matrices whose eigenvalues are pooled here (conv kernel positions)
 
     @property
     def nonzero(self) -> np.ndarray:
@@ -137,6 +138,21 @@ def spectrum_of(gram: GramMatrix, backend: str = "auto") -> Spectrum:
         n_zero=n_zero,
         n_clamped=n_clamped,
     )
+
+
+def pool_spectra(spectra: list[Spectrum]) -> Spectrum:
+    """One spectrum holding the eigenvalues of several matrices of one shape (a conv kernel's slices).
+
+    Numerical zeros are judged against the largest eigenvalue of all of them, as for one matrix.
+    """
+    first = spectra[0]
+    values = np.sort(np.concatenate([s.eigenvalues for s in spectra]))
+    lambda_max = float(values[-1])
+    zero_threshold = first.M * float(np.finfo(_dtype(first.precision)).eps) * lambda_max
+    n_zero = int(np.count_nonzero(values < zero_threshold)) if lambda_max > 0 else values.size
+    return Spectrum(eigenvalues=values, N=first.N, M=first.M, precision=first.precision, backend=first.backend,
+                    zero_threshold=zero_threshold, n_zero=n_zero, n_clamped=sum(s.n_clamped for s in spectra),
+                    slices=len(spectra))
 
 
 def eigenvalues(W: np.ndarray, precision: str = "float64", backend: str = "auto",

@@ -1,28 +1,43 @@
-"""Checkpoint discovery: a path in, a validated list of tensors out, and reads of one tensor at a time."""
+"""Checkpoint discovery: a path in, a validated list of tensors out, and reads of one tensor at a time.
+
+Formats are recognised by their first bytes, not their names: safetensors (single or sharded),
+PyTorch zip and legacy pickles (single or sharded), GGUF (single or split). A folder is searched
+for what Hugging Face and llama.cpp releases hold, and the choice is recorded in `notes`.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from htmp_cli.errors import CheckpointError
-from htmp_cli.loaders.dtypes import stored_array, to_float_array
-from htmp_cli.loaders.safetensors import TensorEntry, read_header, read_raw
+from htmp_cli.loaders.dtypes import stored_array
+from htmp_cli.loaders.entry import TensorEntry, read_raw
+from htmp_cli.loaders.index import check_weight_map, read_shard_index
+from htmp_cli.loaders.matrices import MatrixSpec, MatrixView
+from htmp_cli.loaders.safetensors import read_header
 
 __all__ = ["Checkpoint", "TensorEntry", "open_checkpoint"]
 
-SINGLE_FILE = "model.safetensors"
-SHARD_INDEX = "model.safetensors.index.json"
+Decoder = Callable[[np.ndarray], np.ndarray]
+Reader = Callable[[TensorEntry], tuple[np.ndarray, Decoder | None]]
+
+# A Hugging Face folder, in the order transformers itself prefers.
+FOLDER_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+PYTORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_SPLIT_GGUF = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 # A fingerprint samples this many evenly spaced chunks of the data section, so it is O(1) in file
 # size yet tells apart two checkpoints of one architecture with different weights.
 _FINGERPRINT_SAMPLES = 16
 _FINGERPRINT_CHUNK = 4096
+_ZIP_MAGIC = b"PK\x03\x04"
+_GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)
@@ -35,99 +50,207 @@ class Checkpoint:
     tensors: tuple[TensorEntry, ...]
     size_bytes: int
     fingerprint: str
+    notes: tuple[str, ...] = ()
+    reader: Reader = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
 
     def read(self, entry: TensorEntry) -> np.ndarray:
-        """One tensor as a float array of its shape (float dtypes only), converted exactly."""
-        raw = read_raw(entry)
-        return to_float_array(raw, entry.dtype).reshape(entry.shape)
+        """One tensor as a float array of its shape, converted exactly (GGUF blocks: dequantised)."""
+        stored, decode = self.read_stored(entry)
+        return stored if decode is None else decode(stored)
 
-    def read_stored(self, entry: TensorEntry) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
+    def read_stored(self, entry: TensorEntry) -> tuple[np.ndarray, Decoder | None]:
         """One tensor in its storage type, shaped, with the decoder to floats (None if it is floats)."""
-        stored, decode = stored_array(read_raw(entry), entry.dtype)
-        return stored.reshape(entry.shape), decode
+        return self.reader(entry)
+
+    def read_matrix(self, spec: MatrixSpec) -> tuple[np.ndarray, Decoder | None]:
+        """The stored values of one planned matrix (3-D for pooled conv slices) and their decoder.
+
+        One expert of a stacked tensor in an offset-addressed file is read on its own: a GGUF
+        expert stack can be gigabytes once dequantised, one expert is an ordinary matrix.
+        """
+        entry, view = spec.entry, spec.view
+        if view.how == "expert" and entry.nbytes:
+            per_expert = entry.nbytes // entry.shape[0]
+            entry = replace(entry, shape=entry.shape[1:], offset=entry.offset + view.index * per_expert,
+                            nbytes=per_expert)
+            view = MatrixView()
+        stored, decode = self.read_stored(entry)
+        return view.apply(stored), decode
+
+
+def _read_offset(entry: TensorEntry) -> tuple[np.ndarray, Decoder | None]:
+    stored, decode = stored_array(read_raw(entry), entry.dtype)
+    return stored.reshape(entry.shape), decode
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Open a `.safetensors` file, a shard index, or a folder holding either."""
+    """Open a checkpoint file, a shard index, or a folder holding one."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_dir():
-        if (path / SHARD_INDEX).is_file():
-            return _open_sharded(path / SHARD_INDEX)
-        if (path / SINGLE_FILE).is_file():
-            return _open_single(path / SINGLE_FILE)
-        singles = sorted(path.glob("*.safetensors"))
-        if len(singles) == 1:
-            return _open_single(singles[0])
-        found = ", ".join(p.name for p in singles[:5]) or "no .safetensors files"
-        raise CheckpointError(
-            f"{path}: folder holds neither {SINGLE_FILE} nor {SHARD_INDEX} ({found}); "
-            "pass the file to analyse"
-        )
+        return _open_folder(path)
     if path.name.endswith(".index.json"):
-        return _open_sharded(path)
-    return _open_single(path)
+        return _open_index(path)
+    return _open_file(path)
 
 
-def _open_single(path: Path) -> Checkpoint:
-    header = read_header(path)
-    return Checkpoint(
-        path=path,
-        format="safetensors",
-        files=(path,),
-        tensors=header.tensors,
-        size_bytes=header.file_size,
-        fingerprint=_fingerprint([(header.header_bytes, path, header.data_start, header.file_size)]),
-    )
-
-
-def _open_sharded(index_path: Path) -> Checkpoint:
-    folder = index_path.parent.resolve()
+def _magic(path: Path) -> bytes:
     try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            return handle.read(9)
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file") from None
     except OSError as err:
-        raise CheckpointError(f"{index_path}: cannot read: {err.strerror or err}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{index_path}: not valid JSON ({err})") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
-    ):
-        raise CheckpointError(f"{index_path}: 'weight_map' must map tensor names to shard file names")
+        raise CheckpointError(f"{path}: cannot read: {err.strerror or err}") from None
 
-    shard_names = sorted(set(weight_map.values()))
-    headers = []
-    for shard_name in shard_names:
-        shard = (folder / shard_name).resolve()
-        if folder not in shard.parents:
-            raise CheckpointError(f"{index_path}: shard {shard_name!r} resolves outside the checkpoint folder")
-        if not shard.is_file():
-            raise CheckpointError(f"{index_path}: shard {shard_name!r} is missing")
-        headers.append(read_header(shard))
 
-    by_name: dict[str, TensorEntry] = {}
-    for header in headers:
-        for entry in header.tensors:
-            if entry.name in by_name:
-                raise CheckpointError(f"{index_path}: tensor {entry.name!r} appears in two shards")
-            by_name[entry.name] = entry
-    for name, shard_name in weight_map.items():
-        entry = by_name.get(name)
-        if entry is None or entry.file.name != Path(shard_name).name:
-            raise CheckpointError(f"{index_path}: tensor {name!r} is not in shard {shard_name!r}")
-    unlisted = sorted(set(by_name) - set(weight_map))
-    if unlisted:
-        raise CheckpointError(f"{index_path}: tensor {unlisted[0]!r} is in a shard but not in weight_map")
+def _open_file(path: Path) -> Checkpoint:
+    magic = _magic(path)
+    if magic.startswith(_GGUF_MAGIC):
+        return _open_gguf([path])
+    if magic.startswith(_ZIP_MAGIC) or (magic[:1] == b"\x80" and path.suffix in PYTORCH_SUFFIXES):
+        return _open_pytorch([path], index=None)
+    if path.suffix in PYTORCH_SUFFIXES and not (len(magic) == 9 and magic[8:9] == b"{"):
+        raise CheckpointError(f"{path}: neither a PyTorch zip file nor a pickle (starts with {magic[:4]!r})")
+    return _open_safetensors([path], index=None)
 
+
+def _open_folder(folder: Path) -> Checkpoint:
+    present = [name for name in FOLDER_FILES if (folder / name).is_file()]
+    if present:
+        chosen = folder / present[0]
+        notes = [f"folder: found {', '.join(present)}; analysing {present[0]}"] if len(present) > 1 else []
+        return _with_notes(open_checkpoint(chosen), notes)
+    candidates = {
+        "safetensors indexes": sorted(folder.glob("*.safetensors.index.json")),
+        "PyTorch indexes": sorted(folder.glob("*.bin.index.json")),
+        "safetensors files": sorted(folder.glob("*.safetensors")),
+        "PyTorch files": sorted(p for p in folder.iterdir() if p.suffix in PYTORCH_SUFFIXES and p.is_file()),
+    }
+    ggufs = sorted(folder.glob("*.gguf"))
+    for kind, files in candidates.items():
+        if len(files) == 1:
+            others = [p.name for group in candidates.values() for p in group if p != files[0]] + [p.name for p in ggufs]
+            notes = [f"folder: analysing {files[0].name}" + (f"; also found {', '.join(others[:5])}" if others else "")]
+            return _with_notes(open_checkpoint(files[0]), notes)
+        if len(files) > 1 and kind.endswith("files") and not ggufs:
+            if kind == "safetensors files" and any(_SHARD_NAME.search(p.name) for p in files):
+                raise CheckpointError(f"{folder}: holds {len(files)} safetensors shards but no index.json to join them")
+            raise CheckpointError(f"{folder}: holds {len(files)} {kind} ({_names(files)}); pass the one to analyse")
+    if ggufs:
+        return _open_gguf_folder(folder, ggufs)
+    found = _names(sorted(p for p in folder.iterdir()))
+    raise CheckpointError(f"{folder}: no checkpoint found (looked for safetensors, PyTorch and GGUF files; "
+                          f"the folder holds {found or 'nothing'})")
+
+
+_SHARD_NAME = re.compile(r"-\d{5}-of-\d{5}\.")
+
+
+def _names(paths: list[Path], limit: int = 5) -> str:
+    shown = ", ".join(p.name for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _with_notes(checkpoint: Checkpoint, notes: list[str]) -> Checkpoint:
+    if not notes:
+        return checkpoint
+    return Checkpoint(path=checkpoint.path, format=checkpoint.format, files=checkpoint.files,
+                      tensors=checkpoint.tensors, size_bytes=checkpoint.size_bytes,
+                      fingerprint=checkpoint.fingerprint, notes=tuple(notes) + checkpoint.notes,
+                      reader=checkpoint.reader)
+
+
+def _open_index(index_path: Path) -> Checkpoint:
+    weight_map, shards = read_shard_index(index_path)
+    if all(s.suffix == ".safetensors" for s in shards):
+        return _open_safetensors(shards, index=(index_path, weight_map))
+    if all(s.suffix in PYTORCH_SUFFIXES for s in shards):
+        return _open_pytorch(shards, index=(index_path, weight_map))
+    raise CheckpointError(f"{index_path}: shards must all be .safetensors or all PyTorch files ({_names(shards)})")
+
+
+def _open_safetensors(files: list[Path], index: tuple[Path, dict[str, str]] | None) -> Checkpoint:
+    headers = [read_header(f) for f in files]
+    if index is not None:
+        check_weight_map(index[0], index[1], [(e.name, h.path) for h in headers for e in h.tensors])
     return Checkpoint(
-        path=index_path,
-        format="safetensors-sharded",
+        path=index[0] if index else files[0],
+        format="safetensors-sharded" if index else "safetensors",
         files=tuple(h.path for h in headers),
         tensors=tuple(e for h in headers for e in h.tensors),
         size_bytes=sum(h.file_size for h in headers),
         fingerprint=_fingerprint([(h.header_bytes, h.path, h.data_start, h.file_size) for h in headers]),
+        reader=_read_offset,
     )
+
+
+def _open_pytorch(files: list[Path], index: tuple[Path, dict[str, str]] | None) -> Checkpoint:
+    from htmp_cli.loaders.pytorch import PyTorchReader, read_pytorch
+
+    opened = [read_pytorch(f) for f in files]
+    if index is not None:
+        check_weight_map(index[0], index[1], [(e.key, pt.path) for pt, _ in opened for e in pt.tensors])
+    formats = {pt.path: pt.format for pt, _ in opened}
+    kinds = sorted(set(formats.values()))
+    fmt = kinds[0] if len(kinds) == 1 else "pytorch-mixed"
+    notes = [note for pt, _ in opened for note in pt.notes]
+    if "pytorch-legacy" in kinds:
+        notes.append("legacy (pre-1.6) PyTorch format: it cannot be memory-mapped, so torch reads each file whole")
+    header = "\n".join(f"{e.key}:{e.dtype}:{e.shape}" for pt, _ in opened for e in pt.tensors).encode()
+    sizes = [f.stat().st_size for f in files]
+    return Checkpoint(
+        path=index[0] if index else files[0],
+        format=fmt + ("-sharded" if index else ""),
+        files=tuple(files),
+        tensors=tuple(e for pt, _ in opened for e in pt.tensors),
+        size_bytes=sum(sizes),
+        fingerprint=_fingerprint([(header if k == 0 else b"", f, 0, s) for k, (f, s) in enumerate(zip(files, sizes))]),
+        notes=tuple(notes),
+        reader=PyTorchReader({pt.path: flat for pt, flat in opened}, formats).read_stored,
+    )
+
+
+def _open_gguf(files: list[Path]) -> Checkpoint:
+    from htmp_cli.loaders.gguf_file import read_gguf_header, read_stored_gguf
+
+    headers = [read_gguf_header(f) for f in files]
+    names = [e.name for h in headers for e in h.tensors]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise CheckpointError(f"{files[0].parent}: tensor {dup!r} appears in two GGUF splits")
+    notes = []
+    if len(headers) == 1 and headers[0].split_count > 1:
+        notes.append(f"this is one of {headers[0].split_count} splits; pass the folder to analyse them all")
+    arch = headers[0].metadata.get("general.architecture")
+    if isinstance(arch, str):
+        notes.append(f"GGUF v{headers[0].version}, architecture {arch}")
+    return Checkpoint(
+        path=files[0] if len(files) == 1 else files[0].parent,
+        format="gguf" if len(files) == 1 else "gguf-split",
+        files=tuple(files),
+        tensors=tuple(e for h in headers for e in h.tensors),
+        size_bytes=sum(h.file_size for h in headers),
+        fingerprint=_fingerprint([(h.header_sample, h.path, h.data_start, h.file_size) for h in headers]),
+        notes=tuple(notes),
+        reader=read_stored_gguf,
+    )
+
+
+def _open_gguf_folder(folder: Path, ggufs: list[Path]) -> Checkpoint:
+    if len(ggufs) == 1:
+        return _with_notes(_open_gguf(ggufs), [f"folder: analysing {ggufs[0].name}"])
+    from htmp_cli.loaders.gguf_file import read_gguf_header
+
+    headers = [read_gguf_header(p) for p in ggufs]
+    counts = {h.split_count for h in headers}
+    numbers = sorted(h.metadata.get("split.no", -1) for h in headers)
+    if counts == {len(ggufs)} and numbers == list(range(len(ggufs))):
+        ordered = [h.path for h in sorted(headers, key=lambda h: h.metadata.get("split.no", 0))]
+        return _with_notes(_open_gguf(ordered), [f"folder: {len(ggufs)} GGUF splits of one model"])
+    raise CheckpointError(f"{folder}: holds {len(ggufs)} GGUF files that are not splits of one model "
+                          f"({_names(ggufs)}); pass the one to analyse")
 
 
 def _fingerprint(parts: list[tuple[bytes, Path, int, int]]) -> str:

@@ -12,6 +12,11 @@ import numpy as np
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 INTEGER_DTYPES = ("BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64")
+# GGUF's block-quantised types that the gguf package dequantises (checked against it in tests).
+QUANTIZED_DTYPES = (
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ2_XXS", "IQ2_XS",
+    "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "IQ1_M", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4",
+)
 # Known to the safetensors format but not converted by htmp: such tensors are skipped with a reason.
 UNSUPPORTED_DTYPES = ("F8_E8M0", "C64", "F4", "F6_E2M3", "F6_E3M2")
 
@@ -56,7 +61,7 @@ def byte_size(dtype: str, n_elements: int) -> int | None:
     return bits // 8 if bits % 8 == 0 else None
 
 
-def _decode_bf16(codes: np.ndarray) -> np.ndarray:
+def decode_bf16(codes: np.ndarray) -> np.ndarray:
     # bfloat16 is the top half of a float32: widen by shifting into the high bits.
     wide = codes.astype(np.uint32)
     wide <<= 16
@@ -77,7 +82,7 @@ def stored_array(raw: np.ndarray, dtype: str) -> tuple[np.ndarray, Callable[[np.
     if dtype == "F16":
         return raw.view("<f2"), None
     if dtype == "BF16":
-        return raw.view("<u2"), _decode_bf16
+        return raw.view("<u2"), decode_bf16
     if dtype == "F8_E4M3":
         return raw, F8_E4M3_VALUES.take
     if dtype == "F8_E5M2":

@@ -14,29 +14,12 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from htmp_cli.errors import CheckpointError
 from htmp_cli.loaders.dtypes import BITS_PER_ELEMENT, byte_size
+from htmp_cli.loaders.entry import TensorEntry
 
 # The safetensors library refuses headers above 100 MB; a real header is a few hundred KB.
 MAX_HEADER_BYTES = 100_000_000
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    """Where one tensor lies in a checkpoint file, as validated from the header."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    file: Path
-    offset: int  # absolute byte offset in `file`
-    nbytes: int
-
-    @property
-    def n_elements(self) -> int:
-        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -171,25 +154,3 @@ def _check_layout(path: Path, entries: list[TensorEntry], data_start: int, data_
         raise CheckpointError(
             f"{path}: tensors fill {cursor - data_start} bytes but the data section holds {data_size}"
         )
-
-
-def read_raw(entry: TensorEntry) -> np.ndarray:
-    """The bytes of one tensor, read into a fresh buffer (not mapped, so resident memory stays bounded)."""
-    buffer = np.empty(entry.nbytes, dtype=np.uint8)
-    try:
-        with open(entry.file, "rb", buffering=0) as handle:
-            handle.seek(entry.offset)
-            view = memoryview(buffer)
-            done = 0
-            while done < entry.nbytes:
-                got = handle.readinto(view[done:])
-                if not got:
-                    raise CheckpointError(
-                        f"{entry.file}: tensor {entry.name!r} is cut short at byte "
-                        f"{done} of {entry.nbytes} (file changed or truncated)"
-                    )
-                done += got
-    except OSError as err:
-        raise CheckpointError(f"{entry.file}: cannot read tensor {entry.name!r}: {err.strerror or err}") from None
-    return buffer
-

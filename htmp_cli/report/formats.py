@@ -16,6 +16,8 @@ SCHEMA = "htmp.report/1"
 # The per-layer columns shared by the table, CSV and Markdown views: (label, key in the flat row).
 TABLE_COLUMNS = (
     ("name", "name"),
+    ("kind", "kind"),
+    ("dtype", "dtype"),
     ("shape", "shape"),
     ("alpha", "alpha"),
     ("D", "D"),
@@ -53,6 +55,9 @@ def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
         "Q": layer.Q,
         "status": layer.status,
         "reason": layer.reason,
+        "slices": layer.slices,
+        "group": layer.group,
+        "note": layer.note,
         "precision": layer.precision,
         "backend": layer.backend,
         "n_eigenvalues": layer.n_eigenvalues,
@@ -98,12 +103,14 @@ def flat_layer_row(layer: dict[str, Any]) -> dict[str, Any]:
         warning = f"fit failed: {fit.get('reason')}"
     else:
         warning = ", ".join(layer["warnings"])
+    if layer.get("note") and layer["note"].startswith("--split-fused"):
+        warning = ", ".join(filter(None, [warning, "not split"]))
     return {
         "name": layer["name"],
         "tensor": layer["tensor"],
         "kind": layer["kind"],
         "dtype": layer["dtype"],
-        "shape": "x".join(str(d) for d in layer["shape"]),
+        "shape": "x".join(str(d) for d in layer["shape"]) + (f" x{layer['slices']}" if layer.get("slices", 1) > 1 else ""),
         "N": layer["N"],
         "M": layer["M"],
         "Q": layer["Q"],
@@ -180,8 +187,11 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     """The model summary as short human-readable lines (shared by the table and Markdown views)."""
     s = data["summary"]
     means = s["means"]
+    source = data["source"]
+    kinds = ", ".join(f"{kind} {count}" for kind, count in (s.get("kind_counts") or {}).items())
     lines = [
-        f"{s['n_layers']} matrices analysed, {s['n_skipped']} tensors skipped, "
+        f"{source['format']}, {source['size_bytes']:,} bytes" + (f"; {'; '.join(source['notes'])}" if source.get("notes") else ""),
+        f"{s['n_layers']} matrices analysed ({kinds or 'none'}), {s['n_skipped']} tensors skipped, "
         f"{s['n_failed_layers']} failed layers, {s['n_failed_fits']} failed tail fits",
         "mean alpha " + format_number(means["alpha"]) + ", mean D " + format_number(means["D"])
         + ", mean alpha_weighted " + format_number(means["alpha_weighted"])
@@ -192,13 +202,23 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         f"alpha > 6 (under-trained): {s['warning_counts']['under-trained']}",
         "phases: " + ", ".join(f"{name} {count}" for name, count in s["phase_counts"].items()),
         *[f"{label}: {', '.join(names)}" for label, names in s["worrying"].items() if names],
+        *[_group_line(group) for group in s.get("expert_groups") or []],
+        *[f"{layer['name']}: {layer['note']}" for layer in data["layers"]
+          if (layer.get("note") or "").startswith("--split-fused")],
         "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in s["timings"].items()),
     ]
     return lines
 
 
+def _group_line(group: dict[str, Any]) -> str:
+    phases = ", ".join(f"{name} {count}" for name, count in group["phase_counts"].items())
+    alpha = (f"alpha mean {format_number(group['alpha_mean'])} (min {format_number(group['alpha_min'])}, "
+             f"max {format_number(group['alpha_max'])})") if group["n_fitted"] else "no tail fits"
+    return f"experts {group['name']}: {group['n_experts']} experts, {alpha}; phases: {phases or '-'}"
+
+
 _EMPTY_LAYER = {
     "name": "", "tensor": "", "kind": "", "dtype": "", "shape": [], "N": 0, "M": 0, "Q": 0.0,
-    "status": "", "reason": None, "n_zero": 0, "power_law": None, "metrics": None, "warnings": [],
+    "status": "", "reason": None, "slices": 1, "note": None, "n_zero": 0, "power_law": None, "metrics": None, "warnings": [],
     "htmp": None, "phase": None,
 }
