@@ -44,3 +44,27 @@ def run_htmp(*args: str, **kwargs):  # type: ignore[no-untyped-def]
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "htmp_cli", *args], capture_output=True, text=True,
                           env=env, **kwargs)
+
+
+def _load_fixture_module(name: str):  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, FIXTURES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def make_formats():  # type: ignore[no-untyped-def]
+    """fixtures/make_formats.py as a module: the models and the writers of every format."""
+    return _load_fixture_module("make_formats")
+
+
+@pytest.fixture(scope="session")
+def formats_dir(tmp_path_factory, make_formats) -> Path:  # type: ignore[no-untyped-def]
+    """The same small models written in every format (torch's zip files differ run to run, so they
+    are written here rather than committed)."""
+    out = tmp_path_factory.mktemp("formats")
+    make_formats.write_all(out)
+    return out

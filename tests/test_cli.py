@@ -89,7 +89,7 @@ def test_csv_and_markdown_views_and_output_file(fixtures: Path, tmp_path: Path) 
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert len(rows) == 11 and {"name", "alpha", "D", "tail_size", "stable_rank", "warning"} <= set(rows[0])
     md = runner.invoke(app, ["analyze", str(fixtures / "demo_model.safetensors"), "-f", "md"]).output
-    assert md.startswith("# htmp analysis") and "| name | shape | alpha |" in md and "## Skipped tensors" in md
+    assert md.startswith("# htmp analysis") and "| name | kind | dtype | shape | alpha |" in md and "## Skipped tensors" in md
 
 
 def test_bad_layers_fail_alone_and_the_run_goes_on(fixtures: Path) -> None:

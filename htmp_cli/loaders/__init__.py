@@ -107,7 +107,7 @@ def _magic(path: Path) -> bytes:
 
 def _open_file(path: Path) -> Checkpoint:
     magic = _magic(path)
-    if magic.startswith(_GGUF_MAGIC):
+    if magic.startswith(_GGUF_MAGIC) or path.suffix == ".gguf":
         return _open_gguf([path])
     if magic.startswith(_ZIP_MAGIC) or (magic[:1] == b"\x80" and path.suffix in PYTORCH_SUFFIXES):
         return _open_pytorch([path], index=None)
@@ -192,8 +192,7 @@ def _open_pytorch(files: list[Path], index: tuple[Path, dict[str, str]] | None) 
     opened = [read_pytorch(f) for f in files]
     if index is not None:
         check_weight_map(index[0], index[1], [(e.key, pt.path) for pt, _ in opened for e in pt.tensors])
-    formats = {pt.path: pt.format for pt, _ in opened}
-    kinds = sorted(set(formats.values()))
+    kinds = sorted({pt.format for pt, _ in opened})
     fmt = kinds[0] if len(kinds) == 1 else "pytorch-mixed"
     notes = [note for pt, _ in opened for note in pt.notes]
     if "pytorch-legacy" in kinds:
@@ -208,7 +207,7 @@ def _open_pytorch(files: list[Path], index: tuple[Path, dict[str, str]] | None) 
         size_bytes=sum(sizes),
         fingerprint=_fingerprint([(header if k == 0 else b"", f, 0, s) for k, (f, s) in enumerate(zip(files, sizes))]),
         notes=tuple(notes),
-        reader=PyTorchReader({pt.path: flat for pt, flat in opened}, formats).read_stored,
+        reader=PyTorchReader(next(((pt.path, flat) for pt, flat in reversed(opened) if flat is not None), None)).read_stored,
     )
 
 

@@ -3,8 +3,14 @@
 Unpickling is the danger of this format: a pickle can name any callable and have it run. htmp
 loads these files only with `torch.load(weights_only=True)`, whose unpickler admits tensors and
 plain containers and refuses everything else before calling it; a refusal becomes a one-line
-error that says why. Zip checkpoints are memory-mapped (a tensor's pages are read when its matrix
-is analysed); legacy ones cannot be, so torch reads them whole.
+error that says why.
+
+Zip checkpoints are opened on torch's meta device: the pickle is read, no tensor data is, and each
+storage carries its byte offset in the file (its zip record is stored uncompressed). Tensors are
+then read like safetensors ones, by offset into a fresh buffer, so memory stays bounded by one
+matrix rather than growing with mapped pages. A tensor that is a strided view, or a file whose
+records torch cannot place, is read through a memory-mapped `torch.load` instead. Legacy files
+cannot be mapped, so torch reads them whole.
 
 Training scripts wrap their weights: `{"state_dict": ..., "optimizer": ..., "epoch": 3}`, a
 DataParallel model's `module.` prefix, torch.compile's `_orig_mod.`. The loader unwraps the common
@@ -15,23 +21,25 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from htmp_cli.errors import CheckpointError
-from htmp_cli.loaders.dtypes import F8_E4M3_VALUES, F8_E5M2_VALUES, decode_bf16
-from htmp_cli.loaders.entry import TensorEntry
+from htmp_cli.loaders.dtypes import F8_E4M3_VALUES, F8_E5M2_VALUES, FLOAT_DTYPES, decode_bf16, stored_array
+from htmp_cli.loaders.entry import TensorEntry, read_raw
 
 # Keys under which training scripts keep a model's weights, in the order they are tried.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 # Prefixes that wrappers add to every name: DataParallel / DistributedDataParallel, torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _MAX_UNWRAP = 4
+_OFFSET_DTYPES = set(FLOAT_DTYPES)
 
 _TORCH_DTYPES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
@@ -61,9 +69,13 @@ def _torch():
 
 def _refusal(path: Path, err: Exception) -> CheckpointError:
     text = str(err)
-    found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|[^\n.]*not an allowed global[^\n.]*)",
-                      text)
-    detail = found.group(1) if found else text.strip().splitlines()[0][:200]
+    named = re.search(r"GLOBAL ([\w.]+)", text)
+    if named:
+        detail = f"it calls {named.group(1)}"
+    else:
+        operand = re.search(r"Unsupported operand (\d+)", text)
+        detail = (f"it uses pickle opcode {operand.group(1)}, which weights_only does not admit" if operand
+                  else "it holds objects other than tensors and containers")
     return CheckpointError(
         f"{path}: refused: unpickling it would run code, not just rebuild tensors ({detail}); "
         "htmp loads PyTorch files with weights_only=True and never runs a checkpoint's code. "
@@ -71,15 +83,25 @@ def _refusal(path: Path, err: Exception) -> CheckpointError:
     )
 
 
-def load_flat(path: Path) -> tuple[str, dict[str, Any], dict[str, str], list[str]]:
-    """torch.load the file safely, unwrap and flatten it: (format, {key: tensor}, {key: name}, notes)."""
+def load_flat(path: Path, meta: bool = False) -> tuple[str, dict[str, Any], dict[str, str], list[str]]:
+    """torch.load the file safely, unwrap and flatten it: (format, {key: tensor}, {key: name}, notes).
+
+    With `meta`, a zip file's tensors come without data, on the meta device, each storage knowing
+    its offset in the file; otherwise zip files are memory-mapped and legacy ones read whole.
+    """
     torch = _torch()
     try:
         is_zip = zipfile.is_zipfile(path)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read: {err.strerror or err}") from None
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        with warnings.catch_warnings():
+            # torch's advice on pickle protocols and weights_only defaults is not for htmp's users.
+            warnings.simplefilter("ignore")
+            if is_zip and meta:
+                loaded = torch.load(path, map_location="meta", weights_only=True)
+            else:
+                loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower() or "weightsunpickler" in str(err).lower():
             raise _refusal(path, err) from None
@@ -150,14 +172,50 @@ def dtype_name(tensor: Any) -> str:
     return _TORCH_DTYPES.get(torch_name, torch_name)
 
 
-def read_pytorch(path: Path) -> tuple[PyTorchFile, dict[str, Any]]:
-    """Open one PyTorch file: its entries, and the loaded tensors (memory-mapped for the zip format)."""
-    fmt, flat, names, notes = load_flat(path)
-    entries = tuple(
-        TensorEntry(name=names[key], dtype=dtype_name(t), shape=tuple(int(d) for d in t.shape), file=path, key=key)
-        for key, t in flat.items()
-    )
-    return PyTorchFile(path=path, format=fmt, tensors=entries, notes=tuple(notes)), flat
+def read_pytorch(path: Path) -> tuple[PyTorchFile, dict[str, Any] | None]:
+    """Open one PyTorch file: its entries, and for a legacy file the tensors torch read.
+
+    Entries of a zip file that can be read by offset carry `offset` and `nbytes`; the others
+    (strided views, unplaceable records) carry only their `key`.
+    """
+    fmt, flat, names, notes = load_flat(path, meta=True)
+    placeable = fmt == "pytorch-zip" and _records_stored_little_endian(path)
+    file_size = path.stat().st_size
+    entries = []
+    for key, t in flat.items():
+        entry = TensorEntry(name=names[key], dtype=dtype_name(t), shape=tuple(int(d) for d in t.shape), file=path, key=key)
+        if placeable:
+            entry = _placed(entry, t, file_size) or entry
+        entries.append(entry)
+    kept = flat if fmt == "pytorch-legacy" else None
+    return PyTorchFile(path=path, format=fmt, tensors=tuple(entries), notes=tuple(notes)), kept
+
+
+def _records_stored_little_endian(path: Path) -> bool:
+    """True when every data record is stored uncompressed and the byte order is little-endian,
+    so that a storage's offset in the file addresses its bytes as they are."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            order = [i for i in infos if i.filename.endswith("/byteorder")]
+            if order and archive.read(order[0]).strip() != b"little":
+                return False
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return all(i.compress_type == zipfile.ZIP_STORED for i in infos if "/data/" in i.filename)
+
+
+def _placed(entry: TensorEntry, tensor: Any, file_size: int) -> TensorEntry | None:
+    """The entry with the tensor's byte range in the file, or None when it cannot be read by offset."""
+    storage = tensor.untyped_storage()
+    base = getattr(storage, "_checkpoint_offset", None)
+    if not isinstance(base, int) or not tensor.is_contiguous() or entry.dtype not in _OFFSET_DTYPES:
+        return None
+    offset = base + tensor.storage_offset() * tensor.element_size()
+    nbytes = tensor.numel() * tensor.element_size()
+    if nbytes == 0 or offset < 0 or offset + nbytes > min(file_size, base + storage.nbytes()):
+        return None
+    return replace(entry, offset=offset, nbytes=nbytes)
 
 
 def stored_from_tensor(tensor: Any) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
@@ -173,19 +231,18 @@ def stored_from_tensor(tensor: Any) -> tuple[np.ndarray, Callable[[np.ndarray], 
 
 
 class PyTorchReader:
-    """Reads tensors by key. Zip files stay mapped (cheap); of legacy files only the last one is kept."""
+    """Reads placed tensors by offset, the others by key from one loaded file at a time (zip files
+    memory-mapped, legacy files whole: the last one loaded is kept, for the next tensor of it)."""
 
-    def __init__(self, loaded: dict[Path, dict[str, Any]], formats: dict[Path, str]) -> None:
-        self._loaded = {p: flat for p, flat in loaded.items() if formats[p] == "pytorch-zip"}
-        legacy = [(p, flat) for p, flat in loaded.items() if formats[p] != "pytorch-zip"]
-        self._legacy: tuple[Path, dict[str, Any]] | None = legacy[-1] if legacy else None
+    def __init__(self, last_loaded: tuple[Path, dict[str, Any]] | None = None) -> None:
+        self._loaded = last_loaded
 
     def read_stored(self, entry: TensorEntry) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
-        flat = self._loaded.get(entry.file)
-        if flat is None:
-            if self._legacy is None or self._legacy[0] != entry.file:
-                self._legacy = None  # free the previous file before loading the next
-                _, flat, _, _ = load_flat(entry.file)
-                self._legacy = (entry.file, flat)
-            flat = self._legacy[1]
-        return stored_from_tensor(flat[entry.key])
+        if entry.nbytes:
+            stored, decode = stored_array(read_raw(entry), entry.dtype)
+            return stored.reshape(entry.shape), decode
+        if self._loaded is None or self._loaded[0] != entry.file:
+            self._loaded = None  # free the previous file before loading the next
+            _, flat, _, _ = load_flat(entry.file)
+            self._loaded = (entry.file, flat)
+        return stored_from_tensor(self._loaded[1][entry.key])
