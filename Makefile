@@ -19,6 +19,7 @@ install: $(STAMP)
 
 fixtures: install
 	$(BIN)/python fixtures/make_fixtures.py fixtures
+	$(BIN)/python fixtures/make_formats.py fixtures/formats
 
 demo: install
 	$(BIN)/htmp analyze fixtures/demo_model.safetensors

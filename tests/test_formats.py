@@ -178,3 +178,37 @@ def test_every_layer_has_a_kind_in_every_output(formats_dir: Path) -> None:
     table = run_htmp("analyze", str(formats_dir / "transformer_q4_k.gguf"))
     assert table.returncode == 0, table.stderr
     assert "Q4_K" in table.stdout and "experts h.1.mlp.experts.w1: 4 experts" in table.stdout
+
+
+def test_hugging_face_folders_say_what_they_hold(formats_dir: Path, tmp_path: Path) -> None:
+    both = tmp_path / "both"
+    both.mkdir()
+    shutil.copy(formats_dir / "transformer.safetensors", both / "model.safetensors")
+    shutil.copy(formats_dir / "transformer.pt", both / "pytorch_model.bin")
+    checkpoint = open_checkpoint(both)
+    assert checkpoint.format == "safetensors"
+    assert checkpoint.notes[0] == "folder: found model.safetensors, pytorch_model.bin; analysing model.safetensors"
+    (both / "model.safetensors").unlink()
+    checkpoint = open_checkpoint(both)
+    assert checkpoint.format == "pytorch-zip" and checkpoint.notes[0] == "folder: found pytorch_model.bin"
+    result = run_htmp("analyze", str(both), "-f", "json")
+    assert json.loads(result.stdout)["source"]["notes"][0] == "folder: found pytorch_model.bin"
+
+    sharded = open_checkpoint(formats_dir / "hf_bin")
+    assert sharded.format == "pytorch-zip-sharded" and len(sharded.files) == 2
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README.md").write_text("hi")
+    result = run_htmp("ls", str(empty))
+    assert result.returncode == 2 and "no checkpoint found" in result.stderr and "README.md" in result.stderr
+
+
+def test_a_shard_index_pointing_outside_its_folder_is_refused(formats_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "escape"
+    folder.mkdir()
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"w": "../outside.bin"}}))
+    torch_file = formats_dir / "cnn.pt"
+    shutil.copy(torch_file, tmp_path / "outside.bin")
+    result = run_htmp("ls", str(folder))
+    assert result.returncode == 2 and "resolves outside the checkpoint folder" in result.stderr

@@ -120,8 +120,8 @@ def _open_folder(folder: Path) -> Checkpoint:
     present = [name for name in FOLDER_FILES if (folder / name).is_file()]
     if present:
         chosen = folder / present[0]
-        notes = [f"folder: found {', '.join(present)}; analysing {present[0]}"] if len(present) > 1 else []
-        return _with_notes(open_checkpoint(chosen), notes)
+        note = f"folder: found {', '.join(present)}" + (f"; analysing {present[0]}" if len(present) > 1 else "")
+        return _with_notes(open_checkpoint(chosen), [note])
     candidates = {
         "safetensors indexes": sorted(folder.glob("*.safetensors.index.json")),
         "PyTorch indexes": sorted(folder.glob("*.bin.index.json")),
