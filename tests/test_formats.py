@@ -33,7 +33,7 @@ def test_same_weights_give_identical_reports_in_every_format(formats_dir: Path, 
     assert len(reference) >= 4
     others = [f"{stem}.pt", f"{stem}_legacy.pt", f"{stem}.gguf"]
     if stem == "transformer":
-        others += ["wrapped.pt", "hf_bin", "hf_bin/pytorch_model.bin.index.json"]
+        others += ["wrapped.pt", "hf_bin", "hf_bin/pytorch_model.bin.index.json", "hf_bin_legacy"]
     for other in others:
         layers = _layers(formats_dir / other)
         assert layers == reference, other
@@ -42,7 +42,8 @@ def test_same_weights_give_identical_reports_in_every_format(formats_dir: Path, 
 def test_formats_are_recognised_and_named(formats_dir: Path) -> None:
     expected = {
         "cnn.safetensors": "safetensors", "cnn.pt": "pytorch-zip", "cnn_legacy.pt": "pytorch-legacy",
-        "cnn.gguf": "gguf", "hf_bin": "pytorch-zip-sharded", "wrapped.pt": "pytorch-zip",
+        "cnn.gguf": "gguf", "hf_bin": "pytorch-zip-sharded", "hf_bin_legacy": "pytorch-legacy-sharded",
+        "wrapped.pt": "pytorch-zip",
     }
     for name, fmt in expected.items():
         assert open_checkpoint(formats_dir / name).format == fmt, name
