@@ -168,6 +168,79 @@ def analyze(
     _run_guarded(debug, body)
 
 
+@app.command()
+def check(
+    path: str = typer.Argument(..., help=_PATH_HELP + " Or a JSON report written by htmp analyze --format json."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Rules file (default: htmp.toml or [tool.htmp] in "
+                                          "pyproject.toml, searched from the current folder upward)."),
+    no_defaults: bool = typer.Option(False, "--no-defaults", help="Leave out the built-in rules (overrides check.defaults)."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML file: one test case per rule and layer."),
+    summary: Optional[Path] = typer.Option(None, "--summary", help="Write a Markdown summary (for $GITHUB_STEP_SUMMARY)."),
+    min_dim: int = _MIN_DIM,
+    conv: ConvMode = _CONV,
+    split_fused: bool = _SPLIT_FUSED,
+    skip_embeddings: bool = _SKIP_EMBEDDINGS,
+    include: list[str] = _INCLUDE,
+    exclude: list[str] = _EXCLUDE,
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """CI gate: analyse a checkpoint (or read a report) and apply rules; exit 1 when an error-level rule fails."""
+
+    def body() -> int:
+        from htmp_cli import gate
+        from htmp_cli.report.verdict import github_annotations, render_verdict, to_junit, to_markdown
+
+        config_path = config if config is not None else gate.find_config(Path.cwd())
+        settings = gate.load_config(config_path) if config_path is not None else {}
+        if no_defaults:
+            settings = {**settings, "check": {**settings.get("check", {}), "defaults": False}}
+        rules = gate.rules_from_config(settings, str(config_path or "built-in rules"))
+        report = _report_for_check(path, AnalysisOptions(
+            min_dim=min_dim, conv=conv.value, split_fused=split_fused, skip_embeddings=skip_embeddings,
+            include=tuple(include), exclude=tuple(exclude)))
+        verdict = gate.evaluate(report, rules)
+        source = report["source"]["path"]
+        console = _StdoutConsole()
+        render_verdict(verdict, source, console if console.is_terminal else _StdoutConsole(width=max(console.width, 160)))
+        if junit is not None:
+            _write_text(junit, to_junit(verdict, source), "--junit")
+        if summary is not None:
+            _write_text(summary, to_markdown(verdict, source), "--summary")
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            for line in github_annotations(verdict, source):
+                print(line)
+        return EXIT_OK if verdict.passed else EXIT_GATE_FAILED
+
+    code = _run_guarded(debug, body)
+    raise typer.Exit(code)
+
+
+def _report_for_check(path: str, options: AnalysisOptions) -> dict:
+    """The JSON form of a report: read from a report file, or computed from a checkpoint."""
+    candidate = Path(path)
+    if candidate.suffix == ".json" and candidate.is_file() and not candidate.name.endswith(".index.json"):
+        try:
+            data = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise HtmpError(f"{path}: not a readable JSON report ({err})") from None
+        from htmp_cli.report.formats import SCHEMA
+
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise HtmpError(f"{path}: not an htmp report (expected schema {SCHEMA!r})")
+        return data
+    from htmp_cli.pipeline import analyze as run_analysis
+    from htmp_cli.report.formats import report_to_dict
+
+    return report_to_dict(run_analysis(path, options))
+
+
+def _write_text(path: Path, text: str, flag: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise HtmpError(f"{flag} {path}: cannot write: {err.strerror or err}") from None
+
+
 def _parse_thresholds(pairs: list[str]):  # type: ignore[no-untyped-def]
     from htmp_cli.fits.phases import PhaseThresholds
 

@@ -41,7 +41,7 @@ def run_htmp(*args: str, **kwargs):  # type: ignore[no-untyped-def]
     """Run `python -m htmp_cli ARGS` in a subprocess, as a user would."""
     import subprocess
 
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200", **kwargs.pop("env", {})}
     return subprocess.run([sys.executable, "-m", "htmp_cli", *args], capture_output=True, text=True,
                           env=env, **kwargs)
 

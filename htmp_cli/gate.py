@@ -1,0 +1,330 @@
+"""Quality gates: rules over a report, from a configuration, to a verdict.
+
+A rule bounds a per-layer metric, forbids phases or caps their share, or bounds a summary figure,
+for the layers whose names match its pattern, with a severity and an optional reason. Rules come
+from `htmp.toml` or `[tool.htmp]` in pyproject.toml (found from the current folder upward) or an
+explicit file, on top of the built-in defaults unless the configuration turns them off. Everything
+is validated before anything is computed: an unknown key, a wrong type or an impossible bound is a
+ConfigError naming the key.
+
+The gate reads the JSON form of a report (`report_to_dict`), so a report written earlier by
+`htmp analyze --format json` is checked exactly as a fresh analysis is.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from htmp_cli.errors import HtmpError
+from htmp_cli.fits.phases import PHASES
+
+SEVERITIES = ("error", "warning")
+CONFIG_FILE = "htmp.toml"
+
+
+class ConfigError(HtmpError):
+    """A configuration that cannot be applied; exit 2 before anything is computed."""
+
+
+def _fit(key: str) -> Callable[[dict], float | None]:
+    return lambda layer: (layer.get("power_law") or {}).get(key) if (layer.get("power_law") or {}).get("status") == "success" else None
+
+
+def _metric(key: str) -> Callable[[dict], float | None]:
+    return lambda layer: (layer.get("metrics") or {}).get(key)
+
+
+def _mp(key: str) -> Callable[[dict], float | None]:
+    return lambda layer: (layer.get("mp") or {}).get(key) if (layer.get("mp") or {}).get("status") == "success" else None
+
+
+def _kappa(layer: dict) -> float | None:
+    htmp = layer.get("htmp") or {}
+    best = htmp.get(htmp.get("best") or "") or {}
+    return best.get("kappa")
+
+
+# Per-layer metrics a rule can bound, by the name used in configurations.
+LAYER_METRICS: dict[str, Callable[[dict], float | None]] = {
+    "alpha": _fit("alpha"), "D": _fit("D"), "sigma": _fit("sigma"), "xmin": _fit("xmin"),
+    "tail_size": _fit("tail_size"),
+    **{name: _metric(name) for name in ("alpha_weighted", "log_alpha_norm", "norm", "log_norm", "spectral_norm",
+                                        "log_spectral_norm", "stable_rank", "entropy", "rank_loss", "log_spread")},
+    "kappa": _kappa, "spikes": _mp("n_spikes"), "mp_softrank": _mp("mp_softrank"), "ks_mp": _mp("ks_all"),
+    "n_zero": lambda layer: layer.get("n_zero"),
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One check. Exactly one of `metric` (with `min`/`max`), `forbid_phases`, `phase` (with
+    `max_share`), `summary` (with `min`/`max`) or `failed` says what is checked."""
+
+    name: str
+    severity: str = "error"
+    reason: str | None = None
+    layers: str | None = None  # regex (re.search) on layer names; None: every layer
+    metric: str | None = None
+    summary: str | None = None
+    min: float | None = None
+    max: float | None = None
+    forbid_phases: tuple[str, ...] = ()
+    phase: str | None = None
+    max_share: float | None = None
+    failed: bool = False  # layers whose analysis failed
+
+    @property
+    def what(self) -> str:
+        if self.failed:
+            return "no failed analyses"
+        if self.forbid_phases:
+            return "no layer in phase " + " or ".join(self.forbid_phases)
+        if self.phase is not None:
+            return f"share of {self.phase} layers <= {self.max_share:g}"
+        subject = self.metric or f"summary {self.summary}"
+        bounds = [f">= {self.min:g}" if self.min is not None else "", f"<= {self.max:g}" if self.max is not None else ""]
+        return f"{subject} " + " and ".join(b for b in bounds if b)
+
+
+DEFAULT_RULES = (
+    Rule(name="failed-analysis", failed=True,
+         reason="a matrix with NaN or Inf entries, or all zeros, has no spectrum: the checkpoint is broken"),
+    Rule(name="rank-collapse", forbid_phases=("rank-collapse",),
+         reason="the layer has lost rank: part of it carries no signal"),
+    Rule(name="random-like", forbid_phases=("random-like",),
+         reason="the layer's spectrum is still that of random noise: it looks untrained"),
+    Rule(name="very-heavy-tailed", metric="alpha", min=2.0,
+         reason="alpha below 2: very heavy-tailed, which Martin and Mahoney associate with over-training"),
+)
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: Rule
+    layer: str | None  # None for a rule on the whole model
+    value: float | str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    rules: tuple[Rule, ...]
+    violations: tuple[Violation, ...]
+    checked_layers: dict[str, int] = field(default_factory=dict)  # rule name -> layers it applied to
+
+    @property
+    def errors(self) -> tuple[Violation, ...]:
+        return tuple(v for v in self.violations if v.rule.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Violation, ...]:
+        return tuple(v for v in self.violations if v.rule.severity == "warning")
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+_RULE_KEYS = {"name", "severity", "reason", "layers", "metric", "summary", "min", "max", "forbid_phases", "phase",
+              "max_share", "failed"}
+_CHECK_KEYS = {"defaults", "rules"}
+
+
+def find_config(start: Path) -> Path | None:
+    """htmp.toml, or a pyproject.toml with a [tool.htmp] table, in `start` or a folder above it."""
+    for folder in (start, *start.parents):
+        if (folder / CONFIG_FILE).is_file():
+            return folder / CONFIG_FILE
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and "htmp" in _read_toml(pyproject).get("tool", {}):
+            return pyproject
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """The htmp table of a configuration file: the whole of htmp.toml, or [tool.htmp] of a pyproject."""
+    data = _read_toml(path)
+    if path.name == "pyproject.toml":
+        data = data.get("tool", {}).get("htmp", {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: [tool.htmp] must be a table")
+    return data
+
+
+def rules_from_config(config: dict[str, Any], where: str) -> tuple[Rule, ...]:
+    """The rules a configuration asks for (defaults included unless `check.defaults = false`)."""
+    check = config.get("check", {})
+    if not isinstance(check, dict):
+        raise ConfigError(f"{where}: 'check' must be a table")
+    unknown = set(check) - _CHECK_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key check.{sorted(unknown)[0]} (known: {', '.join(sorted(_CHECK_KEYS))})")
+    defaults = check.get("defaults", True)
+    if not isinstance(defaults, bool):
+        raise ConfigError(f"{where}: check.defaults must be true or false, got {defaults!r}")
+    entries = check.get("rules", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}: check.rules must be an array of tables ([[check.rules]])")
+    rules = [parse_rule(entry, f"{where}: check.rules[{k}]") for k, entry in enumerate(entries)]
+    combined = (list(DEFAULT_RULES) if defaults else []) + rules
+    names = [r.name for r in combined]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise ConfigError(f"{where}: two rules are named {duplicate!r} (a rule replacing a default needs "
+                          "check.defaults = false, or another name)")
+    return tuple(combined)
+
+
+def _number(entry: dict, key: str, where: str) -> float | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}.{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _string(entry: dict, key: str, where: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where}.{key} must be a string, got {value!r}")
+    return value
+
+
+def parse_rule(entry: object, where: str) -> Rule:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = set(entry) - _RULE_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_RULE_KEYS))})")
+    name = _string(entry, "name", where)
+    if not name:
+        raise ConfigError(f"{where}.name is required")
+    where = f"{where} ({name!r})"
+    severity = _string(entry, "severity", where) or "error"
+    if severity not in SEVERITIES:
+        raise ConfigError(f"{where}.severity must be error or warning, got {severity!r}")
+    layers = _string(entry, "layers", where)
+    if layers is not None:
+        try:
+            re.compile(layers)
+        except re.error as err:
+            raise ConfigError(f"{where}.layers {layers!r} is not a valid regular expression: {err}") from None
+    low, high = _number(entry, "min", where), _number(entry, "max", where)
+    if low is not None and high is not None and low > high:
+        raise ConfigError(f"{where}: min {low:g} is above max {high:g}, no value can pass")
+    forbid = entry.get("forbid_phases", [])
+    if not isinstance(forbid, list) or not all(isinstance(p, str) for p in forbid):
+        raise ConfigError(f"{where}.forbid_phases must be a list of phase names")
+    phase = _string(entry, "phase", where)
+    for p in [*forbid, *([phase] if phase else [])]:
+        if p not in PHASES:
+            raise ConfigError(f"{where}: unknown phase {p!r} (phases: {', '.join(PHASES)})")
+    max_share = _number(entry, "max_share", where)
+    if max_share is not None and not 0 <= max_share <= 1:
+        raise ConfigError(f"{where}.max_share must lie in [0, 1], got {max_share:g}")
+    failed = entry.get("failed", False)
+    if not isinstance(failed, bool):
+        raise ConfigError(f"{where}.failed must be true or false")
+    metric, summary = _string(entry, "metric", where), _string(entry, "summary", where)
+    if metric is not None and metric not in LAYER_METRICS:
+        raise ConfigError(f"{where}: unknown metric {metric!r} (metrics: {', '.join(LAYER_METRICS)})")
+    if summary is not None and summary not in SUMMARY_FIGURES:
+        raise ConfigError(f"{where}: unknown summary figure {summary!r} (figures: {', '.join(SUMMARY_FIGURES)})")
+    kinds = [k for k, present in (("metric", metric), ("summary", summary), ("forbid_phases", forbid),
+                                  ("phase", phase), ("failed", failed)) if present]
+    if len(kinds) != 1:
+        raise ConfigError(f"{where}: a rule checks exactly one of metric, summary, forbid_phases, phase or failed "
+                          f"(found {', '.join(kinds) or 'none'})")
+    if kinds[0] in ("metric", "summary") and low is None and high is None:
+        raise ConfigError(f"{where}: a {kinds[0]} rule needs min, max or both")
+    if kinds[0] == "phase" and max_share is None:
+        raise ConfigError(f"{where}: a phase rule needs max_share")
+    if kinds[0] not in ("metric", "summary") and (low is not None or high is not None):
+        raise ConfigError(f"{where}: min and max apply only to metric and summary rules")
+    return Rule(name=name, severity=severity, reason=_string(entry, "reason", where), layers=layers, metric=metric,
+                summary=summary, min=low, max=high, forbid_phases=tuple(forbid), phase=phase, max_share=max_share,
+                failed=failed)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+def _summary_figures() -> dict[str, Callable[[dict], float | None]]:
+    figures: dict[str, Callable[[dict], float | None]] = {
+        "n_layers": lambda s: s["n_layers"], "n_failed_layers": lambda s: s["n_failed_layers"],
+        "n_failed_fits": lambda s: s["n_failed_fits"], "n_skipped": lambda s: s["n_skipped"],
+    }
+    for name in ("alpha", "D", "alpha_weighted", "log_alpha_norm", "log_norm", "log_spectral_norm", "stable_rank",
+                 "entropy", "rank_loss", "log_spread", "kappa", "mp_softrank"):
+        figures[f"mean_{name}"] = lambda s, name=name: s["means"].get(name)
+    return figures
+
+
+SUMMARY_FIGURES = _summary_figures()
+
+
+def _selected(rule: Rule, layers: list[dict]) -> list[dict]:
+    if rule.layers is None:
+        return layers
+    pattern = re.compile(rule.layers)
+    return [layer for layer in layers if pattern.search(layer["name"])]
+
+
+def _out_of_bounds(value: float, rule: Rule) -> bool:
+    return (rule.min is not None and value < rule.min) or (rule.max is not None and value > rule.max)
+
+
+def evaluate(report: dict[str, Any], rules: tuple[Rule, ...]) -> Verdict:
+    """Apply rules to a report in its JSON form."""
+    violations: list[Violation] = []
+    checked: dict[str, int] = {}
+    layers = report["layers"]
+    for rule in rules:
+        chosen = _selected(rule, layers)
+        checked[rule.name] = len(chosen)
+        if rule.failed:
+            violations += [Violation(rule, layer["name"], layer.get("reason"), f"analysis failed: {layer.get('reason')}")
+                           for layer in chosen if layer["status"] != "success"]
+        elif rule.forbid_phases:
+            for layer in chosen:
+                phase = (layer.get("phase") or {}).get("phase")
+                if phase in rule.forbid_phases:
+                    violations.append(Violation(rule, layer["name"], phase, (layer.get("phase") or {}).get("summary") or phase))
+        elif rule.phase is not None:
+            ok = [layer for layer in chosen if layer["status"] == "success"]
+            hits = [layer["name"] for layer in ok if (layer.get("phase") or {}).get("phase") == rule.phase]
+            share = len(hits) / len(ok) if ok else 0.0
+            if share > rule.max_share:
+                violations.append(Violation(rule, None, share, f"{len(hits)} of {len(ok)} layers ({share:.0%}) are "
+                                            f"{rule.phase}: {', '.join(hits[:5])}{' ...' if len(hits) > 5 else ''}"))
+        elif rule.metric is not None:
+            read = LAYER_METRICS[rule.metric]
+            for layer in chosen:
+                value = read(layer) if layer["status"] == "success" else None
+                if value is not None and _out_of_bounds(float(value), rule):
+                    violations.append(Violation(rule, layer["name"], float(value), f"{rule.metric} = {float(value):.4g}"))
+        else:
+            value = SUMMARY_FIGURES[rule.summary](report["summary"])
+            if value is not None and _out_of_bounds(float(value), rule):
+                violations.append(Violation(rule, None, float(value), f"{rule.summary} = {float(value):.4g}"))
+    return Verdict(rules=rules, violations=tuple(violations), checked_layers=checked)

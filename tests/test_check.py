@@ -1,0 +1,134 @@
+"""htmp check end to end: default rules, configuration, JUnit, Markdown and GitHub annotations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from htmp_cli.gate import ConfigError, parse_rule
+from htmp_cli.synthetic import phase_layer
+from tests.conftest import run_htmp
+
+SEED = 11
+
+
+def _healthy() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(SEED)
+    return {f"layers.{k}.weight": phase_layer("bulk+spikes", 400, 200, rng).astype(np.float32) for k in range(3)}
+
+
+def _broken(kind: str) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(SEED + 1)
+    bad = {
+        "rank-collapse": lambda: phase_layer("rank-collapse", 400, 200, rng),
+        "random-like": lambda: phase_layer("random-like", 400, 200, rng),
+        "very-heavy-tailed": lambda: rng.standard_t(1.2, size=(400, 200)) / 20,
+    }[kind]()
+    return {**_healthy(), "layers.3.weight": bad.astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    folder = tmp_path_factory.mktemp("check")
+    paths = {"healthy": folder / "healthy.safetensors"}
+    save_file(_healthy(), str(paths["healthy"]))
+    for kind in ("rank-collapse", "random-like", "very-heavy-tailed"):
+        paths[kind] = folder / f"{kind}.safetensors"
+        save_file(_broken(kind), str(paths[kind]))
+    return paths
+
+
+def test_a_healthy_checkpoint_passes_the_default_rules(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    result = run_htmp("check", str(checkpoints["healthy"]), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "htmp check PASSED" in result.stdout
+
+
+@pytest.mark.parametrize("kind", ["rank-collapse", "random-like", "very-heavy-tailed"])
+def test_a_broken_layer_fails_the_gate_naming_layer_and_rule(checkpoints: dict[str, Path], tmp_path: Path,
+                                                             kind: str) -> None:
+    junit = tmp_path / "junit.xml"
+    result = run_htmp("check", str(checkpoints[kind]), "--junit", str(junit), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "htmp check FAILED" in result.stdout
+    fired = [line for line in result.stdout.splitlines() if "layers.3.weight" in line]
+    assert fired and any(kind in line for line in fired), result.stdout
+    suite = ET.parse(junit).getroot()
+    cases = suite.findall("testcase")
+    failures = [c for c in cases if c.find("failure") is not None]
+    assert int(suite.get("tests")) == len(cases) and int(suite.get("failures")) == len(failures) >= 1
+    assert {(c.get("classname"), c.get("name")) for c in failures} == {(f"htmp.{kind}", "layers.3.weight")}
+
+
+def test_a_saved_report_is_checked_like_the_checkpoint(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    assert run_htmp("analyze", str(checkpoints["random-like"]), "-f", "json", "-o", str(report)).returncode == 0
+    from_report = run_htmp("check", str(report), cwd=tmp_path)
+    from_checkpoint = run_htmp("check", str(checkpoints["random-like"]), cwd=tmp_path)
+    assert from_report.returncode == from_checkpoint.returncode == 1
+    assert from_report.stdout == from_checkpoint.stdout
+
+
+def test_configuration_from_pyproject_upward_with_patterns_severity_and_reason(checkpoints: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('''
+[tool.htmp.check]
+defaults = false
+
+[[tool.htmp.check.rules]]
+name = "tame-tails"
+metric = "alpha"
+max = 2.5
+layers = 'layers\\.3\\.'
+severity = "warning"
+reason = "layer 3 should stay close to the others"
+
+[[tool.htmp.check.rules]]
+name = "few-random"
+phase = "random-like"
+max_share = 0.5
+''')
+    inner = tmp_path / "a" / "b"
+    inner.mkdir(parents=True)
+    summary = tmp_path / "summary.md"
+    env = {**os.environ, "GITHUB_ACTIONS": "true"}
+    result = run_htmp("check", str(checkpoints["random-like"]), "--summary", str(summary), cwd=inner, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr  # only a warning fired
+    assert "::warning title=htmp tame-tails::layers.3.weight: alpha = " in result.stdout
+    assert "layer 3 should stay close to the others" in summary.read_text()
+    assert "few-random" in summary.read_text()
+
+
+BAD_CONFIGS = {
+    "unknown-key": ('[[check.rules]]\nname = "x"\nmetric = "alpha"\nmin = 1\nmaxx = 3\n', "unknown key 'maxx'"),
+    "wrong-type": ('[[check.rules]]\nname = "x"\nmetric = "alpha"\nmin = "two"\n', "min must be a finite number"),
+    "impossible": ('[[check.rules]]\nname = "x"\nmetric = "alpha"\nmin = 4\nmax = 3\n', "min 4 is above max 3"),
+    "unknown-metric": ('[[check.rules]]\nname = "x"\nmetric = "alfa"\nmin = 1\n', "unknown metric 'alfa'"),
+    "unknown-phase": ('[[check.rules]]\nname = "x"\nforbid_phases = ["broken"]\n', "unknown phase 'broken'"),
+    "share": ('[[check.rules]]\nname = "x"\nphase = "random-like"\nmax_share = 1.5\n', "max_share must lie in [0, 1]"),
+    "top-level": ('[check]\nstrict = true\n', "unknown key check.strict"),
+    "not-toml": ('[[check.rules]\n', "not valid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_configurations_are_rejected_before_anything_is_computed(tmp_path: Path, case: str) -> None:
+    text, message = BAD_CONFIGS[case]
+    (tmp_path / "htmp.toml").write_text(text)
+    # The checkpoint does not even exist: the configuration error must come first.
+    result = run_htmp("check", str(tmp_path / "missing.safetensors"), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and "htmp.toml" in result.stderr and "missing" not in result.stderr
+
+
+def test_rules_check_exactly_one_thing() -> None:
+    with pytest.raises(ConfigError, match="exactly one of"):
+        parse_rule({"name": "x", "metric": "alpha", "forbid_phases": ["random-like"], "min": 1}, "cfg")
+    with pytest.raises(ConfigError, match="needs min, max or both"):
+        parse_rule({"name": "x", "metric": "alpha"}, "cfg")
+    assert parse_rule({"name": "x", "summary": "mean_alpha", "max": 4}, "cfg").what == "summary mean_alpha <= 4"
