@@ -141,7 +141,7 @@ def _parse(path: Path, buf: mmap.mmap, file_size: int) -> GGUFHeader:
         key = cur.string(f"key {k}")
         if key in metadata:
             raise CheckpointError(f"{path}: metadata key {key!r} appears twice")
-        metadata[key] = _value(cur, cur.unpack("<I", f"type of {key!r}"), key, depth=0)
+        metadata[key] = _value(cur, cur.unpack("<I", f"type of {key!r}"), key)
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 or alignment & (alignment - 1):
         raise CheckpointError(f"{path}: general.alignment {alignment!r} is not a power of two")
@@ -177,7 +177,7 @@ def _parse(path: Path, buf: mmap.mmap, file_size: int) -> GGUFHeader:
                       + bytes(buf[header_end_kv : cur.pos]))
 
 
-def _value(cur: _Cursor, type_id: int, key: str, depth: int) -> object:
+def _value(cur: _Cursor, type_id: int, key: str) -> object:
     if type_id in _SCALARS:
         return cur.unpack(_SCALARS[type_id], f"value of {key!r}")
     if type_id == _STRING:
@@ -188,39 +188,34 @@ def _value(cur: _Cursor, type_id: int, key: str, depth: int) -> object:
             return f"<{n}-byte string>"
         cur.pos -= 8
         return cur.string(f"value of {key!r}")
-    if type_id == _ARRAY and depth == 0:
-        item_type = cur.unpack("<I", f"array type of {key!r}")
-        count = cur.unpack("<Q", f"array length of {key!r}")
-        if item_type in _SCALARS:
-            size = struct.calcsize(_SCALARS[item_type])
-            cur.need(count * size, f"array {key!r}")
-            cur.pos += count * size
-        elif item_type == _STRING:
-            if count * 8 > cur.size:
-                raise CheckpointError(f"{cur.path}: array {key!r} claims {count} strings, more than the file holds")
-            cur.skip_strings(count, f"array {key!r}")
-        elif item_type == _ARRAY:
-            if count * 12 > cur.size:
-                raise CheckpointError(f"{cur.path}: array {key!r} claims {count} arrays, more than the file holds")
-            for _ in range(count):
-                _nested_array(cur, key)
-        else:
-            raise CheckpointError(f"{cur.path}: array {key!r} has unknown item type {item_type}")
+    if type_id == _ARRAY:
+        count = _skip_array(cur, key, nested_ok=True)
         return f"<array of {count}>"
     raise CheckpointError(f"{cur.path}: metadata {key!r} has unknown value type {type_id}")
 
 
-def _nested_array(cur: _Cursor, key: str) -> None:
-    item_type = cur.unpack("<I", f"array type in {key!r}")
-    count = cur.unpack("<Q", f"array length in {key!r}")
+def _skip_array(cur: _Cursor, key: str, nested_ok: bool) -> int:
+    """Step over an array value (one level of arrays of arrays allowed); returns its length."""
+    item_type = cur.unpack("<I", f"array type of {key!r}")
+    count = cur.unpack("<Q", f"array length of {key!r}")
     if item_type in _SCALARS:
         size = struct.calcsize(_SCALARS[item_type])
-        cur.need(count * size, f"array in {key!r}")
+        cur.need(count * size, f"array {key!r}")
         cur.pos += count * size
     elif item_type == _STRING:
-        cur.skip_strings(count, f"array in {key!r}")
+        if count * 8 > cur.size:
+            raise CheckpointError(f"{cur.path}: array {key!r} claims {count} strings, more than the file holds")
+        cur.skip_strings(count, f"array {key!r}")
+    elif item_type == _ARRAY and nested_ok:
+        if count * 12 > cur.size:
+            raise CheckpointError(f"{cur.path}: array {key!r} claims {count} arrays, more than the file holds")
+        for _ in range(count):
+            _skip_array(cur, key, nested_ok=False)
+    elif item_type == _ARRAY:
+        raise CheckpointError(f"{cur.path}: array in {key!r} nests deeper than htmp reads")
     else:
-        raise CheckpointError(f"{cur.path}: array in {key!r} nests deeper than htmp reads (item type {item_type})")
+        raise CheckpointError(f"{cur.path}: array {key!r} has unknown item type {item_type}")
+    return count
 
 
 def _entry(path: Path, name: str, dims: list[int], type_id: int, offset: int, alignment: int,
