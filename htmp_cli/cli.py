@@ -80,6 +80,19 @@ class _StdoutConsole(Console):
         raise BrokenPipeError
 
 
+def _stdout_console(piped_width: int) -> _StdoutConsole:
+    """The terminal's own width on a terminal; when piped, wide enough that rows do not fold."""
+    console = _StdoutConsole()
+    return console if console.is_terminal else _StdoutConsole(width=max(console.width, piped_width))
+
+
+def _selection(min_dim: int, conv: ConvMode, split_fused: bool, skip_embeddings: bool,
+               include: list[str], exclude: list[str]) -> dict[str, object]:
+    """The AnalysisOptions fields of the tensor-selection flags that analyze, ls and check share."""
+    return dict(min_dim=min_dim, conv=conv.value, split_fused=split_fused, skip_embeddings=skip_embeddings,
+                include=tuple(include), exclude=tuple(exclude))
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"htmp {__version__}")
@@ -149,11 +162,9 @@ def analyze(
     def body() -> None:
         from htmp_cli.pipeline import analyze as run_analysis
 
-        options = AnalysisOptions(min_dim=min_dim, precision=precision.value, fit=fit.value,
-                                  min_tail=min_tail, backend=backend.value, htmp=htmp_fit,
-                                  thresholds=_parse_thresholds(threshold), conv=conv.value,
-                                  split_fused=split_fused, skip_embeddings=skip_embeddings,
-                                  include=tuple(include), exclude=tuple(exclude))
+        options = AnalysisOptions(precision=precision.value, fit=fit.value, min_tail=min_tail,
+                                  backend=backend.value, htmp=htmp_fit, thresholds=_parse_thresholds(threshold),
+                                  **_selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
         err_console = Console(stderr=True)
         show_progress = err_console.is_terminal if progress is None else progress
         if show_progress:
@@ -196,12 +207,10 @@ def check(
             settings = {**settings, "check": {**settings.get("check", {}), "defaults": False}}
         rules = gate.rules_from_config(settings, str(config_path or "built-in rules"))
         report = _report_for_check(path, AnalysisOptions(
-            min_dim=min_dim, conv=conv.value, split_fused=split_fused, skip_embeddings=skip_embeddings,
-            include=tuple(include), exclude=tuple(exclude)))
+            **_selection(min_dim, conv, split_fused, skip_embeddings, include, exclude)))
         verdict = gate.evaluate(report, rules)
         source = report["source"]["path"]
-        console = _StdoutConsole()
-        render_verdict(verdict, source, console if console.is_terminal else _StdoutConsole(width=max(console.width, 160)))
+        render_verdict(verdict, source, _stdout_console(piped_width=160))
         if junit is not None:
             _write_text(junit, to_junit(verdict, source), "--junit")
         if summary is not None:
@@ -263,10 +272,7 @@ def _emit(report, format: OutputFormat, output: Optional[Path]) -> None:  # type
         from htmp_cli.report.table import render_table
 
         if output is None:
-            console = _StdoutConsole()
-            if not console.is_terminal:
-                console = _StdoutConsole(width=max(console.width, 220))
-            render_table(report, console)
+            render_table(report, _stdout_console(piped_width=220))
         else:
             with _open_output(output) as handle:
                 render_table(report, Console(file=handle, width=200, no_color=True))
@@ -305,8 +311,7 @@ def list_tensors(
         from htmp_cli.loaders import open_checkpoint
         from htmp_cli.loaders.matrices import plan_matrices
 
-        options = AnalysisOptions(min_dim=min_dim, conv=conv.value, split_fused=split_fused,
-                                  skip_embeddings=skip_embeddings, include=tuple(include), exclude=tuple(exclude))
+        options = AnalysisOptions(**_selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
         checkpoint = open_checkpoint(path)
         matrices, skipped = plan_matrices(checkpoint.tensors, options.matrix_rules)
         verdict = _ls_verdicts(matrices)

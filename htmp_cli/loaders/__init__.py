@@ -17,15 +17,14 @@ from typing import Callable
 import numpy as np
 
 from htmp_cli.errors import CheckpointError
-from htmp_cli.loaders.dtypes import stored_array
-from htmp_cli.loaders.entry import TensorEntry, read_raw
+from htmp_cli.loaders.dtypes import Decoder
+from htmp_cli.loaders.entry import TensorEntry, read_stored
 from htmp_cli.loaders.index import check_weight_map, read_shard_index
 from htmp_cli.loaders.matrices import MatrixSpec, MatrixView
 from htmp_cli.loaders.safetensors import read_header
 
 __all__ = ["Checkpoint", "TensorEntry", "open_checkpoint"]
 
-Decoder = Callable[[np.ndarray], np.ndarray]
 Reader = Callable[[TensorEntry], tuple[np.ndarray, Decoder | None]]
 
 # A Hugging Face folder, in the order transformers itself prefers.
@@ -76,11 +75,6 @@ class Checkpoint:
             view = MatrixView()
         stored, decode = self.read_stored(entry)
         return view.apply(stored), decode
-
-
-def _read_offset(entry: TensorEntry) -> tuple[np.ndarray, Decoder | None]:
-    stored, decode = stored_array(read_raw(entry), entry.dtype)
-    return stored.reshape(entry.shape), decode
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -182,7 +176,7 @@ def _open_safetensors(files: list[Path], index: tuple[Path, dict[str, str]] | No
         tensors=tuple(e for h in headers for e in h.tensors),
         size_bytes=sum(h.file_size for h in headers),
         fingerprint=_fingerprint([(h.header_bytes, h.path, h.data_start, h.file_size) for h in headers]),
-        reader=_read_offset,
+        reader=read_stored,
     )
 
 

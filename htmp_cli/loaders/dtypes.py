@@ -10,6 +10,8 @@ from typing import Callable
 
 import numpy as np
 
+Decoder = Callable[[np.ndarray], np.ndarray]
+
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 INTEGER_DTYPES = ("BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64")
 # GGUF's block-quantised types that the gguf package dequantises (checked against it in tests).

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from htmp_cli.errors import CheckpointError
+from htmp_cli.loaders.dtypes import Decoder, stored_array
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,9 @@ def read_raw(entry: TensorEntry) -> np.ndarray:
     except OSError as err:
         raise CheckpointError(f"{entry.file}: cannot read tensor {entry.name!r}: {err.strerror or err}") from None
     return buffer
+
+
+def read_stored(entry: TensorEntry) -> tuple[np.ndarray, Decoder | None]:
+    """A plain-dtype tensor read by offset: its stored values, shaped, and their decoder to floats."""
+    stored, decode = stored_array(read_raw(entry), entry.dtype)
+    return stored.reshape(entry.shape), decode

@@ -18,13 +18,12 @@ import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from htmp_cli.errors import CheckpointError
-from htmp_cli.loaders.dtypes import QUANTIZED_DTYPES, stored_array
-from htmp_cli.loaders.entry import TensorEntry, read_raw
+from htmp_cli.loaders.dtypes import QUANTIZED_DTYPES, Decoder
+from htmp_cli.loaders.entry import TensorEntry, read_raw, read_stored
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -237,18 +236,16 @@ def _entry(path: Path, name: str, dims: list[int], type_id: int, offset: int, al
                        offset=data_start + offset, nbytes=nbytes)
 
 
-def read_stored_gguf(entry: TensorEntry) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
+def read_stored_gguf(entry: TensorEntry) -> tuple[np.ndarray, Decoder | None]:
     """A GGUF tensor: plain floats as stored (with their decoder), quantised blocks dequantised to float32."""
-    raw = read_raw(entry)
     if entry.dtype not in QUANTIZED_DTYPES:
-        stored, decode = stored_array(raw, entry.dtype)
-        return stored.reshape(entry.shape), decode
+        return read_stored(entry)
     try:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
     except ImportError:
         raise CheckpointError(f"{entry.file}: dequantising {entry.dtype} needs the gguf package: pip install gguf") from None
     block, block_bytes = _BLOCKS[entry.dtype]
-    rows = raw.reshape(-1, entry.shape[-1] // block * block_bytes)
+    rows = read_raw(entry).reshape(-1, entry.shape[-1] // block * block_bytes)
     values = dequantize(rows, GGMLQuantizationType[entry.dtype])
     return np.asarray(values, dtype=np.float32).reshape(entry.shape), None

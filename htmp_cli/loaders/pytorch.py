@@ -26,13 +26,13 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from htmp_cli.errors import CheckpointError
-from htmp_cli.loaders.dtypes import F8_E4M3_VALUES, F8_E5M2_VALUES, FLOAT_DTYPES, decode_bf16, stored_array
-from htmp_cli.loaders.entry import TensorEntry, read_raw
+from htmp_cli.loaders.dtypes import F8_E4M3_VALUES, F8_E5M2_VALUES, FLOAT_DTYPES, Decoder, decode_bf16
+from htmp_cli.loaders.entry import TensorEntry, read_stored
 
 # Keys under which training scripts keep a model's weights, in the order they are tried.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -218,7 +218,7 @@ def _placed(entry: TensorEntry, tensor: Any, file_size: int) -> TensorEntry | No
     return replace(entry, offset=offset, nbytes=nbytes)
 
 
-def stored_from_tensor(tensor: Any) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
+def stored_from_tensor(tensor: Any) -> tuple[np.ndarray, Decoder | None]:
     """A numpy view of a CPU tensor in its storage type, with the decoder to floats when numpy has none."""
     torch = _torch()
     if tensor.dtype == torch.bfloat16:
@@ -237,10 +237,9 @@ class PyTorchReader:
     def __init__(self, last_loaded: tuple[Path, dict[str, Any]] | None = None) -> None:
         self._loaded = last_loaded
 
-    def read_stored(self, entry: TensorEntry) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
+    def read_stored(self, entry: TensorEntry) -> tuple[np.ndarray, Decoder | None]:
         if entry.nbytes:
-            stored, decode = stored_array(read_raw(entry), entry.dtype)
-            return stored.reshape(entry.shape), decode
+            return read_stored(entry)
         if self._loaded is None or self._loaded[0] != entry.file:
             self._loaded = None  # free the previous file before loading the next
             _, flat, _, _ = load_flat(entry.file)
