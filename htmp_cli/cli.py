@@ -68,6 +68,8 @@ _CONV = typer.Option(ConvMode.pooled, "--conv",
                           "unfold = the (out, in*kernel) matrix.")
 _SPLIT_FUSED = typer.Option(False, "--split-fused",
                             help="Split fused q/k/v projections (c_attn, qkv_proj, Wqkv, ...) into q, k and v where the shape allows.")
+_PRECISION = typer.Option(Precision.float64, "--precision", help="Gram product and eigensolver precision; float32 is faster.")
+_FIT = typer.Option(FitMethod.csn, "--fit", help="csn: Clauset-Shalizi-Newman fit; ww: WeightWatcher 0.7.7's fit, reproduced.")
 _SKIP_EMBEDDINGS = typer.Option(False, "--skip-embeddings", help="Leave embeddings and output heads out.")
 _INCLUDE = typer.Option([], "--include", metavar="REGEX", help="Analyse only tensors whose name matches (repeatable).")
 _EXCLUDE = typer.Option([], "--exclude", metavar="REGEX", help="Leave out tensors whose name matches (repeatable).")
@@ -147,8 +149,8 @@ def analyze(
     skip_embeddings: bool = _SKIP_EMBEDDINGS,
     include: list[str] = _INCLUDE,
     exclude: list[str] = _EXCLUDE,
-    precision: Precision = typer.Option(Precision.float64, "--precision", help="Gram product and eigensolver precision; float32 is faster."),
-    fit: FitMethod = typer.Option(FitMethod.csn, "--fit", help="csn: Clauset-Shalizi-Newman fit; ww: WeightWatcher 0.7.7's fit, reproduced."),
+    precision: Precision = _PRECISION,
+    fit: FitMethod = _FIT,
     min_tail: int = typer.Option(10, "--min-tail", help="Smallest tail the csn fit may choose."),
     backend: Backend = typer.Option(Backend.auto, "--backend", help="Eigensolver: numpy, torch, or auto (torch from a smaller side of 1024, if installed)."),
     htmp_fit: bool = typer.Option(True, "--htmp/--no-htmp", help="Fit the HTMP law (both orientations) to every layer."),
@@ -181,13 +183,18 @@ def analyze(
 
 @app.command()
 def check(
+    ctx: typer.Context,
     path: str = typer.Argument(..., help=_PATH_HELP + " Or a JSON report written by htmp analyze --format json."),
     config: Optional[Path] = typer.Option(None, "--config", help="Rules file (default: htmp.toml or [tool.htmp] in "
                                           "pyproject.toml, searched from the current folder upward)."),
     no_defaults: bool = typer.Option(False, "--no-defaults", help="Leave out the built-in rules (overrides check.defaults)."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML file: one test case per rule and layer."),
     summary: Optional[Path] = typer.Option(None, "--summary", help="Write a Markdown summary (for $GITHUB_STEP_SUMMARY)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="An earlier JSON report of the same architecture: "
+                                            "apply the drift rules (check.drift, or the built-in ones) to it."),
     min_dim: int = _MIN_DIM,
+    precision: Precision = _PRECISION,
+    fit: FitMethod = _FIT,
     conv: ConvMode = _CONV,
     split_fused: bool = _SPLIT_FUSED,
     skip_embeddings: bool = _SKIP_EMBEDDINGS,
@@ -195,7 +202,10 @@ def check(
     exclude: list[str] = _EXCLUDE,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """CI gate: analyse a checkpoint (or read a report) and apply rules; exit 1 when an error-level rule fails."""
+    """CI gate: analyse a checkpoint (or read a report) and apply rules; exit 1 when an error-level rule fails.
+
+    Analysis options come from the configuration's [analysis] table; flags given here override them.
+    """
 
     def body() -> int:
         from htmp_cli import gate
@@ -205,10 +215,17 @@ def check(
         settings = gate.load_config(config_path) if config_path is not None else {}
         if no_defaults:
             settings = {**settings, "check": {**settings.get("check", {}), "defaults": False}}
-        rules = gate.rules_from_config(settings, str(config_path or "built-in rules"))
-        report = _report_for_check(path, AnalysisOptions(
-            **_selection(min_dim, conv, split_fused, skip_embeddings, include, exclude)))
-        verdict = gate.evaluate(report, rules)
+        gate_config = gate.parse_config(settings, str(config_path or "built-in rules"))
+        flags = {**_selection(min_dim, conv, split_fused, skip_embeddings, include, exclude),
+                 "precision": precision.value, "fit": fit.value}
+        given = {name: value for name, value in flags.items() if _given(ctx, name)}
+        options = AnalysisOptions(**{**gate_config.analysis, **given})
+        earlier = _read_report(baseline, "--baseline") if baseline is not None else None
+        report = _report_for_check(path, options)
+        verdict = gate.evaluate(report, gate_config.rules)
+        if earlier is not None:
+            drift_rules = gate_config.drift_rules if gate_config.drift_rules is not None else gate.DEFAULT_DRIFT_RULES
+            verdict = gate.combine(verdict, gate.evaluate_drift(report, earlier, drift_rules))
         source = report["source"]["path"]
         render_verdict(verdict, source, _stdout_console(piped_width=160))
         if junit is not None:
@@ -224,19 +241,29 @@ def check(
     raise typer.Exit(code)
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether a flag was given on the command line (rather than left at its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _read_report(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise HtmpError(f"{what} {path}: not a readable JSON report ({err})") from None
+    from htmp_cli.report.formats import SCHEMA
+
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise HtmpError(f"{what} {path}: not an htmp report (expected schema {SCHEMA!r})")
+    return data
+
+
 def _report_for_check(path: str, options: AnalysisOptions) -> dict:
     """The JSON form of a report: read from a report file, or computed from a checkpoint."""
     candidate = Path(path)
     if candidate.suffix == ".json" and candidate.is_file() and not candidate.name.endswith(".index.json"):
-        try:
-            data = json.loads(candidate.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise HtmpError(f"{path}: not a readable JSON report ({err})") from None
-        from htmp_cli.report.formats import SCHEMA
-
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise HtmpError(f"{path}: not an htmp report (expected schema {SCHEMA!r})")
-        return data
+        return _read_report(candidate, "report")
     from htmp_cli.pipeline import analyze as run_analysis
     from htmp_cli.report.formats import report_to_dict
 

@@ -103,8 +103,48 @@ DEFAULT_RULES = (
 
 
 @dataclass(frozen=True)
+class DriftRule:
+    """How far a per-layer metric may move from a baseline report (`max_abs`, `max_rel` or both);
+    with no metric, the rule is about the layer set: layers that appear or vanish."""
+
+    name: str
+    metric: str | None = None
+    max_abs: float | None = None
+    max_rel: float | None = None
+    severity: str = "error"
+    reason: str | None = None
+    layers: str | None = None
+
+    @property
+    def what(self) -> str:
+        if self.metric is None:
+            return "same layers as the baseline"
+        bounds = [f"|change| <= {self.max_abs:g}" if self.max_abs is not None else "",
+                  f"|change| <= {self.max_rel:g} x baseline" if self.max_rel is not None else ""]
+        return f"{self.metric} drift " + " and ".join(b for b in bounds if b)
+
+
+# Used with --baseline when the configuration names no drift rules.
+DEFAULT_DRIFT_RULES = (
+    DriftRule(name="alpha-drift", metric="alpha", max_abs=1.0,
+              reason="a layer's tail exponent moved by more than 1 from the baseline"),
+    DriftRule(name="layers-changed", severity="warning",
+              reason="the checkpoint's layers differ from the baseline's: is it the same architecture?"),
+)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """A validated configuration: the rules, the drift rules, and the analysis options it sets."""
+
+    rules: tuple[Rule, ...]
+    drift_rules: tuple[DriftRule, ...] | None  # None: the defaults, if a baseline is given
+    analysis: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Violation:
-    rule: Rule
+    rule: Rule | DriftRule
     layer: str | None  # None for a rule on the whole model
     value: float | str | None
     message: str
@@ -112,7 +152,7 @@ class Violation:
 
 @dataclass(frozen=True)
 class Verdict:
-    rules: tuple[Rule, ...]
+    rules: tuple[Rule | DriftRule, ...]
     violations: tuple[Violation, ...]
     checked_layers: dict[str, int] = field(default_factory=dict)  # rule name -> layers it applied to
 
@@ -133,7 +173,9 @@ class Verdict:
 
 _RULE_KEYS = {"name", "severity", "reason", "layers", "metric", "summary", "min", "max", "forbid_phases", "phase",
               "max_share", "failed"}
-_CHECK_KEYS = {"defaults", "rules"}
+_CHECK_KEYS = {"defaults", "rules", "drift"}
+_DRIFT_KEYS = {"name", "metric", "max_abs", "max_rel", "severity", "reason", "layers"}
+_TOP_KEYS = {"check", "analysis"}
 
 
 def find_config(start: Path) -> Path | None:
@@ -171,6 +213,97 @@ def load_config(path: Path) -> dict[str, Any]:
     return data
 
 
+def parse_config(config: dict[str, Any], where: str) -> GateConfig:
+    """Validate a configuration (the htmp table) completely, before anything is computed."""
+    unknown = set(config) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})")
+    analysis = config.get("analysis", {})
+    if not isinstance(analysis, dict):
+        raise ConfigError(f"{where}: 'analysis' must be a table")
+    check = config.get("check", {})
+    drift = check.get("drift") if isinstance(check, dict) else None
+    if drift is not None and not isinstance(drift, list):
+        raise ConfigError(f"{where}: check.drift must be an array of tables ([[check.drift]])")
+    drift_rules = None if drift is None else tuple(parse_drift(e, f"{where}: check.drift[{k}]") for k, e in enumerate(drift))
+    rules = rules_from_config(config, where)
+    names = [r.name for r in rules] + [r.name for r in drift_rules or ()]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise ConfigError(f"{where}: two rules are named {duplicate!r} (a rule replacing a default needs "
+                          "check.defaults = false, or another name)")
+    return GateConfig(rules=rules, drift_rules=drift_rules, analysis=analysis_options(analysis, f"{where}: analysis"))
+
+
+def analysis_options(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """AnalysisOptions fields from an [analysis] table, checked by AnalysisOptions itself."""
+    from htmp_cli.fits.phases import PhaseThresholds
+    from htmp_cli.options import AnalysisOptions, OptionError
+
+    known = {f for f in AnalysisOptions.__dataclass_fields__}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
+    values = dict(table)
+    for key in ("include", "exclude"):
+        if key in values:
+            if not isinstance(values[key], list) or not all(isinstance(v, str) for v in values[key]):
+                raise ConfigError(f"{where}.{key} must be a list of regular expressions")
+            values[key] = tuple(values[key])
+    try:
+        if "thresholds" in values:
+            if not isinstance(values["thresholds"], dict):
+                raise ConfigError(f"{where}.thresholds must be a table")
+            values["thresholds"] = PhaseThresholds.from_mapping(values["thresholds"])
+        for key, value in values.items():
+            expected = type(getattr(AnalysisOptions(), key))
+            if key not in ("thresholds", "include", "exclude") and (type(value) is not expected):
+                kind = {int: "an integer", bool: "true or false", str: "a string"}.get(expected, expected.__name__)
+                raise ConfigError(f"{where}.{key} must be {kind}, got {value!r}")
+        AnalysisOptions(**values)
+    except OptionError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return values
+
+
+def parse_drift(entry: object, where: str) -> DriftRule:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = set(entry) - _DRIFT_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_DRIFT_KEYS))})")
+    name = _string(entry, "name", where)
+    if not name:
+        raise ConfigError(f"{where}.name is required")
+    where = f"{where} ({name!r})"
+    severity = _string(entry, "severity", where) or "error"
+    if severity not in SEVERITIES:
+        raise ConfigError(f"{where}.severity must be error or warning, got {severity!r}")
+    metric = _string(entry, "metric", where)
+    if metric is not None and metric not in LAYER_METRICS:
+        raise ConfigError(f"{where}: unknown metric {metric!r} (metrics: {', '.join(LAYER_METRICS)})")
+    max_abs, max_rel = _number(entry, "max_abs", where), _number(entry, "max_rel", where)
+    for key, value in (("max_abs", max_abs), ("max_rel", max_rel)):
+        if value is not None and value < 0:
+            raise ConfigError(f"{where}.{key} must be at least 0, got {value:g}")
+    if metric is not None and max_abs is None and max_rel is None:
+        raise ConfigError(f"{where}: a drift rule on {metric} needs max_abs, max_rel or both")
+    if metric is None and (max_abs is not None or max_rel is not None):
+        raise ConfigError(f"{where}: max_abs and max_rel need a metric (a rule without one checks the layer set)")
+    return DriftRule(name=name, metric=metric, max_abs=max_abs, max_rel=max_rel, severity=severity,
+                     reason=_string(entry, "reason", where), layers=_layer_pattern(entry, where))
+
+
+def _layer_pattern(entry: dict, where: str) -> str | None:
+    layers = _string(entry, "layers", where)
+    if layers is not None:
+        try:
+            re.compile(layers)
+        except re.error as err:
+            raise ConfigError(f"{where}.layers {layers!r} is not a valid regular expression: {err}") from None
+    return layers
+
+
 def rules_from_config(config: dict[str, Any], where: str) -> tuple[Rule, ...]:
     """The rules a configuration asks for (defaults included unless `check.defaults = false`)."""
     check = config.get("check", {})
@@ -186,13 +319,7 @@ def rules_from_config(config: dict[str, Any], where: str) -> tuple[Rule, ...]:
     if not isinstance(entries, list):
         raise ConfigError(f"{where}: check.rules must be an array of tables ([[check.rules]])")
     rules = [parse_rule(entry, f"{where}: check.rules[{k}]") for k, entry in enumerate(entries)]
-    combined = (list(DEFAULT_RULES) if defaults else []) + rules
-    names = [r.name for r in combined]
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate is not None:
-        raise ConfigError(f"{where}: two rules are named {duplicate!r} (a rule replacing a default needs "
-                          "check.defaults = false, or another name)")
-    return tuple(combined)
+    return tuple((list(DEFAULT_RULES) if defaults else []) + rules)
 
 
 def _number(entry: dict, key: str, where: str) -> float | None:
@@ -224,12 +351,7 @@ def parse_rule(entry: object, where: str) -> Rule:
     severity = _string(entry, "severity", where) or "error"
     if severity not in SEVERITIES:
         raise ConfigError(f"{where}.severity must be error or warning, got {severity!r}")
-    layers = _string(entry, "layers", where)
-    if layers is not None:
-        try:
-            re.compile(layers)
-        except re.error as err:
-            raise ConfigError(f"{where}.layers {layers!r} is not a valid regular expression: {err}") from None
+    layers = _layer_pattern(entry, where)
     low, high = _number(entry, "min", where), _number(entry, "max", where)
     if low is not None and high is not None and low > high:
         raise ConfigError(f"{where}: min {low:g} is above max {high:g}, no value can pass")
@@ -283,7 +405,7 @@ def _summary_figures() -> dict[str, Callable[[dict], float | None]]:
 SUMMARY_FIGURES = _summary_figures()
 
 
-def _selected(rule: Rule, layers: list[dict]) -> list[dict]:
+def _selected(rule: Rule | DriftRule, layers: list[dict]) -> list[dict]:
     if rule.layers is None:
         return layers
     pattern = re.compile(rule.layers)
@@ -328,3 +450,43 @@ def evaluate(report: dict[str, Any], rules: tuple[Rule, ...]) -> Verdict:
             if value is not None and _out_of_bounds(float(value), rule):
                 violations.append(Violation(rule, None, float(value), f"{rule.summary} = {float(value):.4g}"))
     return Verdict(rules=rules, violations=tuple(violations), checked_layers=checked)
+
+
+def evaluate_drift(report: dict[str, Any], baseline: dict[str, Any], rules: tuple[DriftRule, ...]) -> Verdict:
+    """Compare a report with a baseline report of the same architecture, layer by layer."""
+    old = {layer["name"]: layer for layer in baseline["layers"]}
+    new = {layer["name"]: layer for layer in report["layers"]}
+    if not set(old) & set(new):
+        raise HtmpError("the baseline shares no layer names with this checkpoint: not the same architecture")
+    violations: list[Violation] = []
+    checked: dict[str, int] = {}
+    for rule in rules:
+        if rule.metric is None:
+            appeared = [name for name in new if name not in old]
+            vanished = [name for name in old if name not in new]
+            checked[rule.name] = len(set(old) | set(new))
+            violations += [Violation(rule, name, None, "not in the baseline") for name in appeared]
+            violations += [Violation(rule, name, None, "in the baseline, not here") for name in vanished]
+            continue
+        read = LAYER_METRICS[rule.metric]
+        common = [layer for layer in _selected(rule, report["layers"]) if layer["name"] in old]
+        checked[rule.name] = len(common)
+        for layer in common:
+            before = old[layer["name"]]
+            a = read(before) if before["status"] == "success" else None
+            b = read(layer) if layer["status"] == "success" else None
+            if a is None or b is None:
+                continue
+            change = float(b) - float(a)
+            too_far = (rule.max_abs is not None and abs(change) > rule.max_abs) or (
+                rule.max_rel is not None and abs(change) > rule.max_rel * abs(float(a)))
+            if too_far:
+                violations.append(Violation(rule, layer["name"], change,
+                                            f"{rule.metric} {float(a):.4g} -> {float(b):.4g} ({change:+.4g})"))
+    return Verdict(rules=rules, violations=tuple(violations), checked_layers=checked)
+
+
+def combine(*verdicts: Verdict) -> Verdict:
+    return Verdict(rules=tuple(r for v in verdicts for r in v.rules),
+                   violations=tuple(x for v in verdicts for x in v.violations),
+                   checked_layers={k: n for v in verdicts for k, n in v.checked_layers.items()})

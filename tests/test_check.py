@@ -132,3 +132,56 @@ def test_rules_check_exactly_one_thing() -> None:
     with pytest.raises(ConfigError, match="needs min, max or both"):
         parse_rule({"name": "x", "metric": "alpha"}, "cfg")
     assert parse_rule({"name": "x", "summary": "mean_alpha", "max": 4}, "cfg").what == "summary mean_alpha <= 4"
+
+
+def test_a_baseline_drift_rule_trips_at_its_bound_and_not_below(tmp_path: Path) -> None:
+    weights = _healthy()
+    save_file(weights, str(tmp_path / "before.safetensors"))
+    assert run_htmp("analyze", str(tmp_path / "before.safetensors"), "-f", "json",
+                    "-o", str(tmp_path / "before.json")).returncode == 0
+    # Scaling a matrix by c moves every eigenvalue by c^2: log_spectral_norm by exactly 2 log10(c) = 0.5,
+    # alpha (scale-free) not at all. One layer also vanishes and one appears.
+    changed = dict(weights)
+    changed["layers.1.weight"] = (weights["layers.1.weight"].astype(np.float64) * 10**0.25).astype(np.float32)
+    changed["layers.9.weight"] = changed.pop("layers.2.weight")
+    save_file(changed, str(tmp_path / "after.safetensors"))
+    for bound, expected in ((0.49, 1), (0.51, 0)):
+        (tmp_path / "htmp.toml").write_text(f'''
+[[check.drift]]
+name = "norm-drift"
+metric = "log_spectral_norm"
+max_abs = {bound}
+
+[[check.drift]]
+name = "alpha-still"
+metric = "alpha"
+max_rel = 1e-6
+
+[[check.drift]]
+name = "same-layers"
+severity = "warning"
+''')
+        junit = tmp_path / "junit.xml"
+        result = run_htmp("check", str(tmp_path / "after.safetensors"), "--baseline", str(tmp_path / "before.json"),
+                          "--junit", str(junit), cwd=tmp_path)
+        assert result.returncode == expected, (bound, result.stdout + result.stderr)
+        failures = {(c.get("classname"), c.get("name")) for c in ET.parse(junit).getroot().findall("testcase")
+                    if c.find("failure") is not None}
+        assert failures == ({("htmp.norm-drift", "layers.1.weight")} if expected else set())
+        assert "layers.9.weight" in result.stdout and "not in the baseline" in result.stdout
+        assert "layers.2.weight" in result.stdout and "in the baseline, not here" in result.stdout
+        if expected:
+            assert "(+0.5)" in result.stdout
+
+
+def test_analysis_options_come_from_the_configuration_and_flags_override_them(checkpoints: dict[str, Path],
+                                                                             tmp_path: Path) -> None:
+    (tmp_path / "htmp.toml").write_text('[analysis]\nexclude = ["layers\\\\.3\\\\."]\n')
+    # The broken layer is excluded by the configuration: the gate passes.
+    assert run_htmp("check", str(checkpoints["random-like"]), cwd=tmp_path).returncode == 0
+    # A flag given on the command line replaces the configuration's value: the layer is back.
+    result = run_htmp("check", str(checkpoints["random-like"]), "--exclude", "nothing", cwd=tmp_path)
+    assert result.returncode == 1 and "layers.3.weight" in result.stdout
+    (tmp_path / "htmp.toml").write_text('[analysis]\nmin_dim = "ten"\n')
+    result = run_htmp("check", str(checkpoints["healthy"]), cwd=tmp_path)
+    assert result.returncode == 2 and "analysis.min_dim must be an integer" in result.stderr
