@@ -185,3 +185,29 @@ def test_analysis_options_come_from_the_configuration_and_flags_override_them(ch
     (tmp_path / "htmp.toml").write_text('[analysis]\nmin_dim = "ten"\n')
     result = run_htmp("check", str(checkpoints["healthy"]), cwd=tmp_path)
     assert result.returncode == 2 and "analysis.min_dim must be an integer" in result.stderr
+
+
+def test_the_example_configuration_is_valid_and_exercises_every_kind_of_rule() -> None:
+    from htmp_cli.gate import load_config, parse_config
+    from tests.conftest import ROOT
+
+    config = parse_config(load_config(ROOT / "docs" / "htmp.example.toml"), "example")
+    kinds = {("metric" if r.metric else "summary" if r.summary else "phase" if r.phase else
+              "forbid" if r.forbid_phases else "failed") for r in config.rules}
+    assert kinds == {"metric", "summary", "phase", "forbid", "failed"}
+    assert {r.name for r in config.drift_rules} == {"alpha-drift", "norm-drift", "layers-changed"}
+    assert config.analysis["exclude"] == ("^pooler\\.",)
+
+
+def test_minilm_trips_the_two_rules_the_docs_explain_and_passes_the_example(minilm_path: Path, tmp_path: Path) -> None:
+    from tests.conftest import ROOT
+
+    junit = tmp_path / "junit.xml"
+    result = run_htmp("check", str(minilm_path), "--junit", str(junit), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    failures = {(c.get("classname"), c.get("name")) for c in ET.parse(junit).getroot().findall("testcase")
+                if c.find("failure") is not None}
+    assert failures == {("htmp.random-like", "pooler.dense.weight"),
+                        ("htmp.very-heavy-tailed", "embeddings.position_embeddings.weight")}
+    result = run_htmp("check", str(minilm_path), "--config", str(ROOT / "docs" / "htmp.example.toml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
