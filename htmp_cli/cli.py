@@ -221,7 +221,16 @@ def check(
         given = {name: value for name, value in flags.items() if _given(ctx, name)}
         options = AnalysisOptions(**{**gate_config.analysis, **given})
         earlier = _read_report(baseline, "--baseline") if baseline is not None else None
-        report = _report_for_check(path, options)
+        if _is_report_path(path):
+            if given:
+                raise HtmpError(f"{path} is a saved report: analysis options such as --{next(iter(given)).replace('_', '-')} "
+                                "apply only when htmp check analyses a checkpoint")
+            report = _read_report(Path(path), "report")
+        else:
+            from htmp_cli.pipeline import analyze as run_analysis
+            from htmp_cli.report.formats import report_to_dict
+
+            report = report_to_dict(run_analysis(path, options))
         verdict = gate.evaluate(report, gate_config.rules)
         if earlier is not None:
             drift_rules = gate_config.drift_rules if gate_config.drift_rules is not None else gate.DEFAULT_DRIFT_RULES
@@ -259,15 +268,10 @@ def _read_report(path: Path, what: str) -> dict:
     return data
 
 
-def _report_for_check(path: str, options: AnalysisOptions) -> dict:
-    """The JSON form of a report: read from a report file, or computed from a checkpoint."""
+def _is_report_path(path: str) -> bool:
+    """A .json file that is not a shard index: a report written by htmp analyze --format json."""
     candidate = Path(path)
-    if candidate.suffix == ".json" and candidate.is_file() and not candidate.name.endswith(".index.json"):
-        return _read_report(candidate, "report")
-    from htmp_cli.pipeline import analyze as run_analysis
-    from htmp_cli.report.formats import report_to_dict
-
-    return report_to_dict(run_analysis(path, options))
+    return candidate.suffix == ".json" and candidate.is_file() and not candidate.name.endswith(".index.json")
 
 
 def _write_text(path: Path, text: str, flag: str) -> None:

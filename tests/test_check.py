@@ -72,6 +72,8 @@ def test_a_saved_report_is_checked_like_the_checkpoint(checkpoints: dict[str, Pa
     from_checkpoint = run_htmp("check", str(checkpoints["random-like"]), cwd=tmp_path)
     assert from_report.returncode == from_checkpoint.returncode == 1
     assert from_report.stdout == from_checkpoint.stdout
+    misused = run_htmp("check", str(report), "--min-dim", "20", cwd=tmp_path)
+    assert misused.returncode == 2 and "is a saved report" in misused.stderr and "--min-dim" in misused.stderr
 
 
 def test_configuration_from_pyproject_upward_with_patterns_severity_and_reason(checkpoints: dict[str, Path],
