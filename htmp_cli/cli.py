@@ -73,6 +73,13 @@ _FIT = typer.Option(FitMethod.csn, "--fit", help="csn: Clauset-Shalizi-Newman fi
 _SKIP_EMBEDDINGS = typer.Option(False, "--skip-embeddings", help="Leave embeddings and output heads out.")
 _INCLUDE = typer.Option([], "--include", metavar="REGEX", help="Analyse only tensors whose name matches (repeatable).")
 _EXCLUDE = typer.Option([], "--exclude", metavar="REGEX", help="Leave out tensors whose name matches (repeatable).")
+_MIN_TAIL = typer.Option(10, "--min-tail", help="Smallest tail the csn fit may choose.")
+_BACKEND = typer.Option(Backend.auto, "--backend", help="Eigensolver: numpy, torch, or auto (torch from a smaller side of 1024, if installed).")
+_HTMP_FIT = typer.Option(True, "--htmp/--no-htmp", help="Fit the HTMP law (both orientations) to every layer.")
+_THRESHOLD = typer.Option([], "--threshold", metavar="NAME=VALUE",
+                          help="Override a phase-rule threshold (repeatable); see the README for the names.")
+_PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal).")
+_DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 
 
 class _StdoutConsole(Console):
@@ -93,6 +100,13 @@ def _selection(min_dim: int, conv: ConvMode, split_fused: bool, skip_embeddings:
     """The AnalysisOptions fields of the tensor-selection flags that analyze, ls and check share."""
     return dict(min_dim=min_dim, conv=conv.value, split_fused=split_fused, skip_embeddings=skip_embeddings,
                 include=tuple(include), exclude=tuple(exclude))
+
+
+def _analysis_options(precision: Precision, fit: FitMethod, min_tail: int, backend: Backend, htmp_fit: bool,
+                      threshold: list[str], selection: dict[str, object]) -> AnalysisOptions:
+    """AnalysisOptions from the analysis flags that analyze, scan and diff share."""
+    return AnalysisOptions(precision=precision.value, fit=fit.value, min_tail=min_tail, backend=backend.value,
+                           htmp=htmp_fit, thresholds=_parse_thresholds(threshold), **selection)
 
 
 def _version_callback(value: bool) -> None:
@@ -151,22 +165,20 @@ def analyze(
     exclude: list[str] = _EXCLUDE,
     precision: Precision = _PRECISION,
     fit: FitMethod = _FIT,
-    min_tail: int = typer.Option(10, "--min-tail", help="Smallest tail the csn fit may choose."),
-    backend: Backend = typer.Option(Backend.auto, "--backend", help="Eigensolver: numpy, torch, or auto (torch from a smaller side of 1024, if installed)."),
-    htmp_fit: bool = typer.Option(True, "--htmp/--no-htmp", help="Fit the HTMP law (both orientations) to every layer."),
-    threshold: list[str] = typer.Option([], "--threshold", metavar="NAME=VALUE",
-                                        help="Override a phase-rule threshold (repeatable); see the README for the names."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on when stderr is a terminal)."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    min_tail: int = _MIN_TAIL,
+    backend: Backend = _BACKEND,
+    htmp_fit: bool = _HTMP_FIT,
+    threshold: list[str] = _THRESHOLD,
+    progress: Optional[bool] = _PROGRESS,
+    debug: bool = _DEBUG,
 ) -> None:
     """Analyse every weight matrix of a checkpoint: tail fit, MP, HTMP, phase, scale metrics, summary."""
 
     def body() -> None:
         from htmp_cli.pipeline import analyze as run_analysis
 
-        options = AnalysisOptions(precision=precision.value, fit=fit.value, min_tail=min_tail,
-                                  backend=backend.value, htmp=htmp_fit, thresholds=_parse_thresholds(threshold),
-                                  **_selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
+        options = _analysis_options(precision, fit, min_tail, backend, htmp_fit, threshold,
+                                    _selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
         err_console = Console(stderr=True)
         show_progress = err_console.is_terminal if progress is None else progress
         if show_progress:
@@ -396,6 +408,10 @@ def _ls_verdicts(matrices) -> dict[str, str]:  # type: ignore[no-untyped-def]
             text = f"analyse ({first.kind})"
         verdicts[tensor] = text + (f"; {first.note}" if first.note and len(specs) == 1 else "")
     return verdicts
+
+
+# scan and diff live in their own module; importing it registers them on `app`.
+from htmp_cli import cli_scan  # noqa: E402,F401
 
 
 def main() -> None:

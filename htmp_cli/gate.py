@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from htmp_cli.errors import HtmpError
 from htmp_cli.fits.phases import PHASES
+from htmp_cli.report.fields import LAYER_METRICS
 
 SEVERITIES = ("error", "warning")
 CONFIG_FILE = "htmp.toml"
@@ -28,35 +29,6 @@ CONFIG_FILE = "htmp.toml"
 
 class ConfigError(HtmpError):
     """A configuration that cannot be applied; exit 2 before anything is computed."""
-
-
-def _fit(key: str) -> Callable[[dict], float | None]:
-    return lambda layer: (layer.get("power_law") or {}).get(key) if (layer.get("power_law") or {}).get("status") == "success" else None
-
-
-def _metric(key: str) -> Callable[[dict], float | None]:
-    return lambda layer: (layer.get("metrics") or {}).get(key)
-
-
-def _mp(key: str) -> Callable[[dict], float | None]:
-    return lambda layer: (layer.get("mp") or {}).get(key) if (layer.get("mp") or {}).get("status") == "success" else None
-
-
-def _kappa(layer: dict) -> float | None:
-    htmp = layer.get("htmp") or {}
-    best = htmp.get(htmp.get("best") or "") or {}
-    return best.get("kappa")
-
-
-# Per-layer metrics a rule can bound, by the name used in configurations.
-LAYER_METRICS: dict[str, Callable[[dict], float | None]] = {
-    "alpha": _fit("alpha"), "D": _fit("D"), "sigma": _fit("sigma"), "xmin": _fit("xmin"),
-    "tail_size": _fit("tail_size"),
-    **{name: _metric(name) for name in ("alpha_weighted", "log_alpha_norm", "norm", "log_norm", "spectral_norm",
-                                        "log_spectral_norm", "stable_rank", "entropy", "rank_loss", "log_spread")},
-    "kappa": _kappa, "spikes": _mp("n_spikes"), "mp_softrank": _mp("mp_softrank"), "ks_mp": _mp("ks_all"),
-    "n_zero": lambda layer: layer.get("n_zero"),
-}
 
 
 @dataclass(frozen=True)

@@ -41,3 +41,51 @@ class LayerProgress:
 
     def layer_done(self, result: LayerResult) -> None:
         self._progress.advance(self._task)
+
+
+class ScanProgress:
+    """A ScanListener: one bar over checkpoints and one per checkpoint in flight (its layers)."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("{task.fields[label]}", style="bold"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}", style="dim"),
+            console=console,
+            transient=True,
+        )
+        self._overall = None
+        self._names: dict[int, str] = {}
+        self._tasks: dict[int, object] = {}
+
+    def __enter__(self) -> "ScanProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def fingerprinting(self, total: int) -> None:
+        self._overall = self._progress.add_task("fingerprinting", total=None, label="scanning")
+
+    def start(self, names: dict[int, str], reused: int) -> None:
+        self._names = names
+        self._progress.update(self._overall, total=len(names), completed=0,
+                              description=f"{reused} already in the store" if reused else "")
+
+    def event(self, index: int, kind: str, value: int) -> None:
+        if kind == "start":
+            name = self._names.get(index, "")
+            self._tasks[index] = self._progress.add_task(name[-60:], total=value, label="  layers")
+        elif kind == "layer" and index in self._tasks:
+            self._progress.advance(self._tasks[index], value)
+
+    def checkpoint_done(self, index: int, outcome: dict) -> None:
+        task = self._tasks.pop(index, None)
+        if task is not None:
+            self._progress.remove_task(task)
+        self._progress.advance(self._overall)

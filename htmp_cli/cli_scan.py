@@ -1,0 +1,249 @@
+"""`htmp scan` and `htmp diff`: commands over many checkpoints, registered on the app of `cli.py`."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from htmp_cli.cli import (
+    _BACKEND,
+    _CONV,
+    _DEBUG,
+    _EXCLUDE,
+    _FIT,
+    _HTMP_FIT,
+    _INCLUDE,
+    _MIN_DIM,
+    _MIN_TAIL,
+    _PRECISION,
+    _PROGRESS,
+    _SKIP_EMBEDDINGS,
+    _SPLIT_FUSED,
+    _THRESHOLD,
+    EXIT_OK,
+    EXIT_SCAN_FAILURES,
+    Backend,
+    ConvMode,
+    FitMethod,
+    OutputFormat,
+    Precision,
+    _analysis_options,
+    _given,
+    _is_report_path,
+    _open_output,
+    _read_report,
+    _run_guarded,
+    _selection,
+    _stdout_console,
+    _write_text,
+    app,
+)
+from htmp_cli.errors import HtmpError
+
+
+class ExportRows(str, Enum):
+    checkpoint = "checkpoint"
+    layer = "layer"
+
+
+def _default_jobs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@app.command()
+def scan(
+    paths: list[str] = typer.Argument(..., help="Folders (searched recursively), checkpoint files, globs "
+                                      "('runs/*/last.pt', quoted) or list files (@runs.txt, or a .txt file: one path per line)."),
+    db: Path = typer.Option(Path("htmp-scan.sqlite"), "--db", help="The results store (SQLite). A re-run reads "
+                            "finished checkpoints from it instead of analysing them again."),
+    jobs: int = typer.Option(_default_jobs(), "--jobs", "-j", help="Worker processes (one BLAS thread each); "
+                             "with --scheduler local, the number of Dask workers. Default: the usable cores."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS",
+                                            help="Run on a Dask cluster: a scheduler address (tcp://host:8786), or 'local' "
+                                                 "to start a LocalCluster of --jobs workers. Needs htmp-cli[dask]; "
+                                                 "paths must be readable by the workers."),
+    force: bool = typer.Option(False, "--force", help="Analyse every checkpoint again, replacing stored results."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Analyse checkpoints that failed before again."),
+    full_hash: bool = typer.Option(False, "--full-hash", help="Identify checkpoints by a hash of every byte "
+                                   "(default: whole files up to 256 MiB, a 4 MiB sample of larger ones)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV of quality labels: a checkpoint column, then one "
+                                          "or more numeric columns (e.g. test_accuracy); prints rank correlations."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="With --labels: where the scatter plot of the strongest "
+                                        "correlation goes (default: next to --db, <db name>-correlation.png)."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the results to a .csv or .jsonl (JSON Lines) file."),
+    export_rows: ExportRows = typer.Option(ExportRows.checkpoint, "--export-rows", help="One exported row per checkpoint or per layer."),
+    min_dim: int = _MIN_DIM,
+    conv: ConvMode = _CONV,
+    split_fused: bool = _SPLIT_FUSED,
+    skip_embeddings: bool = _SKIP_EMBEDDINGS,
+    include: list[str] = _INCLUDE,
+    exclude: list[str] = _EXCLUDE,
+    precision: Precision = _PRECISION,
+    fit: FitMethod = _FIT,
+    min_tail: int = _MIN_TAIL,
+    backend: Backend = _BACKEND,
+    htmp_fit: bool = _HTMP_FIT,
+    threshold: list[str] = _THRESHOLD,
+    progress: Optional[bool] = _PROGRESS,
+    debug: bool = _DEBUG,
+) -> None:
+    """Analyse many checkpoints in parallel into a resumable store; one row per checkpoint.
+
+    A failed checkpoint is recorded with its error and the scan goes on; the exit status is then 3.
+    """
+
+    def body() -> int:
+        from htmp_cli.scan.discovery import discover
+        from htmp_cli.scan.executors import DaskExecutor, LocalExecutor
+        from htmp_cli.scan.export import EXPORT_SUFFIXES
+        from htmp_cli.scan.labels import read_labels
+        from htmp_cli.scan.runner import run_scan
+        from htmp_cli.scan.store import ScanStore
+
+        options = _analysis_options(precision, fit, min_tail, backend, htmp_fit, threshold,
+                                    _selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
+        # Everything that can be wrong with the request is said before hours of work, not after.
+        label_data = read_labels(labels) if labels is not None else None
+        if export is not None and export.suffix.lower() not in EXPORT_SUFFIXES:
+            raise HtmpError(f"--export {export}: the name must end in .csv or .jsonl (JSON Lines)")
+        if plot is not None and label_data is None:
+            raise HtmpError("--plot draws the strongest label correlation: it needs --labels")
+        executor = DaskExecutor(scheduler, jobs) if scheduler else LocalExecutor(jobs)
+        discovery = discover(paths)
+        err_console = Console(stderr=True)
+        with ScanStore(db) as store:
+            if err_console.is_terminal if progress is None else progress:
+                from htmp_cli.progress import ScanProgress
+
+                with ScanProgress(err_console) as listener:
+                    result = run_scan(discovery.units, options, store, executor, force=force,
+                                      retry_failed=retry_failed, full_hash=full_hash, listener=listener)
+            else:
+                result = run_scan(discovery.units, options, store, executor, force=force,
+                                  retry_failed=retry_failed, full_hash=full_hash)
+        _report_scan(result, discovery, label_data, plot if plot is not None else db.with_name(db.stem + "-correlation.png"),
+                     export, export_rows.value)
+        return EXIT_SCAN_FAILURES if result.failed else EXIT_OK
+
+    raise typer.Exit(_run_guarded(debug, body))
+
+
+def _report_scan(result, discovery, label_data, plot_path: Path, export: Optional[Path], export_rows: str) -> None:  # type: ignore[no-untyped-def]
+    from htmp_cli.report.scan_view import common_root, display_path, render_correlations, render_scan
+    from htmp_cli.scan.export import export as write_export
+    from htmp_cli.scan.labels import correlations, match_labels
+
+    console = _stdout_console(piped_width=200)
+    root = common_root([row.unit.path for row in result.rows])
+    matched: dict[int, dict[str, float | None]] = {}
+    unmatched: list[str] = []
+    if label_data is not None:
+        matched, unmatched = match_labels(label_data, [row.unit.path for row in result.rows])
+    render_scan(result, console, matched, label_data.columns if label_data is not None else ())
+    if discovery.ignored:
+        shown = ", ".join(display_path(p, root) for p in discovery.ignored[:4])
+        console.print(f"{len(discovery.ignored)} files in the scanned folders are not checkpoints and were left out "
+                      f"({shown}{' ...' if len(discovery.ignored) > 4 else ''})", style="dim", highlight=False, markup=False)
+    if label_data is not None:
+        usable = [k for k, row in enumerate(result.rows) if row.result.status == "success" and k in matched]
+        means = [result.rows[k].result.report["summary"]["means"] for k in usable]
+        found = correlations(means, [matched[k] for k in usable], label_data.columns)
+        render_correlations(found, console, unmatched, len(usable))
+        best = next((c for c in found if math.isfinite(c.spearman_rho)), None)
+        if best is not None:
+            from htmp_cli.report.plots import correlation_scatter
+
+            points = [(means[i][best.metric], matched[k][best.label], display_path(result.rows[k].unit.path, root))
+                      for i, k in enumerate(usable)
+                      if means[i].get(best.metric) is not None and matched[k].get(best.label) is not None]
+            x, y, names = (list(v) for v in zip(*points))
+            correlation_scatter(x, y, [Path(n).stem for n in names], best.metric, best.label,
+                                best.spearman_rho, best.kendall_tau, plot_path)
+            console.print(f"scatter plot of the strongest correlation ({best.label} vs mean {best.metric}): {plot_path}",
+                          highlight=False)
+    if export is not None:
+        count = write_export(result, export, export_rows, matched)
+        console.print(f"exported {count} rows (one per {export_rows}) to {export}", highlight=False)
+
+
+@app.command()
+def diff(
+    ctx: typer.Context,
+    before: str = typer.Argument(..., help="The earlier checkpoint, or a JSON report of it (htmp analyze --format json)."),
+    after: str = typer.Argument(..., help="The later checkpoint, or a JSON report of it."),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output view."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the output to FILE instead of stdout."),
+    metric: list[str] = typer.Option([], "--metric", help="Metric columns of the table and Markdown views (repeatable; "
+                                     "default alpha, alpha_weighted, log_norm, log_spectral_norm, stable_rank, kappa). "
+                                     "JSON and CSV always hold every metric."),
+    changed_only: bool = typer.Option(False, "--changed-only", help="Show only the layers whose phase changed."),
+    min_dim: int = _MIN_DIM,
+    conv: ConvMode = _CONV,
+    split_fused: bool = _SPLIT_FUSED,
+    skip_embeddings: bool = _SKIP_EMBEDDINGS,
+    include: list[str] = _INCLUDE,
+    exclude: list[str] = _EXCLUDE,
+    precision: Precision = _PRECISION,
+    fit: FitMethod = _FIT,
+    min_tail: int = _MIN_TAIL,
+    backend: Backend = _BACKEND,
+    htmp_fit: bool = _HTMP_FIT,
+    threshold: list[str] = _THRESHOLD,
+    debug: bool = _DEBUG,
+) -> None:
+    """Per-layer change of every metric between two checkpoints or reports; layers that changed phase stand out."""
+
+    def body() -> None:
+        import json
+
+        from htmp_cli.diff import diff_reports, diff_to_dict
+        from htmp_cli.report.diff_view import DEFAULT_METRICS, diff_csv, diff_markdown, render_diff
+        from htmp_cli.report.fields import LAYER_METRICS
+
+        for name in metric:
+            if name not in LAYER_METRICS:
+                raise HtmpError(f"--metric {name!r}: unknown (metrics: {', '.join(LAYER_METRICS)})")
+        options = _analysis_options(precision, fit, min_tail, backend, htmp_fit, threshold,
+                                    _selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
+        flags = ("min_dim", "conv", "split_fused", "skip_embeddings", "include", "exclude", "precision", "fit",
+                 "min_tail", "backend", "htmp_fit", "threshold")
+        given = [name for name in flags if _given(ctx, name)]
+        if given and _is_report_path(before) and _is_report_path(after):
+            raise HtmpError(f"both inputs are saved reports: --{given[0].replace('_', '-')} applies only to checkpoints")
+        reports = []
+        for path, what in ((before, "before"), (after, "after")):
+            if _is_report_path(path):
+                reports.append(_read_report(Path(path), what))
+            else:
+                from htmp_cli.pipeline import analyze
+                from htmp_cli.report.formats import report_to_dict
+
+                reports.append(report_to_dict(analyze(path, options)))
+        result = diff_reports(*reports)
+        shown = tuple(metric) or DEFAULT_METRICS
+        if format is OutputFormat.table:
+            if output is None:
+                render_diff(result, _stdout_console(piped_width=200), shown, changed_only)
+            else:
+                with _open_output(output) as handle:
+                    render_diff(result, Console(file=handle, width=200, no_color=True), shown, changed_only)
+            return
+        text = {OutputFormat.json: lambda: json.dumps(diff_to_dict(result), indent=2) + "\n",
+                OutputFormat.csv: lambda: diff_csv(result),
+                OutputFormat.md: lambda: diff_markdown(result, shown, changed_only)}[format]()
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            _write_text(output, text, "--output")
+
+    _run_guarded(debug, body)

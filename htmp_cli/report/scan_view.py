@@ -1,0 +1,108 @@
+"""The terminal view of a scan: one row per checkpoint, the failures, and the label correlations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from htmp_cli.report.formats import format_number
+from htmp_cli.scan.labels import Correlation
+from htmp_cli.scan.runner import ScanResult
+
+PHASE_ABBREVIATIONS = {"random-like": "RL", "bleeding-out": "BO", "bulk+spikes": "BS", "bulk-decay": "BD",
+                       "heavy-tailed": "HT", "rank-collapse": "RC"}
+_MEANS = (("alpha", "alpha"), ("alpha_w", "alpha_weighted"), ("log_norm", "log_norm"),
+          ("stable_rank", "stable_rank"), ("kappa", "kappa"))
+
+
+def display_path(path: Path, root: Path | None = None) -> str:
+    """A path as the user would write it: relative to the current folder when below it, else to `root`."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+    if not relative.startswith("..") or root is None:
+        return relative
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:
+        return str(path)
+
+
+def common_root(paths: list[Path]) -> Path | None:
+    """The deepest folder holding every path (None for a single one or none)."""
+    if len(paths) < 2:
+        return paths[0].resolve().parent if paths else None
+    try:
+        return Path(os.path.commonpath([str(p.resolve()) for p in paths]))
+    except ValueError:
+        return None
+
+
+def render_scan(result: ScanResult, console: Console, labels: dict[int, dict[str, float | None]],
+                label_columns: tuple[str, ...]) -> None:
+    root = common_root([row.unit.path for row in result.rows])
+    where = f" under {root}" if root is not None and os.path.relpath(root).startswith("..") else ""
+    table = Table(title=f"htmp scan: {len(result.rows)} checkpoints{where}", title_justify="left", header_style="bold")
+    table.add_column("checkpoint", overflow="fold")
+    table.add_column("status")
+    table.add_column("layers", justify="right")
+    for label, _ in _MEANS:
+        table.add_column(f"mean {label}", justify="right")
+    table.add_column("phases")
+    for column in label_columns:
+        table.add_column(column, justify="right", style="cyan")
+    table.add_column("time", justify="right")
+    for index, row in enumerate(result.rows):
+        report = row.result.report or {}
+        summary = report.get("summary") or {}
+        means = summary.get("means") or {}
+        phases = " ".join(f"{PHASE_ABBREVIATIONS[name]} {count}" for name, count in (summary.get("phase_counts") or {}).items() if count)
+        failed_layers = summary.get("n_failed_layers") or 0
+        status = row.result.status if row.result.status == "failed" else ("ok" if not failed_layers else f"ok, {failed_layers} failed layers")
+        table.add_row(
+            display_path(row.unit.path, root),
+            status,
+            str(row.result.n_layers) if row.result.status == "success" else "-",
+            *[format_number(means.get(key)) for _, key in _MEANS],
+            phases or "-",
+            *[format_number((labels.get(index) or {}).get(column)) for column in label_columns],
+            f"{row.result.seconds:.2f} s" + ("" if row.analysed_now else " (stored)"),
+            style="red" if row.result.status == "failed" else None,
+        )
+    console.print(table)
+    console.print("phases: " + ", ".join(f"{abbr} {name}" for name, abbr in PHASE_ABBREVIATIONS.items()), style="dim", highlight=False)
+    console.print(f"{result.n_analysed} analysed now with {result.executor}, {result.n_reused} taken from the store; "
+                  f"{len(result.failed)} failed; {result.seconds:.1f} s", highlight=False)
+    if result.failed:
+        console.print(f"[bold red]{len(result.failed)} checkpoint{'s' if len(result.failed) > 1 else ''} failed:[/]")
+        for row in result.failed:
+            console.print(f"  {display_path(row.unit.path, root)}: {row.result.error}", highlight=False, markup=False)
+
+
+def render_correlations(found: list[Correlation], console: Console, unmatched: list[str], n_labelled: int) -> None:
+    if unmatched:
+        console.print(f"labels: {len(unmatched)} rows match no scanned checkpoint: {', '.join(unmatched[:8])}"
+                      + (" ..." if len(unmatched) > 8 else ""), style="yellow", highlight=False, markup=False)
+    if not found:
+        console.print(f"labels: no correlations ({n_labelled} labelled checkpoints with results; at least 3 are needed)")
+        return
+    table = Table(title="rank correlation of each summary metric with each label, strongest first",
+                  title_justify="left", header_style="bold")
+    for column in ("label", "metric (mean over layers)", "n", "Spearman rho", "p", "Kendall tau", "p"):
+        table.add_column(column, justify="left" if column in ("label", "metric (mean over layers)") else "right")
+    for c in found:
+        table.add_row(c.label, c.metric, str(c.n), _signed(c.spearman_rho), _p(c.spearman_p),
+                      _signed(c.kendall_tau), _p(c.kendall_p))
+    console.print(table)
+
+
+def _signed(value: float) -> str:
+    return "-" if value != value else f"{value:+.3f}"
+
+
+def _p(value: float) -> str:
+    return "-" if value != value else (f"{value:.1e}" if value < 1e-3 else f"{value:.3f}")

@@ -1,0 +1,160 @@
+"""Where a scan's checkpoints are analysed: a local process pool, or a Dask cluster.
+
+Both take (index, path) tasks and yield (index, outcome) as they finish; the scan process alone
+writes the store. Progress events (a checkpoint's layer count, each layer done) reach `on_event`
+in the scan process's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Iterator, Protocol
+
+from htmp_cli.errors import HtmpError
+from htmp_cli.options import AnalysisOptions
+from htmp_cli.scan.worker import analyze_unit, failed, init_local_worker
+
+Task = tuple[int, str]
+EventHandler = Callable[[int, str, int], None]
+
+DIED = ("the process analysing it died (killed by the system, out of memory, or a crash in native code); "
+        "it was retried alone and died again")
+
+
+class Executor(Protocol):
+    description: str
+
+    def run(self, tasks: list[Task], options: AnalysisOptions, on_event: EventHandler) -> Iterator[tuple[int, dict[str, Any]]]: ...
+
+
+class LocalExecutor:
+    """`jobs` spawned processes with one BLAS thread each.
+
+    When a worker dies (SIGKILL, OOM killer, a segfault in native code) the pool breaks and every
+    checkpoint in flight is under suspicion: each is retried alone in a fresh one-process pool, so
+    only the one that kills its process again is recorded as failed.
+    """
+
+    def __init__(self, jobs: int) -> None:
+        if jobs < 1:
+            raise HtmpError(f"--jobs must be at least 1, got {jobs}")
+        self.jobs = jobs
+        self.description = f"{jobs} local process{'es' if jobs > 1 else ''}"
+
+    def run(self, tasks: list[Task], options: AnalysisOptions, on_event: EventHandler) -> Iterator[tuple[int, dict[str, Any]]]:
+        context = multiprocessing.get_context("spawn")
+        events = context.Queue()
+        pending: deque[Task] = deque(tasks)
+        suspects: deque[Task] = deque()
+
+        def new_pool(workers: int) -> ProcessPoolExecutor:
+            return ProcessPoolExecutor(workers, mp_context=context, initializer=init_local_worker,
+                                       initargs=(events, os.getpid()))
+
+        def drain() -> None:
+            while True:
+                try:
+                    index, kind, value = events.get_nowait()
+                except queue.Empty:
+                    return
+                on_event(index, kind, value)
+
+        def alone(task: Task) -> dict[str, Any]:
+            pool = new_pool(1)
+            try:
+                future = pool.submit(analyze_unit, task[0], task[1], options)
+                while not wait([future], timeout=0.1)[0]:
+                    drain()
+                drain()
+                try:
+                    return future.result()
+                except BrokenProcessPool:
+                    return failed(DIED)
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+        try:
+            while pending or suspects:
+                if suspects:
+                    task = suspects.popleft()
+                    yield task[0], alone(task)
+                    continue
+                pool = new_pool(min(self.jobs, len(pending)))
+                running: dict[Any, Task] = {}
+                broken = False
+                try:
+                    while (pending or running) and not broken:
+                        while pending and len(running) < 2 * self.jobs:
+                            task = pending.popleft()
+                            running[pool.submit(analyze_unit, task[0], task[1], options)] = task
+                        done, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
+                        drain()
+                        for future in done:
+                            task = running.pop(future)
+                            try:
+                                outcome = future.result()
+                            except BrokenProcessPool:
+                                broken = True
+                                suspects.append(task)
+                                continue
+                            yield task[0], outcome
+                    suspects.extend(running.values())
+                    pool.shutdown(wait=not broken, cancel_futures=True)
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+            drain()
+        finally:
+            events.close()
+            events.join_thread()
+
+
+class DaskExecutor:
+    """The same tasks on a Dask distributed cluster: an address, or "local" for a LocalCluster.
+
+    Paths must be readable by the workers under the same names (a shared file system).
+    """
+
+    def __init__(self, address: str, jobs: int) -> None:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise HtmpError("--scheduler needs Dask: pip install 'htmp-cli[dask]'") from None
+        self.address = address
+        self.jobs = jobs
+        self.description = "a Dask LocalCluster" if address == "local" else f"the Dask scheduler at {address}"
+
+    def run(self, tasks: list[Task], options: AnalysisOptions, on_event: EventHandler) -> Iterator[tuple[int, dict[str, Any]]]:
+        from distributed import Client, LocalCluster, as_completed
+
+        cluster = None
+        try:
+            if self.address == "local":
+                cluster = LocalCluster(n_workers=self.jobs, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=logging.ERROR)
+                client = Client(cluster)
+            else:
+                client = Client(self.address, timeout="20s")
+        except (OSError, TimeoutError) as err:
+            raise HtmpError(f"--scheduler {self.address}: cannot connect ({err})") from None
+        try:
+            self.description += f" ({len(client.scheduler_info().get('workers', {}))} workers)"
+            futures = {client.submit(analyze_unit, index, path, options, pure=False, retries=0): index
+                       for index, path in tasks}
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as err:  # KilledWorker and friends: the worker died on this checkpoint
+                    outcome = failed(f"the Dask task failed: {type(err).__name__}: {err}")
+                yield index, outcome
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()

@@ -1,0 +1,78 @@
+"""The task every executor runs: analyse one checkpoint in a worker process and return plain data.
+
+An outcome is a dict, not an exception, so one bad checkpoint is a row in the store and never the end
+of the scan. It is plain JSON-able data because it crosses process (and, with Dask, machine) borders.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from htmp_cli.errors import HtmpError
+from htmp_cli.options import AnalysisOptions
+
+# Set in local worker processes by `init_local_worker`: where layer progress goes.
+_events: Any = None
+_ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def init_local_worker(events: Any, parent_pid: int) -> None:
+    """Process-pool initializer: progress queue, one BLAS thread, and exit when the scan process dies."""
+    global _events
+    _events = events
+    os.environ.update(_ONE_THREAD)  # before torch is imported, so its own pool is one thread too
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    # A scan killed with SIGKILL cannot stop its workers; they notice they were orphaned and leave.
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+class _QueueListener:
+    def __init__(self, index: int) -> None:
+        self._index = index
+
+    def start(self, total: int) -> None:
+        _events.put((self._index, "start", total))
+
+    def layer_started(self, spec: object) -> None:
+        pass
+
+    def layer_done(self, result: object) -> None:
+        _events.put((self._index, "layer", 1))
+
+
+def failed(error: str, seconds: float = 0.0) -> dict[str, Any]:
+    return {"status": "failed", "error": error, "seconds": seconds, "report": None}
+
+
+def analyze_unit(index: int, path: str, options: AnalysisOptions) -> dict[str, Any]:
+    """Analyse one checkpoint with one BLAS thread; every error becomes a failed outcome."""
+    from threadpoolctl import threadpool_limits
+
+    from htmp_cli.pipeline import analyze
+    from htmp_cli.report.formats import report_to_dict
+
+    os.environ.update(_ONE_THREAD)
+    started = time.perf_counter()
+    listener = _QueueListener(index) if _events is not None else None
+    try:
+        with threadpool_limits(limits=1):
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(1)
+            report = analyze(path, options, listener)
+        return {"status": "success", "error": None, "seconds": time.perf_counter() - started,
+                "report": report_to_dict(report)}
+    except HtmpError as err:
+        return failed(str(err), time.perf_counter() - started)
+    except MemoryError:
+        return failed("out of memory", time.perf_counter() - started)
+    except Exception as err:  # a bug or an unforeseen file: recorded with its type, the scan goes on
+        return failed(f"internal error: {type(err).__name__}: {err}", time.perf_counter() - started)
