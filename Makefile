@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo fixtures bench clean
+.PHONY: install test demo fixtures zoo bench bench-scan clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The digits model zoo of docs/scan.md (16 MLPs, about a minute), into benchmarks/_data/zoo.
+zoo: install
+	$(BIN)/python fixtures/make_zoo.py
+
+bench-scan: install
+	$(BIN)/python benchmarks/bench_scan.py
 
 bench: install
 	$(BIN)/python benchmarks/bench_vs_weightwatcher.py

@@ -41,10 +41,11 @@ class LocalExecutor:
     only the one that kills its process again is recorded as failed.
     """
 
-    def __init__(self, jobs: int) -> None:
+    def __init__(self, jobs: int, task: Callable[[int, str, AnalysisOptions], dict[str, Any]] = analyze_unit) -> None:
         if jobs < 1:
             raise HtmpError(f"--jobs must be at least 1, got {jobs}")
         self.jobs = jobs
+        self._task = task  # a module-level function (it is pickled by name into the workers)
         self.description = f"{jobs} local process{'es' if jobs > 1 else ''}"
 
     def run(self, tasks: list[Task], options: AnalysisOptions, on_event: EventHandler) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -68,7 +69,7 @@ class LocalExecutor:
         def alone(task: Task) -> dict[str, Any]:
             pool = new_pool(1)
             try:
-                future = pool.submit(analyze_unit, task[0], task[1], options)
+                future = pool.submit(self._task, task[0], task[1], options)
                 while not wait([future], timeout=0.1)[0]:
                     drain()
                 drain()
@@ -92,7 +93,7 @@ class LocalExecutor:
                     while (pending or running) and not broken:
                         while pending and len(running) < 2 * self.jobs:
                             task = pending.popleft()
-                            running[pool.submit(analyze_unit, task[0], task[1], options)] = task
+                            running[pool.submit(self._task, task[0], task[1], options)] = task
                         done, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
                         drain()
                         for future in done:

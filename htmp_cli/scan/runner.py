@@ -92,7 +92,8 @@ def run_scan(units: tuple[ScanUnit, ...], options: AnalysisOptions, store: ScanS
     rows = []
     for unit, fp in zip(units, prints):
         result = store.load(fp, key)
-        assert result is not None, f"{unit.path}: no stored result"  # every fingerprint was analysed or found
+        if result is None:  # every fingerprint was found in the store or analysed just now
+            raise RuntimeError(f"{unit.path}: the executor returned no result for it")
         rows.append(ScanRow(unit=unit, fingerprint=fp, result=result, analysed_now=fp in analysed))
     return ScanResult(rows=tuple(rows), options_key=key, n_analysed=len(analysed), n_reused=len(units) - sum(r.analysed_now for r in rows),
                       seconds=time.perf_counter() - started, executor=executor.description)
