@@ -295,8 +295,17 @@ def test_correlations_are_scipys_and_sorted_strongest_first() -> None:
     assert [c.metric for c in found][:2] == ["alpha", "log_norm"] and found[-1].metric == "kappa"
     x, y = [m["alpha"] for m in metrics], [lab["acc"] for lab in labels]
     assert found[0].spearman_rho == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
+    assert found[0].n == 10
     assert found[0].kendall_p == pytest.approx(stats.kendalltau(x, y)[1], abs=1e-12)
     assert np.isnan(found[-1].spearman_rho)  # a constant metric has no ranking
+    # Up to 9 checkpoints the p-value is exact: a perfect ranking of 4 happens by chance 1 time in 24 each way.
+    four = correlations([{"alpha": a} for a in (1.0, 2.0, 3.0, 4.0)], [{"acc": v} for v in (0.1, 0.5, 0.6, 0.9)], ("acc",))
+    assert four[0].spearman_rho == 1.0 and four[0].spearman_p == pytest.approx(1 / 12)
+    assert four[0].kendall_p == pytest.approx(1 / 12)
+    eight = correlations([{"alpha": float(a)} for a in range(8)], [{"acc": float(-a)} for a in range(8)], ("acc",))
+    assert eight[0].spearman_rho == -1.0 and eight[0].spearman_p == pytest.approx(2 / 40320)
+    big = correlations(metrics, labels, ("acc",))  # n = 10: scipy's approximation
+    assert big[0].spearman_p == pytest.approx(stats.spearmanr(x, y)[1], rel=1e-12)
 
 
 def test_export_per_layer_and_per_checkpoint(zoo: Path, tmp_path: Path) -> None:

@@ -24,9 +24,14 @@ def correlation_scatter(x: list[float], y: list[float], names: list[str], metric
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     ax.scatter(x, y, s=36, color="#0072B2", edgecolor="black", linewidth=0.5, zorder=3)
-    if len(names) <= 30:
-        for xi, yi, name in zip(x, y, names):
+    fig.canvas.draw()  # fixes the axes limits, so data can be placed in pixels
+    placed: list[tuple[float, float]] = []
+    for xi, yi, name in zip(x, y, names):
+        # A name goes beside its point unless an earlier name is already there: no overlapping text.
+        px, py = ax.transData.transform((xi, yi))
+        if all(abs(px - qx) > 7 * max(len(name), 4) or abs(py - qy) > 12 for qx, qy in placed):
             ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7, color="#444444")
+            placed.append((px, py))
     ax.set_xlabel(f"mean {metric} over layers")
     ax.set_ylabel(label)
     ax.set_title(f"{label} vs mean {metric}: Spearman {rho:+.2f}, Kendall {tau:+.2f} (n = {len(x)})", fontsize=10)

@@ -76,7 +76,7 @@ def render_scan(result: ScanResult, console: Console, labels: dict[int, dict[str
     console.print(table)
     console.print("phases: " + ", ".join(f"{abbr} {name}" for name, abbr in PHASE_ABBREVIATIONS.items()), style="dim", highlight=False)
     console.print(f"{result.n_analysed} analysed now with {result.executor}, {result.n_reused} taken from the store; "
-                  f"{len(result.failed)} failed; {result.seconds:.1f} s", highlight=False)
+                  f"{len(result.failed)} failed; {result.seconds:.2f} s", highlight=False)
     if result.failed:
         console.print(f"[bold red]{len(result.failed)} checkpoint{'s' if len(result.failed) > 1 else ''} failed:[/]")
         for row in result.failed:

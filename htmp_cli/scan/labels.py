@@ -20,6 +20,9 @@ from htmp_cli.errors import HtmpError
 SUMMARY_METRICS = ("alpha", "alpha_weighted", "log_alpha_norm", "D", "log_norm", "log_spectral_norm",
                    "stable_rank", "entropy", "rank_loss", "log_spread", "kappa", "mp_softrank")
 MIN_PAIRS = 3
+# Up to this many checkpoints Spearman's p-value is exact (all n! pairings); scipy's t approximation
+# above it. The approximation calls a perfect ranking of 4 checkpoints p = 0; the truth is 1/12.
+EXACT_SPEARMAN_MAX = 9
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,24 @@ def match_labels(labels: Labels, checkpoints: list[Path]) -> tuple[dict[int, dic
     return matched, unmatched
 
 
+def _pearson(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    a = a - a.mean(axis=axis, keepdims=True)
+    b = b - b.mean(axis=axis, keepdims=True)
+    return (a * b).sum(axis=axis) / np.sqrt((a * a).sum(axis=axis) * (b * b).sum(axis=axis))
+
+
+def _exact_spearman_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided p-value of Spearman's rho over every pairing of the ranks (ties keep their mid-ranks)."""
+    from scipy import stats
+
+    fixed = stats.rankdata(x)
+    # One sample: its n! orderings against the fixed ranks of x (two samples would pair n!^2 times).
+    result = stats.permutation_test((stats.rankdata(y),), lambda b, axis=-1: _pearson(fixed, b, axis),
+                                    permutation_type="pairings", n_resamples=np.inf, vectorized=True,
+                                    alternative="two-sided")
+    return float(result.pvalue)
+
+
 def correlations(metrics: list[dict[str, float | None]], labels: list[dict[str, float | None]],
                  columns: tuple[str, ...]) -> list[Correlation]:
     """Spearman and Kendall correlation of every metric with every label, strongest first."""
@@ -118,7 +139,9 @@ def correlations(metrics: list[dict[str, float | None]], labels: list[dict[str, 
                 rho = p_rho = tau = p_tau = math.nan  # a constant has no ranking
             else:
                 rho, p_rho = stats.spearmanr(x, y)
-                tau, p_tau = stats.kendalltau(x, y)
+                if len(pairs) <= EXACT_SPEARMAN_MAX:
+                    p_rho = _exact_spearman_p(x, y)
+                tau, p_tau = stats.kendalltau(x, y)  # exact for small samples without ties (scipy's "auto")
             found.append(Correlation(metric=metric, label=label, n=len(pairs), spearman_rho=float(rho),
                                      spearman_p=float(p_rho), kendall_tau=float(tau), kendall_p=float(p_tau)))
     return sorted(found, key=lambda c: -c.strength)
