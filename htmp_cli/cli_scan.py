@@ -122,15 +122,21 @@ def scan(
         discovery = discover(paths)
         err_console = Console(stderr=True)
         with ScanStore(db) as store:
-            if err_console.is_terminal if progress is None else progress:
-                from htmp_cli.progress import ScanProgress
+            try:
+                if err_console.is_terminal if progress is None else progress:
+                    from htmp_cli.progress import ScanProgress
 
-                with ScanProgress(err_console) as listener:
+                    with ScanProgress(err_console) as listener:
+                        result = run_scan(discovery.units, options, store, executor, force=force,
+                                          retry_failed=retry_failed, full_hash=full_hash, listener=listener)
+                else:
                     result = run_scan(discovery.units, options, store, executor, force=force,
-                                      retry_failed=retry_failed, full_hash=full_hash, listener=listener)
-            else:
-                result = run_scan(discovery.units, options, store, executor, force=force,
-                                  retry_failed=retry_failed, full_hash=full_hash)
+                                      retry_failed=retry_failed, full_hash=full_hash)
+            except KeyboardInterrupt:
+                done = store.counts()["results"]
+                typer.echo(f"htmp scan: interrupted; {db} holds {done} finished results, and the same command "
+                           "goes on from there", err=True)
+                raise typer.Exit(130) from None
         _report_scan(result, discovery, label_data, plot if plot is not None else db.with_name(db.stem + "-correlation.png"),
                      export, export_rows.value)
         return EXIT_SCAN_FAILURES if result.failed else EXIT_OK

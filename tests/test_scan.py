@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_htmp
 from safetensors.numpy import save_file
 from scipy import stats
 
-from conftest import ROOT, run_htmp
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.scan.discovery import discover, fingerprint_files
 from htmp_cli.scan.executors import DIED, LocalExecutor
@@ -397,3 +397,35 @@ def test_the_zoo_script_trains_labelled_networks_that_scan_correlates(tmp_path: 
     assert result.returncode == 0, result.stderr
     assert "rank correlation of each summary metric with each label" in result.stdout
     assert (tmp_path / "s-correlation.png").is_file()
+
+
+def test_progress_over_checkpoints_and_layers_on_a_terminal(slow_zoo: Path, tmp_path: Path) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "htmp_cli", "scan", str(slow_zoo), "--db", str(tmp_path / "s.sqlite")],
+                            stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "TERM": "xterm", "COLUMNS": "160"})
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read as it comes: a full pseudo-terminal buffer would block the scan
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    import threading
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    stdout, _ = proc.communicate(timeout=120)
+    reader.join(timeout=10)
+    os.close(master)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "scanning" in terminal and "layers" in terminal and "/12" in terminal and "/4" in terminal
+    assert b"12 analysed now" in stdout
