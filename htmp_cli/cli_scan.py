@@ -70,7 +70,7 @@ def scan(
                              "with --scheduler local, the number of Dask workers. Default: the usable cores."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS",
                                             help="Run on a Dask cluster: a scheduler address (tcp://host:8786), or 'local' "
-                                                 "to start a LocalCluster of --jobs workers. Needs htmp-cli[dask]; "
+                                                 "to start a LocalCluster of --jobs workers. Needs Dask (the dask extra of htmp-cli); "
                                                  "paths must be readable by the workers."),
     force: bool = typer.Option(False, "--force", help="Analyse every checkpoint again, replacing stored results."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Analyse checkpoints that failed before again."),
