@@ -410,8 +410,8 @@ def _ls_verdicts(matrices) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return verdicts
 
 
-# scan and diff live in their own module; importing it registers them on `app`.
-from htmp_cli import cli_scan  # noqa: E402,F401
+# scan, diff, plot and report live in their own modules; importing them registers them on `app`.
+from htmp_cli import cli_figures, cli_scan  # noqa: E402,F401
 
 
 def main() -> None:

@@ -82,6 +82,8 @@ def scan(
                                         "correlation goes (default: next to --db, <db name>-correlation.png)."),
     export: Optional[Path] = typer.Option(None, "--export", help="Write the results to a .csv or .jsonl (JSON Lines) file."),
     export_rows: ExportRows = typer.Option(ExportRows.checkpoint, "--export-rows", help="One exported row per checkpoint or per layer."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report of the scan "
+                                          "(sortable table, failures, correlations and the scatter plot)."),
     min_dim: int = _MIN_DIM,
     conv: ConvMode = _CONV,
     split_fused: bool = _SPLIT_FUSED,
@@ -138,13 +140,14 @@ def scan(
                            "goes on from there", err=True)
                 raise typer.Exit(130) from None
         _report_scan(result, discovery, label_data, plot if plot is not None else db.with_name(db.stem + "-correlation.png"),
-                     export, export_rows.value)
+                     export, export_rows.value, report)
         return EXIT_SCAN_FAILURES if result.failed else EXIT_OK
 
     raise typer.Exit(_run_guarded(debug, body))
 
 
-def _report_scan(result, discovery, label_data, plot_path: Path, export: Optional[Path], export_rows: str) -> None:  # type: ignore[no-untyped-def]
+def _report_scan(result, discovery, label_data, plot_path: Path, export: Optional[Path], export_rows: str,  # type: ignore[no-untyped-def]
+                 html_path: Optional[Path]) -> None:
     from htmp_cli.report.scan_view import common_root, display_path, render_correlations, render_scan
     from htmp_cli.scan.export import export as write_export
     from htmp_cli.scan.labels import correlations, match_labels
@@ -160,6 +163,8 @@ def _report_scan(result, discovery, label_data, plot_path: Path, export: Optiona
         shown = ", ".join(display_path(p, root) for p in discovery.ignored[:4])
         console.print(f"{len(discovery.ignored)} files in the scanned folders are not checkpoints and were left out "
                       f"({shown}{' ...' if len(discovery.ignored) > 4 else ''})", style="dim", highlight=False, markup=False)
+    found: list = []
+    scatter = None
     if label_data is not None:
         usable = [k for k, row in enumerate(result.rows) if row.result.status == "success" and k in matched]
         means = [result.rows[k].result.report["summary"]["means"] for k in usable]
@@ -167,16 +172,23 @@ def _report_scan(result, discovery, label_data, plot_path: Path, export: Optiona
         render_correlations(found, console, unmatched, len(usable))
         best = next((c for c in found if math.isfinite(c.spearman_rho)), None)
         if best is not None:
-            from htmp_cli.report.plots import correlation_scatter
+            from htmp_cli.report.plots import correlation_figure, correlation_scatter
 
             points = [(means[i][best.metric], matched[k][best.label], display_path(result.rows[k].unit.path, root))
                       for i, k in enumerate(usable)
                       if means[i].get(best.metric) is not None and matched[k].get(best.label) is not None]
             x, y, names = (list(v) for v in zip(*points))
-            correlation_scatter(x, y, [Path(n).stem for n in names], best.metric, best.label,
-                                best.spearman_rho, best.kendall_tau, plot_path)
+            short = [Path(n).stem for n in names]
+            correlation_scatter(x, y, short, best.metric, best.label, best.spearman_rho, best.kendall_tau, plot_path)
+            if html_path is not None:
+                scatter = correlation_figure(x, y, short, best.metric, best.label, best.spearman_rho, best.kendall_tau)
             console.print(f"scatter plot of the strongest correlation ({best.label} vs mean {best.metric}): {plot_path}",
                           highlight=False)
+    if html_path is not None:
+        from htmp_cli.cli_figures import scan_report
+
+        scan_report(html_path, result, matched, label_data.columns if label_data is not None else (), found, scatter)
+        console.print(f"HTML report: {html_path}", highlight=False)
     if export is not None:
         count = write_export(result, export, export_rows, matched)
         console.print(f"exported {count} rows (one per {export_rows}) to {export}", highlight=False)

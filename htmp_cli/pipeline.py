@@ -66,6 +66,8 @@ class LayerResult:
     phase: PhaseResult | None = None
     warnings: tuple[str, ...] = ()
     timings: LayerTimings = field(default_factory=lambda: LayerTimings(0.0, 0.0, 0.0))
+    # The spectrum itself, kept only when asked (figures need it; reports and the JSON do not).
+    eigenvalues: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def Q(self) -> float:
@@ -154,7 +156,7 @@ def _as_float32(block: np.ndarray) -> np.ndarray:
 
 
 def analyze_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder | None]],
-                   options: AnalysisOptions) -> LayerResult:
+                   options: AnalysisOptions, keep_eigenvalues: bool = False) -> LayerResult:
     """Spectrum, tail fit and metrics of one matrix. Never raises for bad numbers: it fails the layer.
 
     `load` returns the stored values and their decoder to floats. Loading here, rather than taking
@@ -197,6 +199,7 @@ def analyze_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decode
     return LayerResult(**base, **common, status="success", power_law=analysis.power_law, metrics=analysis.metrics,
                        mp=analysis.mp, htmp=analysis.htmp, htmp_inverse=analysis.htmp_inverse,
                        phase=analysis.phase, warnings=analysis.warnings,
+                       eigenvalues=spectrum.eigenvalues if keep_eigenvalues else None,
                        timings=LayerTimings(read_seconds, t1 - t0, time.perf_counter() - t1))
 
 
@@ -224,12 +227,12 @@ def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions) -> SpectrumA
 
 
 def iter_layers(checkpoint: Checkpoint, matrices: list[MatrixSpec], options: AnalysisOptions,
-                listener: ProgressListener | None = None) -> Iterator[LayerResult]:
+                listener: ProgressListener | None = None, keep_eigenvalues: bool = False) -> Iterator[LayerResult]:
     """Analyse matrices one at a time: only one tensor is in memory at once."""
     for spec in matrices:
         if listener is not None:
             listener.layer_started(spec)
-        result = analyze_matrix(spec, partial(checkpoint.read_matrix, spec), options)
+        result = analyze_matrix(spec, partial(checkpoint.read_matrix, spec), options, keep_eigenvalues)
         if listener is not None:
             listener.layer_done(result)
         yield result
@@ -301,8 +304,8 @@ def expert_groups(layers: tuple[LayerResult, ...]) -> tuple[ExpertGroup, ...]:
 
 
 def analyze(path: str | Path, options: AnalysisOptions | None = None,
-            listener: ProgressListener | None = None) -> AnalysisReport:
-    """Analyse every matrix of a checkpoint."""
+            listener: ProgressListener | None = None, keep_eigenvalues: bool = False) -> AnalysisReport:
+    """Analyse every matrix of a checkpoint; `keep_eigenvalues` keeps each layer's spectrum (for figures)."""
     options = options or AnalysisOptions()
     started = time.perf_counter()
     checkpoint = open_checkpoint(path)
@@ -310,7 +313,7 @@ def analyze(path: str | Path, options: AnalysisOptions | None = None,
     opened = time.perf_counter()
     if listener is not None:
         listener.start(len(matrices))
-    layers = tuple(iter_layers(checkpoint, matrices, options, listener))
+    layers = tuple(iter_layers(checkpoint, matrices, options, listener, keep_eigenvalues))
     finished = time.perf_counter()
     timings = {
         "open": opened - started,

@@ -1,10 +1,33 @@
-"""Figures, drawn with matplotlib's Agg backend (no display needed), written to files."""
+"""Figures, drawn with matplotlib's Agg backend (no display needed) from a report's JSON layers.
+
+Colours are the Okabe-Ito palette (distinguishable with every common colour-vision deficiency) and
+every curve also differs by line style and every phase by marker shape, so a greyscale print still
+tells them apart.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from htmp_cli.errors import HtmpError
+from htmp_cli.fits import curves
+
+# Okabe-Ito; a marker per phase for greyscale.
+PHASE_STYLE = {
+    "random-like": ("#56B4E9", "o"),
+    "bleeding-out": ("#009E73", "s"),
+    "bulk+spikes": ("#0072B2", "^"),
+    "bulk-decay": ("#E69F00", "D"),
+    "heavy-tailed": ("#D55E00", "v"),
+    "rank-collapse": ("#CC79A7", "X"),
+}
+FAILED_STYLE = ("#000000", "x")
+COLOURS = {"histogram": "#BBBBBB", "power_law": "#D55E00", "mp": "#0072B2", "htmp": "#009E73",
+           "xmin": "#E69F00", "edge": "#56B4E9"}
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -15,15 +38,138 @@ def _pyplot():  # type: ignore[no-untyped-def]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10})
     return plt
 
 
-def correlation_scatter(x: list[float], y: list[float], names: list[str], metric: str, label: str,
-                        rho: float, tau: float, path: Path) -> None:
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def best_htmp(layer: dict[str, Any]) -> dict[str, Any] | None:
+    htmp = layer.get("htmp") or {}
+    return htmp.get(htmp.get("best") or "") or None
+
+
+def esd_title(layer: dict[str, Any]) -> str:
+    fit = layer.get("power_law") or {}
+    best = best_htmp(layer)
+    phase = (layer.get("phase") or {}).get("phase") or layer["status"]
+    alpha = f"alpha {_fmt(fit.get('alpha'))}" if fit.get("status") == "success" else "alpha: fit failed"
+    kappa = f"kappa {_fmt(best['kappa'])} ({best['orientation']})" if best else "kappa -"
+    return f"{layer['name']}\n{alpha}, {kappa}, {phase}"
+
+
+def esd_figure(layer: dict[str, Any], eigenvalues: np.ndarray):  # type: ignore[no-untyped-def]
+    """The ESD of one layer on log-log axes with the fitted power law, MP and HTMP densities."""
+    plt = _pyplot()
+    values = np.asarray(eigenvalues, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    edges, density = curves.esd_histogram(values)
+    ax.stairs(density, edges, fill=True, color=COLOURS["histogram"], edgecolor="#666666", linewidth=0.6,
+              label=f"ESD ({values.size} eigenvalues)", gid="esd-histogram")
+    grid = np.geomspace(edges[0], edges[-1], 400)
+    total = max(values.size, 1)
+    fit = layer.get("power_law") or {}
+    if fit.get("status") == "success":
+        share = fit["tail_size"] / total
+        ax.plot(grid, curves.power_law_density(grid, fit["alpha"], fit["xmin"], share), color=COLOURS["power_law"],
+                linestyle="-", linewidth=2, label=f"power law, alpha {fit['alpha']:.2f}", gid="power-law")
+        ax.axvline(fit["xmin"], color=COLOURS["xmin"], linestyle="--", linewidth=1.2,
+                   label=f"xmin {fit['xmin']:.3g}", gid="xmin")
+    mp = layer.get("mp") or {}
+    if mp.get("status") == "success":
+        ax.plot(grid, curves.mp_density(grid, mp["scale"], mp["gamma"], mp["n_bulk"] / total), color=COLOURS["mp"],
+                linestyle="--", linewidth=1.6, label=f"MP bulk ({mp['n_bulk']} eigenvalues)", gid="mp")
+        ax.axvline(mp["lambda_plus"], color=COLOURS["edge"], linestyle=":", linewidth=1.6,
+                   label=f"MP edge l+ {mp['lambda_plus']:.3g}", gid="mp-edge")
+    best = best_htmp(layer)
+    if best is not None:
+        positive = int((values > 0).sum())
+        ax.plot(grid, curves.htmp_density(grid, best["kappa"], best["gamma"], best["scale"], best["orientation"],
+                                          positive / total),
+                color=COLOURS["htmp"], linestyle="-.", linewidth=1.6,
+                label=f"HTMP, kappa {best['kappa']:.3g} ({best['orientation']})", gid="htmp")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    positive_density = density[density > 0]
+    if positive_density.size:
+        ax.set_ylim(positive_density.min() / 5, positive_density.max() * 5)
+    ax.set_xlabel("eigenvalue lambda of W^T W")
+    ax.set_ylabel("density (per eigenvalue, per unit lambda)")
+    ax.set_title(esd_title(layer))
+    ax.legend(loc="lower left", fontsize=7.5, framealpha=0.9)
+    ax.grid(True, which="major", color="#e5e5e5", linewidth=0.6)
+    fig.tight_layout()
+    return fig
+
+
+def _tick_labels(ax, names: list[str]) -> None:  # type: ignore[no-untyped-def]
+    if len(names) <= 48:
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=90, fontsize=6.5 if len(names) > 24 else 7.5)
+    ax.set_xlim(-0.7, len(names) - 0.3)
+
+
+def overview_figure(layers: list[dict[str, Any]], title: str):  # type: ignore[no-untyped-def]
+    """Alpha per layer in network order, coloured by phase, with the alpha = 2 and 6 lines; kappa beside it."""
+    plt = _pyplot()
+    names = [layer["name"] for layer in layers]
+    width = min(16.0, max(8.0, 0.22 * len(layers) + 4))
+    bottom = 0.18 + (0.012 * max((len(n) for n in names), default=0) if len(names) <= 48 else 0)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(width, 4.2 + 4.2 * bottom), dpi=100)
+    seen: set[str] = set()
+    for index, layer in enumerate(layers):
+        phase = (layer.get("phase") or {}).get("phase") if layer["status"] == "success" else None
+        colour, marker = PHASE_STYLE.get(phase or "", FAILED_STYLE)
+        label = (phase or "failed") if (phase or "failed") not in seen else None
+        seen.add(phase or "failed")
+        fit = layer.get("power_law") or {}
+        if fit.get("status") == "success":
+            left.scatter(index, fit["alpha"], color=colour, marker=marker, edgecolor="black", linewidth=0.4, s=34,
+                         zorder=3, label=label, gid=f"alpha-{index}")
+        best = best_htmp(layer)
+        if best is not None:
+            right.scatter(index, best["kappa"], color=colour, marker=marker, edgecolor="black", linewidth=0.4, s=34,
+                          zorder=3, gid=f"kappa-{index}")
+    left.axhspan(2.0, 6.0, color="#f2f2f2", zorder=0)
+    left.axhline(2.0, color="#444444", linestyle="--", linewidth=1, gid="alpha-2")
+    left.axhline(6.0, color="#444444", linestyle=":", linewidth=1, gid="alpha-6")
+    top = left.get_ylim()[1]
+    left.text(1.0, 2.0, "alpha = 2: below, very heavy-tailed ", transform=left.get_yaxis_transform(), ha="right",
+              va="bottom", fontsize=7, color="#444444")
+    left.text(1.0, 6.0, "alpha = 6: above, under-trained ", transform=left.get_yaxis_transform(), ha="right",
+              va="bottom", fontsize=7, color="#444444")
+    left.set_ylim(min(left.get_ylim()[0], 1.5), max(top, 6.6))
+    left.set_ylabel("power-law exponent alpha")
+    left.set_title("alpha per layer (network order)")
+    right.set_yscale("log")
+    right.set_ylabel("HTMP kappa (log scale)")
+    right.set_title("kappa per layer (smaller: heavier-tailed)")
+    for ax in (left, right):
+        _tick_labels(ax, names)
+        ax.set_xlabel("layer" if len(names) <= 48 else "layer index (network order)")
+        ax.grid(True, axis="y", color="#e5e5e5", linewidth=0.6)
+    fig.suptitle(title, y=0.995, fontsize=10)
+    handles, labels = left.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 0.955), title="phase", title_fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.86 if handles else 0.96))
+    return fig
+
+
+def correlation_figure(x: list[float], y: list[float], names: list[str], metric: str, label: str,
+                       rho: float, tau: float):  # type: ignore[no-untyped-def]
     """One metric against one label, a point per checkpoint, named; the rank correlations in the title."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    ax.scatter(x, y, s=36, color="#0072B2", edgecolor="black", linewidth=0.5, zorder=3)
+    ax.scatter(x, y, s=36, color="#0072B2", edgecolor="black", linewidth=0.5, zorder=3, gid="points")
+    ax.set_xlabel(f"mean {metric} over layers")
+    ax.set_ylabel(label)
+    ax.set_title(f"{label} vs mean {metric}: Spearman {rho:+.2f}, Kendall {tau:+.2f} (n = {len(x)})", fontsize=10)
+    ax.grid(True, color="#dddddd", linewidth=0.6, zorder=0)
+    fig.tight_layout()
     fig.canvas.draw()  # fixes the axes limits, so data can be placed in pixels
     placed: list[tuple[float, float]] = []
     for xi, yi, name in zip(x, y, names):
@@ -32,14 +178,33 @@ def correlation_scatter(x: list[float], y: list[float], names: list[str], metric
         if all(abs(px - qx) > 7 * max(len(name), 4) or abs(py - qy) > 12 for qx, qy in placed):
             ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7, color="#444444")
             placed.append((px, py))
-    ax.set_xlabel(f"mean {metric} over layers")
-    ax.set_ylabel(label)
-    ax.set_title(f"{label} vs mean {metric}: Spearman {rho:+.2f}, Kendall {tau:+.2f} (n = {len(x)})", fontsize=10)
-    ax.grid(True, color="#dddddd", linewidth=0.6, zorder=0)
-    fig.tight_layout()
+    return fig
+
+
+def save(fig, path: Path, what: str = "figure") -> None:  # type: ignore[no-untyped-def]
+    plt = _pyplot()
     try:
         fig.savefig(path)
     except OSError as err:
-        raise HtmpError(f"--plot {path}: cannot write: {err.strerror or err}") from None
+        raise HtmpError(f"{what} {path}: cannot write: {err.strerror or err}") from None
     finally:
         plt.close(fig)
+
+
+def svg_markup(fig) -> str:  # type: ignore[no-untyped-def]
+    """The figure as an inline <svg> element (no XML prolog), then closed."""
+    plt = _pyplot()
+    buffer = io.StringIO()
+    try:
+        fig.savefig(buffer, format="svg")
+    finally:
+        plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def correlation_scatter(x: list[float], y: list[float], names: list[str], metric: str, label: str,
+                        rho: float, tau: float, path: Path) -> None:
+    save(correlation_figure(x, y, names, metric, label, rho, tau), path, "--plot")
+
+

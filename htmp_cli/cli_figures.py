@@ -1,0 +1,205 @@
+"""`htmp plot` and `htmp report`: figures and the self-contained HTML report, registered on the app of `cli.py`."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from htmp_cli.cli import (
+    _BACKEND,
+    _CONV,
+    _DEBUG,
+    _EXCLUDE,
+    _FIT,
+    _HTMP_FIT,
+    _INCLUDE,
+    _MIN_DIM,
+    _MIN_TAIL,
+    _PATH_HELP,
+    _PRECISION,
+    _PROGRESS,
+    _SKIP_EMBEDDINGS,
+    _SPLIT_FUSED,
+    _THRESHOLD,
+    Backend,
+    ConvMode,
+    FitMethod,
+    Precision,
+    _analysis_options,
+    _is_report_path,
+    _read_report,
+    _run_guarded,
+    _selection,
+    _write_text,
+    app,
+)
+from htmp_cli.errors import HtmpError
+
+
+class FigureFormat(str, Enum):
+    png = "png"
+    svg = "svg"
+
+
+def _analysed(path: str, options, progress: Optional[bool]):  # type: ignore[no-untyped-def]
+    """The report dict and each layer's eigenvalues (by index) of a checkpoint, with progress on a terminal."""
+    from htmp_cli.pipeline import analyze
+    from htmp_cli.report.formats import report_to_dict
+
+    err_console = Console(stderr=True)
+    if err_console.is_terminal if progress is None else progress:
+        from htmp_cli.progress import LayerProgress
+
+        with LayerProgress(err_console) as listener:
+            report = analyze(path, options, listener, keep_eigenvalues=True)
+    else:
+        report = analyze(path, options, keep_eigenvalues=True)
+    spectra = {k: layer.eigenvalues for k, layer in enumerate(report.layers) if layer.eigenvalues is not None}
+    return report_to_dict(report), spectra
+
+
+def _file_name(name: str) -> str:
+    """A layer name as a file name: path separators and odd characters become '_'."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)[:180] or "layer"
+
+
+@app.command()
+def plot(
+    path: str = typer.Argument(..., help=_PATH_HELP + " Or a JSON report (then only the overview can be drawn)."),
+    layer: list[str] = typer.Option([], "--layer", metavar="REGEX", help="Draw the ESD of the layers whose name "
+                                    "matches (repeatable; default: every layer)."),
+    out: Path = typer.Option(Path("htmp-plots"), "--out", help="Folder for the figures (created if missing)."),
+    format: FigureFormat = typer.Option(FigureFormat.png, "--format", "-f", help="png or svg."),
+    min_dim: int = _MIN_DIM,
+    conv: ConvMode = _CONV,
+    split_fused: bool = _SPLIT_FUSED,
+    skip_embeddings: bool = _SKIP_EMBEDDINGS,
+    include: list[str] = _INCLUDE,
+    exclude: list[str] = _EXCLUDE,
+    precision: Precision = _PRECISION,
+    fit: FitMethod = _FIT,
+    min_tail: int = _MIN_TAIL,
+    backend: Backend = _BACKEND,
+    htmp_fit: bool = _HTMP_FIT,
+    threshold: list[str] = _THRESHOLD,
+    progress: Optional[bool] = _PROGRESS,
+    debug: bool = _DEBUG,
+) -> None:
+    """Figures: each layer's ESD with the fitted power law, MP and HTMP; alpha and kappa per layer for the model."""
+
+    def body() -> None:
+        from htmp_cli.report import plots
+
+        patterns = []
+        for pattern in layer:
+            try:
+                patterns.append(re.compile(pattern))
+            except re.error as err:
+                raise HtmpError(f"--layer {pattern!r} is not a valid regular expression: {err}") from None
+        if _is_report_path(path):
+            data, spectra = _read_report(Path(path), "report"), {}
+        else:
+            options = _analysis_options(precision, fit, min_tail, backend, htmp_fit, threshold,
+                                        _selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
+            data, spectra = _analysed(path, options, progress)
+        chosen = [k for k, entry in enumerate(data["layers"]) if not patterns or any(p.search(entry["name"]) for p in patterns)]
+        if patterns and not chosen:
+            raise HtmpError(f"--layer: no layer matches {', '.join(layer)} (layers: "
+                            f"{', '.join(entry['name'] for entry in data['layers'][:6])}{' ...' if len(data['layers']) > 6 else ''})")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise HtmpError(f"--out {out}: cannot create the folder: {err.strerror or err}") from None
+        written = []
+        overview = out / f"overview.{format.value}"
+        plots.save(plots.overview_figure(data["layers"], f"htmp: {data['source']['path']}"), overview, "--out")
+        written.append(overview)
+        missing = []
+        for k in chosen:
+            entry = data["layers"][k]
+            if k not in spectra:
+                missing.append(entry["name"])
+                continue
+            target = out / f"esd-{k:03d}-{_file_name(entry['name'])}.{format.value}"
+            plots.save(plots.esd_figure(entry, spectra[k]), target, "--out")
+            written.append(target)
+        for target in written:
+            typer.echo(str(target))
+        if missing and spectra:
+            typer.echo(f"htmp: no spectrum for {len(missing)} failed layers: {', '.join(missing[:5])}", err=True)
+        elif missing:
+            typer.echo("htmp: a JSON report holds no eigenvalues; pass the checkpoint to draw the ESD figures", err=True)
+
+    _run_guarded(debug, body)
+
+
+@app.command()
+def report(
+    path: str = typer.Argument(..., help=_PATH_HELP),
+    output: Path = typer.Option(Path("htmp-report.html"), "--output", "-o", help="The HTML file to write."),
+    min_dim: int = _MIN_DIM,
+    conv: ConvMode = _CONV,
+    split_fused: bool = _SPLIT_FUSED,
+    skip_embeddings: bool = _SKIP_EMBEDDINGS,
+    include: list[str] = _INCLUDE,
+    exclude: list[str] = _EXCLUDE,
+    precision: Precision = _PRECISION,
+    fit: FitMethod = _FIT,
+    min_tail: int = _MIN_TAIL,
+    backend: Backend = _BACKEND,
+    htmp_fit: bool = _HTMP_FIT,
+    threshold: list[str] = _THRESHOLD,
+    progress: Optional[bool] = _PROGRESS,
+    debug: bool = _DEBUG,
+) -> None:
+    """One self-contained HTML file: summary, phases, overview figure, a sortable and filterable layer table,
+    and each layer's ESD figure on demand. It opens from disk in any browser and needs no network."""
+
+    def body() -> None:
+        from htmp_cli.report import plots
+        from htmp_cli.report.html import analysis_html
+
+        options = _analysis_options(precision, fit, min_tail, backend, htmp_fit, threshold,
+                                    _selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
+        data, spectra = _analysed(path, options, progress)
+        overview = plots.svg_markup(plots.overview_figure(data["layers"], f"htmp: {data['source']['path']}"))
+        figures = {k: plots.svg_markup(plots.esd_figure(data["layers"][k], values)) for k, values in spectra.items()}
+        _write_text(output, analysis_html(data, overview, figures), "--output")
+        typer.echo(f"{output} ({output.stat().st_size:,} bytes, {len(figures)} layer figures)")
+
+    _run_guarded(debug, body)
+
+
+def scan_report(path: Path, result: Any, matched: dict[int, dict[str, float | None]], label_columns: tuple[str, ...],
+                found: list, scatter: Any | None) -> None:
+    """Write `htmp scan --report`: one row per checkpoint, the failures, the correlations and their scatter."""
+    from dataclasses import asdict
+
+    from htmp_cli.report import plots
+    from htmp_cli.report.html import scan_html
+    from htmp_cli.report.scan_view import PHASE_ABBREVIATIONS, common_root, display_path
+    from htmp_cli.scan.export import checkpoint_row
+    from htmp_cli.scan.labels import SUMMARY_METRICS
+
+    root = common_root([row.unit.path for row in result.rows])
+    rows = []
+    for index, row in enumerate(result.rows):
+        record = checkpoint_row(row, matched.get(index))
+        record["checkpoint"] = display_path(row.unit.path, root)
+        record["phases"] = " ".join(f"{PHASE_ABBREVIATIONS[k.removeprefix('phase_')]} {v}" for k, v in record.items()
+                                    if k.startswith("phase_") and v)
+        rows.append(record)
+    columns = [("checkpoint", "checkpoint", False), ("status", "status", False), ("layers", "n_layers", True)]
+    columns += [(f"mean {m}", f"mean_{m}", True) for m in SUMMARY_METRICS]
+    columns += [("phases", "phases", False)] + [(c, c, True) for c in label_columns] + [("seconds", "seconds", True)]
+    notes = [f"{len(result.rows)} checkpoints under {root}" if root else f"{len(result.rows)} checkpoints",
+             "phases: " + ", ".join(f"{abbr} {name}" for name, abbr in PHASE_ABBREVIATIONS.items())]
+    failures = [(display_path(row.unit.path, root), row.result.error or "") for row in result.failed]
+    html = scan_html("htmp scan report", columns, rows, failures, [asdict(c) for c in found],
+                     plots.svg_markup(scatter) if scatter is not None else None, notes)
+    _write_text(path, html, "--report")

@@ -1,0 +1,241 @@
+"""One self-contained HTML file: no network, no CDN; figures inline as SVG, tables sortable and filterable.
+
+A Content-Security-Policy forbids every request the page could make, so a stray reference to the
+network would fail loudly (a console error) instead of leaking.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any, Iterable
+
+from htmp_cli import __version__
+from htmp_cli.report.formats import TABLE_COLUMNS, flat_layer_row, format_number, summary_lines
+from htmp_cli.report.plots import PHASE_STYLE
+
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
+
+_STYLE = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1400px;
+       padding: 1em 2em 3em; color: #1a1a1a; }
+h1 { font-size: 1.4em; margin-bottom: 0.2em; word-break: break-all; }
+h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+.meta { color: #555; margin-top: 0; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { border-bottom: 1px solid #e3e3e3; padding: 3px 8px; text-align: left; vertical-align: top; }
+td.num, th.num { text-align: right; }
+thead th { position: sticky; top: 0; background: #f7f7f7; }
+th.sortable { cursor: pointer; user-select: none; white-space: nowrap; }
+th.sortable::after { content: " \\2195"; color: #aaa; }
+th.sorted-asc::after { content: " \\2191"; color: #000; }
+th.sorted-desc::after { content: " \\2193"; color: #000; }
+tr.failed td { color: #a00; }
+tr.selected td { background: #fff4d6; }
+.swatch { display: inline-block; width: 0.9em; height: 0.9em; border: 1px solid #333; margin-right: 0.4em;
+          vertical-align: -0.1em; }
+.figure svg { max-width: 100%; height: auto; }
+#figure-panel { border: 1px solid #ccc; padding: 0.5em 1em; margin: 1em 0; background: #fcfcfc; }
+#figure-panel[hidden] { display: none; }
+input[type=search] { font: inherit; padding: 4px 8px; width: 24em; margin: 0.4em 0; }
+button { font: inherit; cursor: pointer; }
+.count { color: #555; margin-left: 1em; }
+ul.summary li { margin: 0.15em 0; }
+"""
+
+_SCRIPT = """
+(function () {
+  "use strict";
+  function cellValue(row, index, numeric) {
+    var cell = row.cells[index];
+    var raw = cell.getAttribute("data-value");
+    if (raw === null) { raw = cell.textContent.trim(); }
+    if (!numeric) { return raw.toLowerCase(); }
+    var number = parseFloat(raw);
+    return isNaN(number) ? null : number;
+  }
+  document.querySelectorAll("table.sortable").forEach(function (table) {
+    var headers = table.tHead.rows[0].cells;
+    Array.prototype.forEach.call(headers, function (th, index) {
+      if (!th.classList.contains("sortable")) { return; }
+      th.addEventListener("click", function () {
+        var numeric = th.getAttribute("data-type") === "num";
+        var ascending = !th.classList.contains("sorted-asc");
+        Array.prototype.forEach.call(headers, function (h) { h.classList.remove("sorted-asc", "sorted-desc"); });
+        th.classList.add(ascending ? "sorted-asc" : "sorted-desc");
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function (a, b) {
+          var x = cellValue(a, index, numeric), y = cellValue(b, index, numeric);
+          if (x === y) { return 0; }
+          if (x === null || x === "" || x === "-") { return 1; }   /* missing values last, both ways */
+          if (y === null || y === "" || y === "-") { return -1; }
+          return (x < y ? -1 : 1) * (ascending ? 1 : -1);
+        });
+        rows.forEach(function (row) { body.appendChild(row); });
+      });
+    });
+  });
+  document.querySelectorAll("input[data-filter]").forEach(function (input) {
+    var table = document.getElementById(input.getAttribute("data-filter"));
+    var counter = document.getElementById(input.getAttribute("data-count"));
+    function apply() {
+      var words = input.value.toLowerCase().split(/\\s+/).filter(Boolean);
+      var shown = 0;
+      Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
+        var text = row.textContent.toLowerCase();
+        var keep = words.every(function (w) { return text.indexOf(w) !== -1; });
+        row.hidden = !keep;
+        if (keep) { shown += 1; }
+      });
+      if (counter) { counter.textContent = shown + " of " + table.tBodies[0].rows.length + " shown"; }
+    }
+    input.addEventListener("input", apply);
+    apply();
+  });
+  var panel = document.getElementById("figure-panel");
+  document.querySelectorAll("button[data-figure]").forEach(function (button) {
+    button.addEventListener("click", function (event) {
+      event.stopPropagation();
+      var template = document.getElementById(button.getAttribute("data-figure"));
+      var target = panel.querySelector(".figure");
+      target.innerHTML = "";
+      target.appendChild(template.content.cloneNode(true));
+      panel.querySelector(".caption").textContent = button.getAttribute("data-name");
+      panel.hidden = false;
+      document.querySelectorAll("tr.selected").forEach(function (r) { r.classList.remove("selected"); });
+      button.closest("tr").classList.add("selected");
+      panel.scrollIntoView({block: "nearest"});
+    });
+  });
+  var close = document.getElementById("figure-close");
+  if (close) { close.addEventListener("click", function () { panel.hidden = true; }); }
+})();
+"""
+
+
+def _page(title: str, body: Iterable[str]) -> str:
+    return "".join([
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">\n",
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
+        f"<title>{escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n",
+        *body,
+        f"\n<script>{_SCRIPT}</script>\n</body>\n</html>\n",
+    ])
+
+
+def _phase_table(counts: dict[str, int]) -> str:
+    rows = "".join(
+        f"<tr><td><span class=\"swatch\" style=\"background:{PHASE_STYLE[name][0]}\"></span>{escape(name)}</td>"
+        f"<td class=\"num\">{count}</td></tr>" for name, count in counts.items())
+    return f"<table class=\"phases\"><thead><tr><th>phase</th><th class=\"num\">layers</th></tr></thead><tbody>{rows}</tbody></table>"
+
+
+_NUMERIC_KEYS = {"alpha", "D", "tail_size", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "kappa"}
+
+
+def _sort_value(key: str, row: dict[str, Any], layer: dict[str, Any]) -> str:
+    if key == "kappa":
+        htmp = layer.get("htmp") or {}
+        best = htmp.get(htmp.get("best") or "") or {}
+        return "" if best.get("kappa") is None else repr(best["kappa"])
+    value = row[key]
+    return "" if value is None else (repr(value) if isinstance(value, float) else str(value))
+
+
+def analysis_html(data: dict[str, Any], overview_svg: str | None, esd_svgs: dict[int, str]) -> str:
+    """The report of one checkpoint: `data` is its htmp.report/1 dict; figures by layer index."""
+    source = data["source"]
+    summary = data["summary"]
+    body = [
+        f"<h1>htmp report: {escape(source['path'])}</h1>\n",
+        f"<p class=\"meta\">{escape(source['format'])}, {source['size_bytes']:,} bytes, fingerprint "
+        f"{escape(source['fingerprint'])}; htmp {escape(data['htmp_version'])}</p>\n",
+        "<h2>Summary</h2>\n<ul class=\"summary\">",
+        *[f"<li>{escape(line)}</li>" for line in summary_lines(data)],
+        "</ul>\n<h2>Phases</h2>\n", _phase_table(summary["phase_counts"]),
+    ]
+    if overview_svg:
+        body += ["\n<h2>Alpha and kappa per layer</h2>\n<div class=\"figure\" id=\"overview\">", overview_svg, "</div>\n"]
+    body += [
+        "<h2>Layers</h2>\n<p>Click a column to sort, type to filter (every word must appear in the row), "
+        "and <em>ESD</em> to see a layer's spectrum with its fits.</p>\n",
+        "<input type=\"search\" id=\"layer-filter\" data-filter=\"layers\" data-count=\"layer-count\" "
+        "placeholder=\"filter layers, e.g. attention heavy-tailed\"><span class=\"count\" id=\"layer-count\"></span>\n",
+        "<section id=\"figure-panel\" hidden><p><strong class=\"caption\"></strong> "
+        "<button id=\"figure-close\">close</button></p><div class=\"figure\"></div></section>\n",
+        "<table id=\"layers\" class=\"sortable\"><thead><tr><th>ESD</th>",
+    ]
+    for label, key in TABLE_COLUMNS:
+        kind = "num" if key in _NUMERIC_KEYS else "text"
+        body.append(f"<th class=\"sortable{' num' if kind == 'num' else ''}\" data-key=\"{escape(key)}\" "
+                    f"data-type=\"{kind}\">{escape(label)}</th>")
+    body.append("</tr></thead><tbody>\n")
+    for index, layer in enumerate(data["layers"]):
+        row = flat_layer_row(layer)
+        button = (f"<button data-figure=\"esd-{index}\" data-name=\"{escape(layer['name'])}\">ESD</button>"
+                  if index in esd_svgs else "")
+        cells = "".join(
+            f"<td class=\"{'num' if key in _NUMERIC_KEYS else ''}\" data-value=\"{escape(_sort_value(key, row, layer))}\">"
+            f"{escape(format_number(row[key]))}</td>" for _, key in TABLE_COLUMNS)
+        failed = ' class="failed"' if layer["status"] != "success" else ""
+        body.append(f"<tr data-index=\"{index}\"{failed}><td>{button}</td>{cells}</tr>\n")
+    body.append("</tbody></table>\n")
+    body += [f"<template id=\"esd-{index}\">{svg}</template>\n" for index, svg in esd_svgs.items()]
+    if data["skipped"]:
+        body.append(f"<h2>Skipped tensors ({len(data['skipped'])})</h2>\n<table><thead><tr><th>tensor</th><th>shape</th>"
+                    "<th>dtype</th><th>reason</th></tr></thead><tbody>")
+        for s in data["skipped"]:
+            shape = "x".join(str(d) for d in s["shape"]) or "scalar"
+            body.append(f"<tr><td>{escape(s['name'])}</td><td>{shape}</td><td>{escape(s['dtype'])}</td>"
+                        f"<td>{escape(s['reason'])}</td></tr>")
+        body.append("</tbody></table>\n")
+    body.append(f"<p class=\"meta\">Written by htmp {escape(__version__)}. This file needs no network.</p>")
+    return _page(f"htmp: {source['path']}", body)
+
+
+def scan_html(title: str, columns: list[tuple[str, str, bool]], rows: list[dict[str, Any]],
+              failures: list[tuple[str, str]], correlations: list[dict[str, Any]], scatter_svg: str | None,
+              notes: list[str]) -> str:
+    """The report of a scan: a checkpoint table (label, key, numeric), failures, correlations and their scatter."""
+    body = [f"<h1>{escape(title)}</h1>\n", *[f"<p class=\"meta\">{escape(note)}</p>\n" for note in notes],
+            "<h2>Checkpoints</h2>\n",
+            "<input type=\"search\" id=\"checkpoint-filter\" data-filter=\"checkpoints\" data-count=\"checkpoint-count\" "
+            "placeholder=\"filter checkpoints\"><span class=\"count\" id=\"checkpoint-count\"></span>\n",
+            "<table id=\"checkpoints\" class=\"sortable\"><thead><tr>"]
+    for label, key, numeric in columns:
+        body.append(f"<th class=\"sortable{' num' if numeric else ''}\" data-key=\"{escape(key)}\" "
+                    f"data-type=\"{'num' if numeric else 'text'}\">{escape(label)}</th>")
+    body.append("</tr></thead><tbody>\n")
+    for row in rows:
+        cells = []
+        for _, key, numeric in columns:
+            value = row.get(key)
+            sort = "" if value is None else (repr(value) if isinstance(value, float) else str(value))
+            cells.append(f"<td class=\"{'num' if numeric else ''}\" data-value=\"{escape(sort)}\">"
+                         f"{escape(format_number(value))}</td>")
+        failed = ' class="failed"' if row.get("status") == "failed" else ""
+        body.append(f"<tr{failed}>{''.join(cells)}</tr>\n")
+    body.append("</tbody></table>\n")
+    if failures:
+        body.append(f"<h2>Failures ({len(failures)})</h2>\n<ul>")
+        body += [f"<li><strong>{escape(name)}</strong>: {escape(error)}</li>" for name, error in failures]
+        body.append("</ul>\n")
+    if correlations:
+        body.append("<h2>Rank correlations with the labels, strongest first</h2>\n<table id=\"correlations\" "
+                    "class=\"sortable\"><thead><tr>")
+        for label, numeric in (("label", False), ("metric", False), ("n", True), ("Spearman rho", True), ("p", True),
+                               ("Kendall tau", True), ("p (Kendall)", True)):
+            body.append(f"<th class=\"sortable{' num' if numeric else ''}\" data-type=\"{'num' if numeric else 'text'}\">"
+                        f"{escape(label)}</th>")
+        body.append("</tr></thead><tbody>")
+        for c in correlations:
+            values = (c["label"], c["metric"], c["n"], c["spearman_rho"], c["spearman_p"], c["kendall_tau"], c["kendall_p"])
+            body.append("<tr>" + "".join(
+                f"<td class=\"{'num' if not isinstance(v, str) else ''}\" data-value=\"{escape(repr(v) if isinstance(v, float) else str(v))}\">"
+                f"{escape(format_number(v))}</td>" for v in values) + "</tr>")
+        body.append("</tbody></table>\n")
+    if scatter_svg:
+        body += ["<h2>The strongest correlation</h2>\n<div class=\"figure\" id=\"scatter\">", scatter_svg, "</div>\n"]
+    body.append(f"<p class=\"meta\">Written by htmp {escape(__version__)}. This file needs no network.</p>")
+    return _page(title, body)
