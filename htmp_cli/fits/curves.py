@@ -44,11 +44,28 @@ def mp_density(x: np.ndarray, scale: float, gamma: float, share: float) -> np.nd
     return np.where(density > 0, density, np.nan)
 
 
+def _negligible_beyond(kappa: float, gamma: float) -> float:
+    """A standardised argument past which the HTMP density is below 1e-12 of its peak (at most 1e8).
+
+    The standardised law has mean 1 and an exponentially light upper tail; scipy's hyp1f1 slows to
+    seconds per point at arguments of 1e9 and more, which the inverse orientation of a nearly
+    rank-deficient layer would ask for.
+    """
+    peak = float(np.max(htmp_law.pdf(np.geomspace(1e-3, 10.0, 64), kappa, gamma)))
+    cutoff = 1e2
+    while cutoff < 1e8 and htmp_law.pdf(np.array([cutoff]), kappa, gamma)[0] > 1e-12 * peak:
+        cutoff *= 10
+    return cutoff
+
+
 def htmp_density(x: np.ndarray, kappa: float, gamma: float, scale: float, orientation: str, share: float) -> np.ndarray:
-    """share * HTMP density of lambda: lambda / scale ~ HTMP (direct) or scale / lambda ~ HTMP (inverse)."""
-    if orientation == "direct":
-        density = htmp_law.pdf(x / scale, kappa, gamma) / scale
-    else:
-        density = htmp_law.pdf(scale / x, kappa, gamma) * scale / x**2
-    density = share * density
+    """share * HTMP density of lambda: lambda / scale ~ HTMP (direct) or scale / lambda ~ HTMP (inverse).
+
+    NaN (nothing to draw) where the density is negligible or not positive.
+    """
+    argument = x / scale if orientation == "direct" else scale / x
+    inside = argument <= _negligible_beyond(kappa, gamma)
+    law = np.full(x.shape, np.nan)
+    law[inside] = htmp_law.pdf(argument[inside], kappa, gamma)
+    density = share * (law / scale if orientation == "direct" else law * scale / x**2)
     return np.where(np.isfinite(density) & (density > 0), density, np.nan)

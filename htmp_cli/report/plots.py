@@ -38,7 +38,8 @@ def _pyplot():  # type: ignore[no-untyped-def]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10})
+    # Text as text (small, searchable SVG); a fixed hash salt keeps SVG ids the same run to run.
+    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "htmp", "font.size": 9, "axes.titlesize": 10})
     return plt
 
 
@@ -196,7 +197,8 @@ def svg_markup(fig) -> str:  # type: ignore[no-untyped-def]
     plt = _pyplot()
     buffer = io.StringIO()
     try:
-        fig.savefig(buffer, format="svg")
+        # No metadata block: it carries the date (a report would differ run to run) and links to RDF vocabularies.
+        fig.savefig(buffer, format="svg", metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
     finally:
         plt.close(fig)
     text = buffer.getvalue()
