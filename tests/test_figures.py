@@ -103,7 +103,8 @@ def test_the_overview_draws_alpha_and_kappa_per_layer_with_the_bands(analysed) -
     assert {line.get_gid() for line in left.lines} >= {"alpha-2", "alpha-6"}
     assert right.get_yscale() == "log" and "kappa" in right.get_ylabel() and "alpha" in left.get_ylabel()
     legend = {t.get_text() for t in fig.legends[0].get_texts()}
-    assert legend == {layer["phase"]["phase"] for layer in data["layers"]}
+    assert legend == {layer["phase"]["phase"] for layer in data["layers"]} | {
+        "alpha = 2 (below: very heavy-tailed)", "alpha = 6 (above: under-trained)"}
     assert [t.get_text() for t in left.get_xticklabels()] == [layer["name"] for layer in data["layers"]]
     assert not _overlapping_texts(fig), _overlapping_texts(fig)
     plots._pyplot().close(fig)

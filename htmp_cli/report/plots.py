@@ -93,6 +93,8 @@ def esd_figure(layer: dict[str, Any], eigenvalues: np.ndarray):  # type: ignore[
                 label=f"HTMP, kappa {best['kappa']:.3g} ({best['orientation']})", gid="htmp")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(ax.yaxis)
     positive_density = density[density > 0]
     if positive_density.size:
         ax.set_ylim(positive_density.min() / 5, positive_density.max() * 5)
@@ -101,8 +103,18 @@ def esd_figure(layer: dict[str, Any], eigenvalues: np.ndarray):  # type: ignore[
     ax.set_title(esd_title(layer))
     ax.legend(loc="lower left", fontsize=7.5, framealpha=0.9)
     ax.grid(True, which="major", color="#e5e5e5", linewidth=0.6)
-    fig.tight_layout()
+    # Fixed margins: tight_layout measured 0.4 s a figure (40% of a report of MiniLM-L6).
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.87)
     return fig
+
+
+def _plain_log_ticks(axis) -> None:  # type: ignore[no-untyped-def]
+    """Log-axis labels as plain numbers (0.01, 1, 1e+04): matplotlib's 10^k labels go through its
+    TeX parser, which measured a third of the time of a report."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _tick_labels(ax, names: list[str]) -> None:  # type: ignore[no-untyped-def]
@@ -134,17 +146,16 @@ def overview_figure(layers: list[dict[str, Any]], title: str):  # type: ignore[n
             right.scatter(index, best["kappa"], color=colour, marker=marker, edgecolor="black", linewidth=0.4, s=34,
                           zorder=3, gid=f"kappa-{index}")
     left.axhspan(2.0, 6.0, color="#f2f2f2", zorder=0)
-    left.axhline(2.0, color="#444444", linestyle="--", linewidth=1, gid="alpha-2")
-    left.axhline(6.0, color="#444444", linestyle=":", linewidth=1, gid="alpha-6")
+    # The lines are named in the legend, not on the plot, where a label could hide a point.
+    left.axhline(2.0, color="#444444", linestyle="--", linewidth=1, gid="alpha-2",
+                 label="alpha = 2 (below: very heavy-tailed)")
+    left.axhline(6.0, color="#444444", linestyle=":", linewidth=1, gid="alpha-6", label="alpha = 6 (above: under-trained)")
     top = left.get_ylim()[1]
-    left.text(1.0, 2.0, "alpha = 2: below, very heavy-tailed ", transform=left.get_yaxis_transform(), ha="right",
-              va="bottom", fontsize=7, color="#444444")
-    left.text(1.0, 6.0, "alpha = 6: above, under-trained ", transform=left.get_yaxis_transform(), ha="right",
-              va="bottom", fontsize=7, color="#444444")
     left.set_ylim(min(left.get_ylim()[0], 1.5), max(top, 6.6))
     left.set_ylabel("power-law exponent alpha")
     left.set_title("alpha per layer (network order)")
     right.set_yscale("log")
+    _plain_log_ticks(right.yaxis)
     right.set_ylabel("HTMP kappa (log scale)")
     right.set_title("kappa per layer (smaller: heavier-tailed)")
     for ax in (left, right):
@@ -154,9 +165,10 @@ def overview_figure(layers: list[dict[str, Any]], title: str):  # type: ignore[n
     fig.suptitle(title, y=0.995, fontsize=10)
     handles, labels = left.get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8, frameon=False,
-                   bbox_to_anchor=(0.5, 0.955), title="phase", title_fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.86 if handles else 0.96))
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 0.955))
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.85 if handles else 0.35) / height))  # title and legend: fixed inches
     return fig
 
 
