@@ -245,3 +245,11 @@ def test_the_scan_report_lists_checkpoints_correlations_and_the_scatter(tmp_path
         browser.settle()
         assert browser.problems() == []
     assert json.loads(json.dumps(browser.events[:1]))  # events are plain JSON
+
+
+def test_two_reports_of_one_checkpoint_differ_only_in_the_timings(phases_checkpoint: Path, tmp_path: Path) -> None:
+    first = _report(phases_checkpoint, tmp_path / "a.html").read_text().splitlines()
+    second = _report(phases_checkpoint, tmp_path / "b.html").read_text().splitlines()
+    assert len(first) == len(second)
+    differing = [(a, b) for a, b in zip(first, second) if a != b]
+    assert all(a.startswith("<li>time: ") and b.startswith("<li>time: ") for a, b in differing), differing[:2]

@@ -39,6 +39,9 @@ tr.selected td { background: #fff4d6; }
 input[type=search] { font: inherit; padding: 4px 8px; width: 24em; margin: 0.4em 0; }
 button { font: inherit; cursor: pointer; }
 .count { color: #555; margin-left: 1em; }
+.wide { overflow-x: auto; }
+.wide td { white-space: nowrap; }
+.wide td.k-phase, .wide td.k-warning { white-space: normal; min-width: 16em; max-width: 30em; font-size: 0.92em; }
 ul.summary li { margin: 0.15em 0; }
 """
 
@@ -164,7 +167,7 @@ def analysis_html(data: dict[str, Any], overview_svg: str | None, esd_svgs: dict
         "placeholder=\"filter layers, e.g. attention heavy-tailed\"><span class=\"count\" id=\"layer-count\"></span>\n",
         "<section id=\"figure-panel\" hidden><p><strong class=\"caption\"></strong> "
         "<button id=\"figure-close\">close</button></p><div class=\"figure\"></div></section>\n",
-        "<table id=\"layers\" class=\"sortable\"><thead><tr><th>ESD</th>",
+        "<div class=\"wide\"><table id=\"layers\" class=\"sortable\"><thead><tr><th>ESD</th>",
     ]
     for label, key in TABLE_COLUMNS:
         kind = "num" if key in _NUMERIC_KEYS else "text"
@@ -176,11 +179,11 @@ def analysis_html(data: dict[str, Any], overview_svg: str | None, esd_svgs: dict
         button = (f"<button data-figure=\"esd-{index}\" data-name=\"{escape(layer['name'])}\">ESD</button>"
                   if index in esd_svgs else "")
         cells = "".join(
-            f"<td class=\"{'num' if key in _NUMERIC_KEYS else ''}\" data-value=\"{escape(_sort_value(key, row, layer))}\">"
+            f"<td class=\"k-{escape(key)}{' num' if key in _NUMERIC_KEYS else ''}\" data-value=\"{escape(_sort_value(key, row, layer))}\">"
             f"{escape(format_number(row[key]))}</td>" for _, key in TABLE_COLUMNS)
         failed = ' class="failed"' if layer["status"] != "success" else ""
         body.append(f"<tr data-index=\"{index}\"{failed}><td>{button}</td>{cells}</tr>\n")
-    body.append("</tbody></table>\n")
+    body.append("</tbody></table></div>\n")
     body += [f"<template id=\"esd-{index}\">{svg}</template>\n" for index, svg in esd_svgs.items()]
     if data["skipped"]:
         body.append(f"<h2>Skipped tensors ({len(data['skipped'])})</h2>\n<table><thead><tr><th>tensor</th><th>shape</th>"
@@ -202,7 +205,7 @@ def scan_html(title: str, columns: list[tuple[str, str, bool]], rows: list[dict[
             "<h2>Checkpoints</h2>\n",
             "<input type=\"search\" id=\"checkpoint-filter\" data-filter=\"checkpoints\" data-count=\"checkpoint-count\" "
             "placeholder=\"filter checkpoints\"><span class=\"count\" id=\"checkpoint-count\"></span>\n",
-            "<table id=\"checkpoints\" class=\"sortable\"><thead><tr>"]
+            "<div class=\"wide\"><table id=\"checkpoints\" class=\"sortable\"><thead><tr>"]
     for label, key, numeric in columns:
         body.append(f"<th class=\"sortable{' num' if numeric else ''}\" data-key=\"{escape(key)}\" "
                     f"data-type=\"{'num' if numeric else 'text'}\">{escape(label)}</th>")
@@ -216,7 +219,7 @@ def scan_html(title: str, columns: list[tuple[str, str, bool]], rows: list[dict[
                          f"{escape(format_number(value))}</td>")
         failed = ' class="failed"' if row.get("status") == "failed" else ""
         body.append(f"<tr{failed}>{''.join(cells)}</tr>\n")
-    body.append("</tbody></table>\n")
+    body.append("</tbody></table></div>\n")
     if failures:
         body.append(f"<h2>Failures ({len(failures)})</h2>\n<ul>")
         body += [f"<li><strong>{escape(name)}</strong>: {escape(error)}</li>" for name, error in failures]
