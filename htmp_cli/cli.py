@@ -6,12 +6,15 @@ traceback only with --debug); 3 a scan finished with failures.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
+import typing
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -104,9 +107,46 @@ def _selection(min_dim: int, conv: ConvMode, split_fused: bool, skip_embeddings:
 
 def _analysis_options(precision: Precision, fit: FitMethod, min_tail: int, backend: Backend, htmp_fit: bool,
                       threshold: list[str], selection: dict[str, object]) -> AnalysisOptions:
-    """AnalysisOptions from the analysis flags that analyze, scan and diff share."""
+    """AnalysisOptions from the analysis flags."""
     return AnalysisOptions(precision=precision.value, fit=fit.value, min_tail=min_tail, backend=backend.value,
                            htmp=htmp_fit, thresholds=_parse_thresholds(threshold), **selection)
+
+
+# Every flag that shapes an analysis: (parameter name, type, option).
+ANALYSIS_FLAGS = (
+    ("min_dim", int, _MIN_DIM), ("conv", ConvMode, _CONV), ("split_fused", bool, _SPLIT_FUSED),
+    ("skip_embeddings", bool, _SKIP_EMBEDDINGS), ("include", list[str], _INCLUDE), ("exclude", list[str], _EXCLUDE),
+    ("precision", Precision, _PRECISION), ("fit", FitMethod, _FIT), ("min_tail", int, _MIN_TAIL),
+    ("backend", Backend, _BACKEND), ("htmp_fit", bool, _HTMP_FIT), ("threshold", list[str], _THRESHOLD),
+)
+
+
+def with_analysis_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command every analysis flag (before its --progress and --debug); it receives them as
+    one `analysis: AnalysisOptions` argument. analyze, scan, diff, plot and report share them this way."""
+    hints = typing.get_type_hints(command)  # resolved in the command's own module
+    own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values()
+           if p.name != "analysis"]
+    last = [p for p in own if p.name in ("progress", "debug")]
+    flags = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=kind)
+             for name, kind, option in ANALYSIS_FLAGS]
+    parameters = [p for p in own if p not in last] + flags + last
+
+    @functools.wraps(command)
+    def wrapper(**values: object) -> None:
+        given = {name: values.pop(name) for name, _, _ in ANALYSIS_FLAGS}
+        try:
+            options = _analysis_options(given["precision"], given["fit"], given["min_tail"], given["backend"],  # type: ignore[arg-type]
+                                        given["htmp_fit"], given["threshold"],  # type: ignore[arg-type]
+                                        _selection(given["min_dim"], given["conv"], given["split_fused"],  # type: ignore[arg-type]
+                                                   given["skip_embeddings"], given["include"], given["exclude"]))  # type: ignore[arg-type]
+        except HtmpError as err:
+            _fail(str(err))
+        return command(analysis=options, **values)
+
+    wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
 
 
 def _version_callback(value: bool) -> None:
@@ -153,22 +193,12 @@ def _run_guarded(debug: bool, body):  # type: ignore[no-untyped-def]
 
 
 @app.command()
+@with_analysis_flags
 def analyze(
+    analysis: AnalysisOptions,
     path: str = typer.Argument(..., help=_PATH_HELP),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output view."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the output to FILE instead of stdout."),
-    min_dim: int = _MIN_DIM,
-    conv: ConvMode = _CONV,
-    split_fused: bool = _SPLIT_FUSED,
-    skip_embeddings: bool = _SKIP_EMBEDDINGS,
-    include: list[str] = _INCLUDE,
-    exclude: list[str] = _EXCLUDE,
-    precision: Precision = _PRECISION,
-    fit: FitMethod = _FIT,
-    min_tail: int = _MIN_TAIL,
-    backend: Backend = _BACKEND,
-    htmp_fit: bool = _HTMP_FIT,
-    threshold: list[str] = _THRESHOLD,
     progress: Optional[bool] = _PROGRESS,
     debug: bool = _DEBUG,
 ) -> None:
@@ -177,17 +207,15 @@ def analyze(
     def body() -> None:
         from htmp_cli.pipeline import analyze as run_analysis
 
-        options = _analysis_options(precision, fit, min_tail, backend, htmp_fit, threshold,
-                                    _selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
         err_console = Console(stderr=True)
         show_progress = err_console.is_terminal if progress is None else progress
         if show_progress:
             from htmp_cli.progress import LayerProgress
 
             with LayerProgress(err_console) as listener:
-                report = run_analysis(path, options, listener)
+                report = run_analysis(path, analysis, listener)
         else:
-            report = run_analysis(path, options)
+            report = run_analysis(path, analysis)
         _emit(report, format, output)
 
     _run_guarded(debug, body)

@@ -11,34 +11,18 @@ import typer
 from rich.console import Console
 
 from htmp_cli.cli import (
-    _BACKEND,
-    _CONV,
     _DEBUG,
-    _EXCLUDE,
-    _FIT,
-    _HTMP_FIT,
-    _INCLUDE,
-    _MIN_DIM,
-    _MIN_TAIL,
     _PATH_HELP,
-    _PRECISION,
     _PROGRESS,
-    _SKIP_EMBEDDINGS,
-    _SPLIT_FUSED,
-    _THRESHOLD,
-    Backend,
-    ConvMode,
-    FitMethod,
-    Precision,
-    _analysis_options,
     _is_report_path,
     _read_report,
     _run_guarded,
-    _selection,
     _write_text,
     app,
+    with_analysis_flags,
 )
 from htmp_cli.errors import HtmpError
+from htmp_cli.options import AnalysisOptions
 
 
 class FigureFormat(str, Enum):
@@ -69,24 +53,14 @@ def _file_name(name: str) -> str:
 
 
 @app.command()
+@with_analysis_flags
 def plot(
+    analysis: AnalysisOptions,
     path: str = typer.Argument(..., help=_PATH_HELP + " Or a JSON report (then only the overview can be drawn)."),
     layer: list[str] = typer.Option([], "--layer", metavar="REGEX", help="Draw the ESD of the layers whose name "
                                     "matches (repeatable; default: every layer)."),
     out: Path = typer.Option(Path("htmp-plots"), "--out", help="Folder for the figures (created if missing)."),
     format: FigureFormat = typer.Option(FigureFormat.png, "--format", "-f", help="png or svg."),
-    min_dim: int = _MIN_DIM,
-    conv: ConvMode = _CONV,
-    split_fused: bool = _SPLIT_FUSED,
-    skip_embeddings: bool = _SKIP_EMBEDDINGS,
-    include: list[str] = _INCLUDE,
-    exclude: list[str] = _EXCLUDE,
-    precision: Precision = _PRECISION,
-    fit: FitMethod = _FIT,
-    min_tail: int = _MIN_TAIL,
-    backend: Backend = _BACKEND,
-    htmp_fit: bool = _HTMP_FIT,
-    threshold: list[str] = _THRESHOLD,
     progress: Optional[bool] = _PROGRESS,
     debug: bool = _DEBUG,
 ) -> None:
@@ -104,9 +78,7 @@ def plot(
         if _is_report_path(path):
             data, spectra = _read_report(Path(path), "report"), {}
         else:
-            options = _analysis_options(precision, fit, min_tail, backend, htmp_fit, threshold,
-                                        _selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
-            data, spectra = _analysed(path, options, progress)
+            data, spectra = _analysed(path, analysis, progress)
         chosen = [k for k, entry in enumerate(data["layers"]) if not patterns or any(p.search(entry["name"]) for p in patterns)]
         if patterns and not chosen:
             raise HtmpError(f"--layer: no layer matches {', '.join(layer)} (layers: "
@@ -139,21 +111,11 @@ def plot(
 
 
 @app.command()
+@with_analysis_flags
 def report(
+    analysis: AnalysisOptions,
     path: str = typer.Argument(..., help=_PATH_HELP),
     output: Path = typer.Option(Path("htmp-report.html"), "--output", "-o", help="The HTML file to write."),
-    min_dim: int = _MIN_DIM,
-    conv: ConvMode = _CONV,
-    split_fused: bool = _SPLIT_FUSED,
-    skip_embeddings: bool = _SKIP_EMBEDDINGS,
-    include: list[str] = _INCLUDE,
-    exclude: list[str] = _EXCLUDE,
-    precision: Precision = _PRECISION,
-    fit: FitMethod = _FIT,
-    min_tail: int = _MIN_TAIL,
-    backend: Backend = _BACKEND,
-    htmp_fit: bool = _HTMP_FIT,
-    threshold: list[str] = _THRESHOLD,
     progress: Optional[bool] = _PROGRESS,
     debug: bool = _DEBUG,
 ) -> None:
@@ -164,9 +126,7 @@ def report(
         from htmp_cli.report import plots
         from htmp_cli.report.html import analysis_html
 
-        options = _analysis_options(precision, fit, min_tail, backend, htmp_fit, threshold,
-                                    _selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
-        data, spectra = _analysed(path, options, progress)
+        data, spectra = _analysed(path, analysis, progress)
         overview = plots.svg_markup(plots.overview_figure(data["layers"], f"htmp: {data['source']['path']}"))
         figures = {k: plots.svg_markup(plots.esd_figure(data["layers"][k], values)) for k, values in spectra.items()}
         _write_text(output, analysis_html(data, overview, figures), "--output")

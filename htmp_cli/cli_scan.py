@@ -13,39 +13,24 @@ import typer
 from rich.console import Console
 
 from htmp_cli.cli import (
-    _BACKEND,
-    _CONV,
     _DEBUG,
-    _EXCLUDE,
-    _FIT,
-    _HTMP_FIT,
-    _INCLUDE,
-    _MIN_DIM,
-    _MIN_TAIL,
-    _PRECISION,
     _PROGRESS,
-    _SKIP_EMBEDDINGS,
-    _SPLIT_FUSED,
-    _THRESHOLD,
+    ANALYSIS_FLAGS,
     EXIT_OK,
     EXIT_SCAN_FAILURES,
-    Backend,
-    ConvMode,
-    FitMethod,
     OutputFormat,
-    Precision,
-    _analysis_options,
     _given,
     _is_report_path,
     _open_output,
     _read_report,
     _run_guarded,
-    _selection,
     _stdout_console,
     _write_text,
     app,
+    with_analysis_flags,
 )
 from htmp_cli.errors import HtmpError
+from htmp_cli.options import AnalysisOptions
 
 
 class ExportRows(str, Enum):
@@ -61,7 +46,9 @@ def _default_jobs() -> int:
 
 
 @app.command()
+@with_analysis_flags
 def scan(
+    analysis: AnalysisOptions,
     paths: list[str] = typer.Argument(..., help="Folders (searched recursively), checkpoint files, globs "
                                       "('runs/*/last.pt', quoted) or list files (@runs.txt, or a .txt file: one path per line)."),
     db: Path = typer.Option(Path("htmp-scan.sqlite"), "--db", help="The results store (SQLite). A re-run reads "
@@ -84,18 +71,6 @@ def scan(
     export_rows: ExportRows = typer.Option(ExportRows.checkpoint, "--export-rows", help="One exported row per checkpoint or per layer."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report of the scan "
                                           "(sortable table, failures, correlations and the scatter plot)."),
-    min_dim: int = _MIN_DIM,
-    conv: ConvMode = _CONV,
-    split_fused: bool = _SPLIT_FUSED,
-    skip_embeddings: bool = _SKIP_EMBEDDINGS,
-    include: list[str] = _INCLUDE,
-    exclude: list[str] = _EXCLUDE,
-    precision: Precision = _PRECISION,
-    fit: FitMethod = _FIT,
-    min_tail: int = _MIN_TAIL,
-    backend: Backend = _BACKEND,
-    htmp_fit: bool = _HTMP_FIT,
-    threshold: list[str] = _THRESHOLD,
     progress: Optional[bool] = _PROGRESS,
     debug: bool = _DEBUG,
 ) -> None:
@@ -112,8 +87,6 @@ def scan(
         from htmp_cli.scan.runner import run_scan
         from htmp_cli.scan.store import ScanStore
 
-        options = _analysis_options(precision, fit, min_tail, backend, htmp_fit, threshold,
-                                    _selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
         # Everything that can be wrong with the request is said before hours of work, not after.
         label_data = read_labels(labels) if labels is not None else None
         if export is not None and export.suffix.lower() not in EXPORT_SUFFIXES:
@@ -129,10 +102,10 @@ def scan(
                     from htmp_cli.progress import ScanProgress
 
                     with ScanProgress(err_console) as listener:
-                        result = run_scan(discovery.units, options, store, executor, force=force,
+                        result = run_scan(discovery.units, analysis, store, executor, force=force,
                                           retry_failed=retry_failed, full_hash=full_hash, listener=listener)
                 else:
-                    result = run_scan(discovery.units, options, store, executor, force=force,
+                    result = run_scan(discovery.units, analysis, store, executor, force=force,
                                       retry_failed=retry_failed, full_hash=full_hash)
             except KeyboardInterrupt:
                 done = store.counts()["results"]
@@ -172,16 +145,16 @@ def _report_scan(result, discovery, label_data, plot_path: Path, export: Optiona
         render_correlations(found, console, unmatched, len(usable))
         best = next((c for c in found if math.isfinite(c.spearman_rho)), None)
         if best is not None:
-            from htmp_cli.report.plots import correlation_figure, correlation_scatter
+            from htmp_cli.report.plots import correlation_figure, save
 
             points = [(means[i][best.metric], matched[k][best.label], display_path(result.rows[k].unit.path, root))
                       for i, k in enumerate(usable)
                       if means[i].get(best.metric) is not None and matched[k].get(best.label) is not None]
             x, y, names = (list(v) for v in zip(*points))
             short = [Path(n).stem for n in names]
-            correlation_scatter(x, y, short, best.metric, best.label, best.spearman_rho, best.kendall_tau, plot_path)
-            if html_path is not None:
-                scatter = correlation_figure(x, y, short, best.metric, best.label, best.spearman_rho, best.kendall_tau)
+            figure = correlation_figure(x, y, short, best.metric, best.label, best.spearman_rho, best.kendall_tau)
+            save(figure, plot_path, "--plot", close=html_path is None)
+            scatter = figure if html_path is not None else None  # drawn once: PNG here, SVG in the report
             console.print(f"scatter plot of the strongest correlation ({best.label} vs mean {best.metric}): {plot_path}",
                           highlight=False)
     if html_path is not None:
@@ -195,7 +168,9 @@ def _report_scan(result, discovery, label_data, plot_path: Path, export: Optiona
 
 
 @app.command()
+@with_analysis_flags
 def diff(
+    analysis: AnalysisOptions,
     ctx: typer.Context,
     before: str = typer.Argument(..., help="The earlier checkpoint, or a JSON report of it (htmp analyze --format json)."),
     after: str = typer.Argument(..., help="The later checkpoint, or a JSON report of it."),
@@ -205,18 +180,6 @@ def diff(
                                      "default alpha, alpha_weighted, log_norm, log_spectral_norm, stable_rank, kappa). "
                                      "JSON and CSV always hold every metric."),
     changed_only: bool = typer.Option(False, "--changed-only", help="Show only the layers whose phase changed."),
-    min_dim: int = _MIN_DIM,
-    conv: ConvMode = _CONV,
-    split_fused: bool = _SPLIT_FUSED,
-    skip_embeddings: bool = _SKIP_EMBEDDINGS,
-    include: list[str] = _INCLUDE,
-    exclude: list[str] = _EXCLUDE,
-    precision: Precision = _PRECISION,
-    fit: FitMethod = _FIT,
-    min_tail: int = _MIN_TAIL,
-    backend: Backend = _BACKEND,
-    htmp_fit: bool = _HTMP_FIT,
-    threshold: list[str] = _THRESHOLD,
     debug: bool = _DEBUG,
 ) -> None:
     """Per-layer change of every metric between two checkpoints or reports; layers that changed phase stand out."""
@@ -231,11 +194,7 @@ def diff(
         for name in metric:
             if name not in LAYER_METRICS:
                 raise HtmpError(f"--metric {name!r}: unknown (metrics: {', '.join(LAYER_METRICS)})")
-        options = _analysis_options(precision, fit, min_tail, backend, htmp_fit, threshold,
-                                    _selection(min_dim, conv, split_fused, skip_embeddings, include, exclude))
-        flags = ("min_dim", "conv", "split_fused", "skip_embeddings", "include", "exclude", "precision", "fit",
-                 "min_tail", "backend", "htmp_fit", "threshold")
-        given = [name for name in flags if _given(ctx, name)]
+        given = [name for name, _, _ in ANALYSIS_FLAGS if _given(ctx, name)]
         if given and _is_report_path(before) and _is_report_path(after):
             raise HtmpError(f"both inputs are saved reports: --{given[0].replace('_', '-')} applies only to checkpoints")
         reports = []
@@ -246,7 +205,7 @@ def diff(
                 from htmp_cli.pipeline import analyze
                 from htmp_cli.report.formats import report_to_dict
 
-                reports.append(report_to_dict(analyze(path, options)))
+                reports.append(report_to_dict(analyze(path, analysis)))
         result = diff_reports(*reports)
         shown = tuple(metric) or DEFAULT_METRICS
         if format is OutputFormat.table:

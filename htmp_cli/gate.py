@@ -238,12 +238,13 @@ def analysis_options(table: dict[str, Any], where: str) -> dict[str, Any]:
     return values
 
 
-def parse_drift(entry: object, where: str) -> DriftRule:
+def _rule_header(entry: object, where: str, known: set[str]) -> tuple[dict, str, str, str]:
+    """What every rule table starts with: a table of known keys, a name, a severity."""
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a table")
-    unknown = set(entry) - _DRIFT_KEYS
+    unknown = set(entry) - known
     if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_DRIFT_KEYS))})")
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
     name = _string(entry, "name", where)
     if not name:
         raise ConfigError(f"{where}.name is required")
@@ -251,6 +252,11 @@ def parse_drift(entry: object, where: str) -> DriftRule:
     severity = _string(entry, "severity", where) or "error"
     if severity not in SEVERITIES:
         raise ConfigError(f"{where}.severity must be error or warning, got {severity!r}")
+    return entry, name, where, severity
+
+
+def parse_drift(entry: object, where: str) -> DriftRule:
+    entry, name, where, severity = _rule_header(entry, where, _DRIFT_KEYS)
     metric = _string(entry, "metric", where)
     if metric is not None and metric not in LAYER_METRICS:
         raise ConfigError(f"{where}: unknown metric {metric!r} (metrics: {', '.join(LAYER_METRICS)})")
@@ -311,18 +317,7 @@ def _string(entry: dict, key: str, where: str) -> str | None:
 
 
 def parse_rule(entry: object, where: str) -> Rule:
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{where} must be a table")
-    unknown = set(entry) - _RULE_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_RULE_KEYS))})")
-    name = _string(entry, "name", where)
-    if not name:
-        raise ConfigError(f"{where}.name is required")
-    where = f"{where} ({name!r})"
-    severity = _string(entry, "severity", where) or "error"
-    if severity not in SEVERITIES:
-        raise ConfigError(f"{where}.severity must be error or warning, got {severity!r}")
+    entry, name, where, severity = _rule_header(entry, where, _RULE_KEYS)
     layers = _layer_pattern(entry, where)
     low, high = _number(entry, "min", where), _number(entry, "max", where)
     if low is not None and high is not None and low > high:

@@ -9,21 +9,18 @@ from htmp_cli.loaders.matrices import MatrixSpec
 from htmp_cli.pipeline import LayerResult
 
 
+def _bars(console: Console, label: TextColumn) -> Progress:
+    """Label, bar, done/total, elapsed, ETA, then the task's description; cleared when done."""
+    return Progress(label, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), TextColumn("{task.description}", style="dim"), console=console,
+                    transient=True)
+
+
 class LayerProgress:
     """A ProgressListener drawing a rich progress bar on stderr."""
 
     def __init__(self, console: Console) -> None:
-        self._progress = Progress(
-            TextColumn("[bold]analysing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            TextColumn("{task.description}", style="dim"),
-            console=console,
-            transient=True,
-        )
+        self._progress = _bars(console, TextColumn("[bold]analysing"))
         self._task = None
 
     def __enter__(self) -> "LayerProgress":
@@ -47,17 +44,7 @@ class ScanProgress:
     """A ScanListener: one bar over checkpoints and one per checkpoint in flight (its layers)."""
 
     def __init__(self, console: Console) -> None:
-        self._progress = Progress(
-            TextColumn("{task.fields[label]}", style="bold"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            TextColumn("{task.description}", style="dim"),
-            console=console,
-            transient=True,
-        )
+        self._progress = _bars(console, TextColumn("{task.fields[label]}", style="bold"))
         self._overall = None
         self._names: dict[int, str] = {}
         self._tasks: dict[int, object] = {}

@@ -155,7 +155,7 @@ def analysis_html(data: dict[str, Any], overview_svg: str | None, esd_svgs: dict
         f"<p class=\"meta\">{escape(source['format'])}, {source['size_bytes']:,} bytes, fingerprint "
         f"{escape(source['fingerprint'])}; htmp {escape(data['htmp_version'])}</p>\n",
         "<h2>Summary</h2>\n<ul class=\"summary\">",
-        *[f"<li>{escape(line)}</li>" for line in summary_lines(data)],
+        *[f"\n<li>{escape(line)}</li>" for line in summary_lines(data)],
         "</ul>\n<h2>Phases</h2>\n", _phase_table(summary["phase_counts"]),
     ]
     if overview_svg:

@@ -194,13 +194,15 @@ def correlation_figure(x: list[float], y: list[float], names: list[str], metric:
     return fig
 
 
-def save(fig, path: Path, what: str = "figure") -> None:  # type: ignore[no-untyped-def]
+def save(fig, path: Path, what: str = "figure", close: bool = True) -> None:  # type: ignore[no-untyped-def]
+    """Write a figure (format from the file name), then close it unless it is still to be used."""
     plt = _pyplot()
     try:
         fig.savefig(path)
     except OSError as err:
+        plt.close(fig)
         raise HtmpError(f"{what} {path}: cannot write: {err.strerror or err}") from None
-    finally:
+    if close:
         plt.close(fig)
 
 
@@ -215,10 +217,3 @@ def svg_markup(fig) -> str:  # type: ignore[no-untyped-def]
         plt.close(fig)
     text = buffer.getvalue()
     return text[text.index("<svg"):]
-
-
-def correlation_scatter(x: list[float], y: list[float], names: list[str], metric: str, label: str,
-                        rho: float, tau: float, path: Path) -> None:
-    save(correlation_figure(x, y, names, metric, label, rho, tau), path, "--plot")
-
-
