@@ -58,6 +58,12 @@ class Backend(str, Enum):
     torch = "torch"
 
 
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 class ConvMode(str, Enum):
     pooled = "pooled"
     unfold = "unfold"
@@ -78,6 +84,12 @@ _INCLUDE = typer.Option([], "--include", metavar="REGEX", help="Analyse only ten
 _EXCLUDE = typer.Option([], "--exclude", metavar="REGEX", help="Leave out tensors whose name matches (repeatable).")
 _MIN_TAIL = typer.Option(10, "--min-tail", help="Smallest tail the csn fit may choose.")
 _BACKEND = typer.Option(Backend.auto, "--backend", help="Eigensolver: numpy, torch, or auto (torch from a smaller side of 1024, if installed).")
+_DEVICE = typer.Option(Device.auto, "--device",
+                       help="Where spectra are computed: cuda = torch on the GPU (exit 2 without one); auto = the GPU "
+                            "for matrices with a side of 1024 or more when torch sees one, else the CPU; cpu.")
+_JOBS = typer.Option(None, "--jobs", "-j", min=1,
+                     help="Processes analysing layers in parallel, one BLAS thread each "
+                          "(default: the usable cores when the checkpoint is large enough to gain, else 1).")
 _HTMP_FIT = typer.Option(True, "--htmp/--no-htmp", help="Fit the HTMP law (both orientations) to every layer.")
 _THRESHOLD = typer.Option([], "--threshold", metavar="NAME=VALUE",
                           help="Override a phase-rule threshold (repeatable); see the README for the names.")
@@ -105,11 +117,11 @@ def _selection(min_dim: int, conv: ConvMode, split_fused: bool, skip_embeddings:
                 include=tuple(include), exclude=tuple(exclude))
 
 
-def _analysis_options(precision: Precision, fit: FitMethod, min_tail: int, backend: Backend, htmp_fit: bool,
-                      threshold: list[str], selection: dict[str, object]) -> AnalysisOptions:
+def _analysis_options(precision: Precision, fit: FitMethod, min_tail: int, backend: Backend, device: Device,
+                      htmp_fit: bool, threshold: list[str], selection: dict[str, object]) -> AnalysisOptions:
     """AnalysisOptions from the analysis flags."""
     return AnalysisOptions(precision=precision.value, fit=fit.value, min_tail=min_tail, backend=backend.value,
-                           htmp=htmp_fit, thresholds=_parse_thresholds(threshold), **selection)
+                           device=device.value, htmp=htmp_fit, thresholds=_parse_thresholds(threshold), **selection)
 
 
 # Every flag that shapes an analysis: (parameter name, type, option).
@@ -117,7 +129,8 @@ ANALYSIS_FLAGS = (
     ("min_dim", int, _MIN_DIM), ("conv", ConvMode, _CONV), ("split_fused", bool, _SPLIT_FUSED),
     ("skip_embeddings", bool, _SKIP_EMBEDDINGS), ("include", list[str], _INCLUDE), ("exclude", list[str], _EXCLUDE),
     ("precision", Precision, _PRECISION), ("fit", FitMethod, _FIT), ("min_tail", int, _MIN_TAIL),
-    ("backend", Backend, _BACKEND), ("htmp_fit", bool, _HTMP_FIT), ("threshold", list[str], _THRESHOLD),
+    ("backend", Backend, _BACKEND), ("device", Device, _DEVICE), ("htmp_fit", bool, _HTMP_FIT),
+    ("threshold", list[str], _THRESHOLD),
 )
 
 
@@ -137,7 +150,7 @@ def with_analysis_flags(command: Callable[..., None]) -> Callable[..., None]:
         given = {name: values.pop(name) for name, _, _ in ANALYSIS_FLAGS}
         try:
             options = _analysis_options(given["precision"], given["fit"], given["min_tail"], given["backend"],  # type: ignore[arg-type]
-                                        given["htmp_fit"], given["threshold"],  # type: ignore[arg-type]
+                                        given["device"], given["htmp_fit"], given["threshold"],  # type: ignore[arg-type]
                                         _selection(given["min_dim"], given["conv"], given["split_fused"],  # type: ignore[arg-type]
                                                    given["skip_embeddings"], given["include"], given["exclude"]))  # type: ignore[arg-type]
         except HtmpError as err:
@@ -199,6 +212,7 @@ def analyze(
     path: str = typer.Argument(..., help=_PATH_HELP),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output view."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the output to FILE instead of stdout."),
+    jobs: Optional[int] = _JOBS,
     progress: Optional[bool] = _PROGRESS,
     debug: bool = _DEBUG,
 ) -> None:
@@ -213,9 +227,9 @@ def analyze(
             from htmp_cli.progress import LayerProgress
 
             with LayerProgress(err_console) as listener:
-                report = run_analysis(path, analysis, listener)
+                report = run_analysis(path, analysis, listener, jobs=jobs)
         else:
-            report = run_analysis(path, analysis)
+            report = run_analysis(path, analysis, jobs=jobs)
         _emit(report, format, output)
 
     _run_guarded(debug, body)
@@ -240,6 +254,8 @@ def check(
     skip_embeddings: bool = _SKIP_EMBEDDINGS,
     include: list[str] = _INCLUDE,
     exclude: list[str] = _EXCLUDE,
+    device: Device = _DEVICE,
+    jobs: Optional[int] = _JOBS,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """CI gate: analyse a checkpoint (or read a report) and apply rules; exit 1 when an error-level rule fails.
@@ -257,7 +273,7 @@ def check(
             settings = {**settings, "check": {**settings.get("check", {}), "defaults": False}}
         gate_config = gate.parse_config(settings, str(config_path or "built-in rules"))
         flags = {**_selection(min_dim, conv, split_fused, skip_embeddings, include, exclude),
-                 "precision": precision.value, "fit": fit.value}
+                 "precision": precision.value, "fit": fit.value, "device": device.value}
         given = {name: value for name, value in flags.items() if _given(ctx, name)}
         options = AnalysisOptions(**{**gate_config.analysis, **given})
         earlier = _read_report(baseline, "--baseline") if baseline is not None else None
@@ -270,7 +286,7 @@ def check(
             from htmp_cli.pipeline import analyze as run_analysis
             from htmp_cli.report.formats import report_to_dict
 
-            report = report_to_dict(run_analysis(path, options))
+            report = report_to_dict(run_analysis(path, options, jobs=jobs))
         verdict = gate.evaluate(report, gate_config.rules)
         if earlier is not None:
             drift_rules = gate_config.drift_rules if gate_config.drift_rules is not None else gate.DEFAULT_DRIFT_RULES

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from htmp_cli.device import DEVICES
 from htmp_cli.errors import OptionError
 from htmp_cli.fits.phases import PhaseThresholds
 from htmp_cli.loaders.matrices import CONV_MODES, MatrixRules
@@ -27,8 +28,11 @@ class AnalysisOptions:
     fit: "csn" is the Clauset-Shalizi-Newman fit (true-sup KS distance, distinct candidates with at
         least `min_tail` points above them); "ww" reproduces WeightWatcher 0.7.7's default fit.
     min_tail: smallest tail a "csn" fit may choose.
-    backend: eigensolver library. "auto" uses torch (its LAPACK is faster on large matrices) when
-        it is installed and a matrix has a side of at least 1,024, numpy otherwise.
+    backend: eigensolver library on the CPU. "auto" uses torch (its LAPACK is faster on large
+        matrices) when it is installed and a matrix has a side of at least 1,024, numpy otherwise.
+    device: "cuda" computes every spectrum with torch on the GPU (Gram product and eigensolve, in
+        `precision`); "auto" does so for matrices with a side of at least 1,024 when torch sees a
+        GPU, and uses the CPU otherwise; "cpu" never asks.
     htmp: fit the HTMP law (both orientations) to every layer.
     thresholds: the numbers of the phase rules (see htmp_cli.fits.phases.PhaseThresholds).
     conv: "pooled" analyses a conv kernel's (out, in) slices as one pooled spectrum (WeightWatcher's
@@ -44,6 +48,7 @@ class AnalysisOptions:
     fit: str = "csn"
     min_tail: int = 10
     backend: str = "auto"
+    device: str = "auto"
     htmp: bool = True
     thresholds: PhaseThresholds = field(default_factory=PhaseThresholds)
     conv: str = "pooled"
@@ -63,6 +68,10 @@ class AnalysisOptions:
             raise OptionError(f"--min-tail must be at least 2, got {self.min_tail}")
         if self.backend not in BACKENDS:
             raise OptionError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.device not in DEVICES:
+            raise OptionError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.device == "cuda" and self.backend == "numpy":
+            raise OptionError("--backend numpy computes on the CPU; it cannot be combined with --device cuda")
         if self.conv not in CONV_MODES:
             raise OptionError(f"--conv must be one of {', '.join(CONV_MODES)}, got {self.conv!r}")
         for flag, patterns in (("--include", self.include), ("--exclude", self.exclude)):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -15,9 +16,11 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from htmp_cli import __version__
+from htmp_cli.device import LARGE_MATRIX_SIZE, device_for, require_cuda
+from htmp_cli.errors import OptionError
 from htmp_cli.fits.htmp import HTMPFit, fit_htmp
 from htmp_cli.fits.metrics import ScaleMetrics, scale_metrics
-from htmp_cli.fits.mp import MPFit, fit_mp
+from htmp_cli.fits.mp import MIN_EIGENVALUES, MPFit, fit_mp
 from htmp_cli.fits.phases import PHASES, PhaseResult, classify
 from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
 from htmp_cli.loaders import Checkpoint, open_checkpoint
@@ -133,6 +136,7 @@ class ModelSummary:
     timings: dict[str, float]
     kind_counts: dict[str, int] = field(default_factory=dict)
     expert_groups: tuple[ExpertGroup, ...] = ()
+    workers: int = 1  # processes that analysed layers; read, eigen and fit timings are summed over them
 
 
 @dataclass(frozen=True)
@@ -172,13 +176,15 @@ def analyze_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decode
     base = dict(name=spec.name, tensor=spec.tensor, kind=spec.kind, dtype=spec.dtype, shape=spec.shape,
                 N=max(rows, cols), M=min(rows, cols), slices=spec.slices, group=spec.group, note=spec.note)
     t0 = time.perf_counter()
+    device = device_for(options.device, options.backend, base["M"])
+    torch_device = None if device == "cpu" else device  # the CPU's own path is numpy and scipy
     try:
         if W.ndim == 3:  # conv kernel slices, one spectrum each, pooled
-            spectrum = pool_spectra([spectrum_of(gram_matrix(W[k], options.precision, decode), options.backend)
-                                     for k in range(W.shape[0])])
+            spectrum = pool_spectra([spectrum_of(gram_matrix(W[k], options.precision, decode, torch_device),
+                                                 options.backend) for k in range(W.shape[0])])
             del W
         else:
-            gram = gram_matrix(W, options.precision, decode)
+            gram = gram_matrix(W, options.precision, decode, torch_device)
             del W
             spectrum = spectrum_of(gram, options.backend)
             del gram
@@ -194,6 +200,11 @@ def analyze_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decode
                   n_zero=spectrum.n_zero, n_clamped=spectrum.n_clamped)
     if spectrum.lambda_max <= 0:
         return LayerResult(**base, **common, status="failed", reason="matrix is all zeros",
+                           timings=LayerTimings(read_seconds, t1 - t0, 0.0))
+    if spectrum.eigenvalues.size < MIN_EIGENVALUES:
+        return LayerResult(**base, **common, status="failed",
+                           reason=f"{spectrum.eigenvalues.size} eigenvalue(s): too few for the spectral fits "
+                                  f"(they need at least {MIN_EIGENVALUES})",
                            timings=LayerTimings(read_seconds, t1 - t0, 0.0))
     analysis = spectrum_analysis(spectrum, options)
     return LayerResult(**base, **common, status="success", power_law=analysis.power_law, metrics=analysis.metrics,
@@ -238,7 +249,8 @@ def iter_layers(checkpoint: Checkpoint, matrices: list[MatrixSpec], options: Ana
         yield result
 
 
-def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...], timings: dict[str, float]) -> ModelSummary:
+def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...], timings: dict[str, float],
+              workers: int = 1) -> ModelSummary:
     ok = [layer for layer in layers if layer.status == "success"]
     fitted = [layer for layer in ok if layer.power_law is not None and layer.power_law.ok]
 
@@ -281,6 +293,7 @@ def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...
         phase_counts=phase_counts,
         worrying=worrying,
         timings=timings,
+        workers=workers,
     )
 
 
@@ -303,17 +316,64 @@ def expert_groups(layers: tuple[LayerResult, ...]) -> tuple[ExpertGroup, ...]:
     return tuple(groups)
 
 
+# Below this much work (sum of N M^2 + M^3 over the matrices, about 3 s of float64 solves on one
+# core here) starting worker processes costs more than they save.
+PARALLEL_MIN_WORK = 2e11
+
+
+def choose_jobs(matrices: list[MatrixSpec], options: AnalysisOptions, requested: int | None) -> int:
+    """Worker processes for one checkpoint: `requested`, or for None as many as pay off."""
+    if requested is not None:
+        if requested < 1:
+            raise OptionError(f"--jobs must be at least 1, got {requested}")
+        return min(requested, max(1, len(matrices)))
+    if options.device == "cuda" or any(device_for(options.device, options.backend, min(m.shape)) == "cuda"
+                                        for m in matrices if min(m.shape) >= LARGE_MATRIX_SIZE):
+        return 1  # the GPU is the parallel worker
+    work = sum(m.slices * (max(m.shape) * min(m.shape) ** 2 + min(m.shape) ** 3) for m in matrices)
+    large = sum(min(m.shape) >= LARGE_MATRIX_SIZE for m in matrices)
+    if work < PARALLEL_MIN_WORK or large < 2:
+        return 1
+    return max(1, min(usable_cores(), large))
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def analyze(path: str | Path, options: AnalysisOptions | None = None,
-            listener: ProgressListener | None = None, keep_eigenvalues: bool = False) -> AnalysisReport:
-    """Analyse every matrix of a checkpoint; `keep_eigenvalues` keeps each layer's spectrum (for figures)."""
+            listener: ProgressListener | None = None, keep_eigenvalues: bool = False,
+            jobs: int | None = None) -> AnalysisReport:
+    """Analyse every matrix of a checkpoint; `keep_eigenvalues` keeps each layer's spectrum (for figures).
+
+    `jobs` worker processes analyse layers in parallel (None: as many as the checkpoint's size
+    pays for, see `choose_jobs`; 1: in this process, one layer at a time).
+    """
     options = options or AnalysisOptions()
+    if options.device == "cuda":
+        require_cuda()
     started = time.perf_counter()
     checkpoint = open_checkpoint(path)
     matrices, skipped = plan_matrices(checkpoint.tensors, options.matrix_rules)
+    workers = choose_jobs(matrices, options, jobs)
     opened = time.perf_counter()
     if listener is not None:
         listener.start(len(matrices))
-    layers = tuple(iter_layers(checkpoint, matrices, options, listener, keep_eigenvalues))
+    if workers > 1:
+        from htmp_cli.layer_pool import analyze_in_pool
+
+        results = []
+        for result in analyze_in_pool(str(path), matrices, options, workers, keep_eigenvalues,
+                                      on_start=listener.layer_started if listener is not None else None):
+            if listener is not None:
+                listener.layer_done(result)
+            results.append(result)
+        layers = tuple(results)
+    else:
+        layers = tuple(iter_layers(checkpoint, matrices, options, listener, keep_eigenvalues))
     finished = time.perf_counter()
     timings = {
         "open": opened - started,
@@ -336,5 +396,5 @@ def analyze(path: str | Path, options: AnalysisOptions | None = None,
         options=options,
         layers=layers,
         skipped=tuple(skipped),
-        summary=summarize(layers, tuple(skipped), timings),
+        summary=summarize(layers, tuple(skipped), timings, workers),
     )

@@ -5,13 +5,16 @@ Gram matrix (W^T W or W W^T, M x M) with a symmetric solver: several times faste
 The Gram matrix is accumulated over blocks of rows (or columns), each decoded and converted to
 the working precision on its own, so memory holds the stored weights once, one block and the Gram
 matrix; for large matrices BLAS syrk accumulates in place, so no second M x M product exists.
+With a torch device (a CUDA GPU, or the CPU) the same blocks are sent to it and both the product
+and the eigensolve run there.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib.util import find_spec
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -30,13 +33,16 @@ class NonFiniteMatrixError(ValueError):
 
 @dataclass(frozen=True)
 class GramMatrix:
-    """The M x M Gram matrix; only the `uplo` triangle ("U" or "L") is guaranteed to be filled."""
+    """The M x M Gram matrix of (scale * W); only the `uplo` triangle ("U" or "L") is guaranteed to
+    be filled. `values` is a numpy array, or a torch tensor on the device that computed it."""
 
-    values: np.ndarray
+    values: Any
     uplo: str
     N: int
     M: int
     precision: str
+    amax: float = 0.0  # largest magnitude of W's entries
+    scale: float = 1.0  # W was multiplied by this before the product (1 unless its range demanded it)
 
 
 @dataclass(frozen=True)
@@ -75,15 +81,98 @@ def _dtype(precision: str) -> np.dtype:
     return np.dtype(np.float64 if precision == "float64" else np.float32)
 
 
-def gram_matrix(W: np.ndarray, precision: str = "float64", decode: Decoder | None = None) -> GramMatrix:
-    """Gram matrix of the smaller side of W (stored values, turned into floats by `decode` if given)."""
+def _needs_rescaling(amax: float, N: int, dtype: np.dtype) -> bool:
+    """Whether squaring entries up to `amax` leaves the normal range of `dtype`.
+
+    Products below tiny / eps lose digits to underflow (1e-30 or denormal weights in float32); a
+    Gram entry sums N products, so above max / (4 N) it may overflow (1e30 weights in float32).
+    """
+    if amax == 0.0:
+        return False
+    info = np.finfo(dtype)
+    square = amax * amax
+    return not (float(info.tiny) / float(info.eps) <= square <= float(info.max) / (4.0 * N))
+
+
+def gram_matrix(W: np.ndarray, precision: str = "float64", decode: Decoder | None = None,
+                device: str | None = None) -> GramMatrix:
+    """Gram matrix of the smaller side of W (stored values, turned into floats by `decode` if given).
+
+    `device` ("cpu", "cuda") computes it with torch on that device; None with numpy and scipy's BLAS.
+    Weights whose squares leave the working precision's range (tiny or huge scales) are scaled by
+    a power of two near 1 / max|W| first; the spectrum is scaled back, in float64, by `spectrum_of`.
+    """
     if W.ndim != 2 or min(W.shape) == 0:
         raise ValueError(f"expected a non-empty 2-D matrix, got shape {W.shape}")
+    try:
+        # Out-of-range products are caught by the range check below, not warned about.
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            gram = _accumulate(W, precision, decode, device, scale=1.0)
+        amax = gram.amax
+    except _OutOfRange as err:  # finite weights too large for the working precision
+        gram, amax = None, err.amax
+    if gram is None or _needs_rescaling(amax, gram.N, _dtype(precision)):
+        # A power of two scales exactly: the spectrum is the one of W to the last bit, times 4^k.
+        gram = _accumulate(W, precision, decode, device, scale=2.0 ** -math.frexp(amax)[1])
+    return gram
+
+
+class _OutOfRange(Exception):
+    def __init__(self, amax: float) -> None:
+        self.amax = amax
+
+
+def _largest_magnitude(W: np.ndarray, decode: Decoder | None) -> float:
+    values = W if decode is None else decode(W)
+    return float(np.abs(np.asarray(values, dtype=np.float64)).max())
+
+
+def _blocks(W: np.ndarray, precision: str, decode: Decoder | None, scale: float) -> Iterator[tuple[np.ndarray, float]]:
+    """Row blocks of a tall W (column blocks of a wide one) in the working precision, with each
+    block's largest magnitude before scaling; raises NonFiniteMatrixError at the first NaN or Inf."""
+    dtype = _dtype(precision)
+    rows, cols = W.shape
+    by_rows = rows >= cols
+    M, N = (cols, rows) if by_rows else (rows, cols)
+    step = max(1, _BLOCK_BYTES // (M * dtype.itemsize))
+    for start in range(0, N, step):
+        part = W[start : start + step] if by_rows else W[:, start : start + step]
+        if decode is not None:
+            part = decode(part)
+        # (k, M) for a tall W, (M, k) for a wide one, in C order and never transposed in memory.
+        if scale != 1.0:
+            block = np.asarray(part, dtype=np.float64) * scale  # scaled before narrowing: no underflow
+            peak = float(np.abs(block).max()) / scale
+            block = block.astype(dtype)
+        else:
+            with np.errstate(over="ignore"):
+                block = np.ascontiguousarray(part, dtype=dtype)
+            # No |block| temporary; a NaN anywhere makes the max NaN, an infinity makes it infinite.
+            peak = max(float(block.max()), -float(block.min()))
+        if not np.isfinite(peak):
+            if np.isfinite(part).all():  # float64 weights beyond float32's range: not the matrix's fault
+                raise _OutOfRange(_largest_magnitude(W, decode))
+            raise NonFiniteMatrixError("matrix contains NaN or Inf entries")
+        yield block, peak
+
+
+def _accumulate(W: np.ndarray, precision: str, decode: Decoder | None, device: str | None, scale: float) -> GramMatrix:
     dtype = _dtype(precision)
     rows, cols = W.shape
     by_rows = rows >= cols  # W^T W: sum over blocks of rows; otherwise W W^T over blocks of columns
     M, N = (cols, rows) if by_rows else (rows, cols)
-    step = max(1, _BLOCK_BYTES // (M * dtype.itemsize))
+    amax = 0.0
+    if device is not None:
+        from htmp_cli.device import torch_device
+        import torch
+
+        target = torch_device(device)
+        gram = torch.zeros((M, M), dtype=torch.float64 if dtype == np.float64 else torch.float32, device=target)
+        for block, peak in _blocks(W, precision, decode, scale):
+            amax = max(amax, peak)
+            part = torch.from_numpy(block).to(target)
+            gram.addmm_(part.T, part) if by_rows else gram.addmm_(part, part.T)
+        return GramMatrix(values=gram, uplo="L", N=N, M=M, precision=precision, amax=amax, scale=scale)
     in_place = M >= LARGE_MATRIX_SIZE
     if in_place:
         from scipy.linalg import blas
@@ -92,16 +181,10 @@ def gram_matrix(W: np.ndarray, precision: str = "float64", decode: Decoder | Non
         gram = np.zeros((M, M), dtype=dtype, order="F")
     else:
         gram = None
-    for start in range(0, N, step):
-        part = W[start : start + step] if by_rows else W[:, start : start + step]
-        if decode is not None:
-            part = decode(part)
-        # (k, M) for a tall W, (M, k) for a wide one, in C order and never transposed in memory:
-        # block.T is then Fortran-ordered, which syrk reads directly (trans picks the side).
-        block = np.ascontiguousarray(part, dtype=dtype)
-        if not np.isfinite(block).all():
-            raise NonFiniteMatrixError("matrix contains NaN or Inf entries")
+    for block, peak in _blocks(W, precision, decode, scale):
+        amax = max(amax, peak)
         if in_place:
+            # block.T is Fortran-ordered, which syrk reads directly (trans picks the side).
             gram = syrk(1.0, block.T, beta=1.0, c=gram, trans=0 if by_rows else 1, lower=0, overwrite_c=1)
         else:
             # One buffer and its transpose: numpy calls syrk.
@@ -110,19 +193,32 @@ def gram_matrix(W: np.ndarray, precision: str = "float64", decode: Decoder | Non
                 gram = product
             else:
                 gram += product
-    return GramMatrix(values=gram, uplo="U" if in_place else "L", N=N, M=M, precision=precision)
+    return GramMatrix(values=gram, uplo="U" if in_place else "L", N=N, M=M, precision=precision, amax=amax,
+                      scale=scale)
 
 
 def spectrum_of(gram: GramMatrix, backend: str = "auto") -> Spectrum:
-    """Eigenvalues of a Gram matrix with a symmetric solver."""
-    backend = choose_backend(backend, gram.M)
-    if backend == "torch":
+    """Eigenvalues of a Gram matrix with a symmetric solver (torch's on the Gram's device if it is a
+    torch tensor); raises NonFiniteMatrixError if they overflow float64 once scaled back."""
+    if not isinstance(gram.values, np.ndarray):
         import torch
 
-        values = torch.linalg.eigvalsh(torch.from_numpy(gram.values), UPLO=gram.uplo).numpy()
+        backend = f"torch-{gram.values.device.type}"
+        values = torch.linalg.eigvalsh(gram.values, UPLO=gram.uplo).cpu().numpy()
     else:
-        values = np.linalg.eigvalsh(gram.values, UPLO=gram.uplo)
+        backend = choose_backend(backend, gram.M)
+        if backend == "torch":
+            import torch
+
+            values = torch.linalg.eigvalsh(torch.from_numpy(gram.values), UPLO=gram.uplo).numpy()
+        else:
+            values = np.linalg.eigvalsh(gram.values, UPLO=gram.uplo)
     values = np.sort(values.astype(np.float64))
+    if gram.scale != 1.0:
+        with np.errstate(over="ignore"):
+            values = np.ldexp(values, -2 * math.frexp(gram.scale)[1] + 2)  # exact: scale is 2^(1-e)
+    if not np.isfinite(values).all():
+        raise NonFiniteMatrixError(f"eigenvalues overflow float64 (entries up to {gram.amax:.3g})")
     n_clamped = int(np.count_nonzero(values < 0))
     np.maximum(values, 0.0, out=values)
     lambda_max = float(values[-1])
@@ -156,6 +252,6 @@ def pool_spectra(spectra: list[Spectrum]) -> Spectrum:
 
 
 def eigenvalues(W: np.ndarray, precision: str = "float64", backend: str = "auto",
-                decode: Decoder | None = None) -> Spectrum:
+                decode: Decoder | None = None, device: str | None = None) -> Spectrum:
     """The spectrum of a 2-D weight matrix W; raises NonFiniteMatrixError on NaN or Inf."""
-    return spectrum_of(gram_matrix(W, precision, decode), backend)
+    return spectrum_of(gram_matrix(W, precision, decode, device), backend)

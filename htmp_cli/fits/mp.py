@@ -23,6 +23,9 @@ import numpy as np
 TW_99 = 2.02  # 99% quantile of Tracy-Widom (beta = 1): a 1% false-alarm rate per layer
 _MAX_ITERATIONS = 100
 
+# Fewer eigenvalues than this hold no bulk to fit (a matrix of one row has one).
+MIN_EIGENVALUES = 4
+
 
 @dataclass(frozen=True)
 class MPFit:
@@ -92,7 +95,7 @@ def fit_mp(eigenvalues: np.ndarray, N: int, M: int) -> MPFit:
     """Fit the MP bulk of the M eigenvalues of a matrix with N >= M."""
     values = np.sort(np.asarray(eigenvalues, dtype=np.float64))
     gamma = M / N
-    if values.size < 4 or values[-1] <= 0:
+    if values.size < MIN_EIGENVALUES or values[-1] <= 0:
         return MPFit(status="failed", gamma=gamma, reason="too few non-zero eigenvalues for an MP fit")
     scale = float(np.median(values)) / _mp_median(gamma)
     if scale <= 0:
@@ -102,6 +105,8 @@ def fit_mp(eigenvalues: np.ndarray, N: int, M: int) -> MPFit:
         threshold = scale * (1 + math.sqrt(gamma)) ** 2 + TW_99 * tracy_widom_scale(scale, gamma, N)
         bulk = values[values <= threshold]
         new_scale = float(bulk.mean()) if bulk.size else scale
+        if new_scale <= 0:  # what lies below the edge is all zeros: a rank-deficient matrix, no bulk
+            return MPFit(status="failed", gamma=gamma, reason="no MP bulk: the eigenvalues below the edge are all zero")
         converged = abs(new_scale - scale) <= 1e-12 * scale
         scale = new_scale
         if converged:

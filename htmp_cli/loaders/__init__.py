@@ -7,9 +7,11 @@ for what Hugging Face and llama.cpp releases hold, and the choice is recorded in
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -80,13 +82,28 @@ class Checkpoint:
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Open a checkpoint file, a shard index, or a folder holding one."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
+    _require_file_or_folder(path)
     if path.is_dir():
         return _open_folder(path)
     if path.name.endswith(".index.json"):
         return _open_index(path)
     return _open_file(path)
+
+
+def _require_file_or_folder(path: Path) -> None:
+    """Refuse what would hang a read (a FIFO), never end (a device) or loop (links to themselves)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise CheckpointError(f"{path}: symbolic link loop") from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise CheckpointError(f"{path}: no such file or directory") from None
+        raise CheckpointError(f"{path}: cannot read: {err.strerror or err}") from None
+    except ValueError as err:  # an embedded NUL byte
+        raise CheckpointError(f"{path!s:.200}: not a usable path ({err})") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise CheckpointError(f"{path}: not a regular file or a folder (a FIFO, socket or device)")
 
 
 def _magic(path: Path) -> bytes:

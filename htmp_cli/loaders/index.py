@@ -30,7 +30,11 @@ def read_shard_index(index_path: Path) -> tuple[dict[str, str], list[Path]]:
         raise CheckpointError(f"{index_path}: 'weight_map' must map tensor names to shard file names")
     shards = []
     for shard_name in sorted(set(weight_map.values())):
-        shard = (folder / shard_name).resolve()
+        try:
+            shard = (folder / shard_name).resolve()
+        except (OSError, RuntimeError, ValueError) as err:  # a link loop (RuntimeError before 3.13), a NUL byte
+            raise CheckpointError(f"{index_path}: shard {shard_name!r} cannot be resolved "
+                                  f"({'symbolic link loop' if 'loop' in str(err).lower() else err})") from None
         if folder not in shard.parents:
             raise CheckpointError(f"{index_path}: shard {shard_name!r} resolves outside the checkpoint folder")
         if not shard.is_file():

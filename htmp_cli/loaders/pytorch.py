@@ -19,6 +19,7 @@ forms and records what it did, so the names in a report are the model's own.
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import warnings
@@ -33,6 +34,7 @@ import numpy as np
 from htmp_cli.errors import CheckpointError
 from htmp_cli.loaders.dtypes import F8_E4M3_VALUES, F8_E5M2_VALUES, FLOAT_DTYPES, Decoder, decode_bf16
 from htmp_cli.loaders.entry import TensorEntry, read_stored
+from htmp_cli.loaders.legacy_pickle import check_declared_sizes
 
 # Keys under which training scripts keep a model's weights, in the order they are tried.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -100,8 +102,12 @@ def load_flat(path: Path, meta: bool = False) -> tuple[str, dict[str, Any], dict
             warnings.simplefilter("ignore")
             if is_zip and meta:
                 loaded = torch.load(path, map_location="meta", weights_only=True)
+            elif is_zip:
+                loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             else:
-                loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+                loaded = torch.load(_legacy_bytes(path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower() or "weightsunpickler" in str(err).lower():
             raise _refusal(path, err) from None
@@ -117,6 +123,19 @@ def load_flat(path: Path, meta: bool = False) -> tuple[str, dict[str, Any], dict
     if not flat:
         raise CheckpointError(f"{path}: holds no tensors ({type(loaded).__name__} at the top level)")
     return fmt, flat, names, notes
+
+
+def _legacy_bytes(path: Path) -> io.BytesIO:
+    """A legacy file, read whole (torch would), once its storages are known to fit in it.
+
+    From a buffer, a pickle's lying length prefix reads what is there; from a file object,
+    Python allocates the claimed length first.
+    """
+    data = path.read_bytes()
+    problem = check_declared_sizes(data)
+    if problem is not None:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {problem}")
+    return io.BytesIO(data)
 
 
 def _first_line(err: Exception) -> str:

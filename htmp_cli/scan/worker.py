@@ -67,7 +67,7 @@ def analyze_unit(index: int, path: str, options: AnalysisOptions) -> dict[str, A
         with threadpool_limits(limits=1):
             if "torch" in sys.modules:
                 sys.modules["torch"].set_num_threads(1)
-            report = analyze(path, options, listener)
+            report = analyze(path, options, listener, jobs=1)  # the scan's workers are the parallelism
         return {"status": "success", "error": None, "seconds": time.perf_counter() - started,
                 "report": report_to_dict(report)}
     except HtmpError as err:

@@ -1,0 +1,55 @@
+"""Where the spectra are computed: the CPU, or a CUDA GPU through torch.
+
+`--device cuda` is a promise the machine must keep, so it is checked before any work starts and a
+machine without a GPU is a usage error. `--device auto` asks torch only when the first matrix large
+enough to gain from a GPU comes along (a smaller side of `LARGE_MATRIX_SIZE`): on small models, and
+on machines where torch has no GPU, it costs nothing and computes on the CPU.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib.util import find_spec
+
+from htmp_cli.errors import OptionError
+# From this smaller side on a matrix goes to the GPU under --device auto, as torch's CPU solver
+# takes over from numpy's at the same size.
+from htmp_cli.spectral import LARGE_MATRIX_SIZE
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@lru_cache(maxsize=1)
+def cuda_status() -> str | None:
+    """None when torch sees a usable CUDA device; otherwise why not, in words."""
+    if find_spec("torch") is None:
+        return "torch is not installed (pip install 'htmp-cli[torch]' with a CUDA build of torch)"
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "built without CUDA" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        return f"torch {torch.__version__} ({build}) sees no CUDA device"
+    return None
+
+
+def require_cuda() -> None:
+    """Raise the one-line usage error of `--device cuda` on a machine that cannot honour it."""
+    reason = cuda_status()
+    if reason is not None:
+        raise OptionError(f"--device cuda: no GPU available: {reason}; use --device auto or cpu")
+
+
+def device_for(requested: str, backend: str, M: int) -> str:
+    """'cuda' or 'cpu' for one matrix whose smaller side is M."""
+    if requested == "cpu" or backend == "numpy":
+        return "cpu"
+    if requested == "cuda":
+        return "cuda"
+    return "cuda" if M >= LARGE_MATRIX_SIZE and cuda_status() is None else "cpu"
+
+
+def torch_device(name: str):  # type: ignore[no-untyped-def]
+    """The torch device of a device name (one place, so tests can route 'cuda' to the CPU)."""
+    import torch
+
+    return torch.device(name)
