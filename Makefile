@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo fixtures zoo bench bench-scan clean
+.PHONY: install test demo fixtures zoo bench bench-scan bench-7b fuzz clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,5 +37,18 @@ bench-scan: install
 bench: install
 	$(BIN)/python benchmarks/bench_vs_weightwatcher.py
 
+# A 13.5 GB LLaMA-7B-shaped checkpoint (written once into benchmarks/_data/), htmp on all of it,
+# and htmp, WeightWatcher and the bare eigen-solves on its first 4 blocks (about 20 minutes).
+bench-7b: install
+	$(BIN)/python benchmarks/bench_7b.py
+
+# The fuzzing suite with a longer budget than CI's (FUZZ_EXAMPLES per target), then atheris.
+FUZZ_EXAMPLES ?= 2000
+FUZZ_RUNS ?= 20000
+fuzz: install
+	HTMP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HTMP_FUZZ_STATS=fuzz-stats.tsv $(BIN)/python -m pytest -q tests/test_fuzz.py
+	$(BIN)/python tests/fuzz_atheris.py safetensors -runs=$(FUZZ_RUNS)
+	$(BIN)/python tests/fuzz_atheris.py gguf -runs=$(FUZZ_RUNS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis fuzz-stats.tsv
