@@ -126,3 +126,15 @@ def test_peak_memory_of_a_pytorch_file_follows_the_largest_matrix(tmp_path: Path
     peak = _peak_rss("analyze", str(tmp_path / "big.pt"), "-f", "json")
     # One 16 MB tensor, its float64 copy and the Gram matrix: far below the 384 MB file.
     assert peak - baseline < size / 3, ((peak - baseline) / 2**20, size / 2**20)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_tensors_that_require_grad_are_read(tmp_path: Path, legacy: bool) -> None:
+    """Found by the fuzzer: a parameter saved with requires_grad=True (a dict of model.parameters(),
+    or one flipped flag in a legacy pickle) was an internal error."""
+    path = tmp_path / "params.pt"
+    weights = {"w": torch.nn.Parameter(torch.randn(24, 16)), "v": torch.nn.Parameter(torch.randn(16, 12))}
+    torch.save(weights, path, _use_new_zipfile_serialization=not legacy)
+    result = run_htmp("analyze", str(path), "-f", "json", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert [layer["status"] for layer in json.loads(result.stdout)["layers"]] == ["success", "success"]

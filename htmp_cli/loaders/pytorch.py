@@ -240,6 +240,7 @@ def _placed(entry: TensorEntry, tensor: Any, file_size: int) -> TensorEntry | No
 def stored_from_tensor(tensor: Any) -> tuple[np.ndarray, Decoder | None]:
     """A numpy view of a CPU tensor in its storage type, with the decoder to floats when numpy has none."""
     torch = _torch()
+    tensor = tensor.detach()  # a parameter saved with requires_grad=True
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(np.uint16), decode_bf16
     if tensor.dtype == torch.float8_e4m3fn:

@@ -80,7 +80,8 @@ def read_header(path: Path) -> SafetensorsHeader:
 
     data_start = 8 + header_len
     data_size = file_size - data_start
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)  # JSON null is no metadata, as for the library
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
