@@ -104,7 +104,9 @@ def _walk(root: Path) -> tuple[list[ScanUnit], list[Path]]:
     for folder, subfolders, names in os.walk(root, followlinks=False):
         subfolders.sort()
         here = Path(folder)
-        files = sorted(here / n for n in names if (here / n).is_file())
+        entries = [here / n for n in names]
+        files = sorted(p for p in entries if p.is_file())
+        ignored += sorted(p for p in entries if not p.is_file())  # FIFOs, sockets, broken links, link loops
         hf = [here / n for n in FOLDER_FILES if (here / n).is_file()]
         if hf:
             unit = _folder_unit(here, hf[0])
