@@ -14,8 +14,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
-import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,8 +23,7 @@ from typing import Iterator
 from htmp_cli.errors import HtmpError
 from htmp_cli.loaders.matrices import MatrixSpec
 from htmp_cli.options import AnalysisOptions
-
-_ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+from htmp_cli.processes import ONE_THREAD_ENV, leave_with_parent
 
 # Worker-process state, set once by `_init_worker`.
 _checkpoint = None
@@ -36,9 +33,9 @@ _keep_eigenvalues = False
 
 def _init_worker(path: str, options: AnalysisOptions, keep_eigenvalues: bool, parent_pid: int) -> None:
     global _checkpoint, _options, _keep_eigenvalues
-    os.environ.update(_ONE_THREAD)  # before numpy's or torch's thread pools exist
+    os.environ.update(ONE_THREAD_ENV)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    leave_with_parent(parent_pid)
     from threadpoolctl import threadpool_limits
 
     from htmp_cli.loaders import open_checkpoint
@@ -46,13 +43,6 @@ def _init_worker(path: str, options: AnalysisOptions, keep_eigenvalues: bool, pa
     threadpool_limits(limits=1)
     _checkpoint = open_checkpoint(path)
     _options, _keep_eigenvalues = options, keep_eigenvalues
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    # A parent killed with SIGKILL cannot stop its workers; they notice they were orphaned and leave.
-    while os.getppid() == parent_pid:
-        time.sleep(0.5)
-    os._exit(1)
 
 
 def _analyze_one(spec: MatrixSpec):  # type: ignore[no-untyped-def]

@@ -8,31 +8,23 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from typing import Any
 
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
+from htmp_cli.processes import ONE_THREAD_ENV, leave_with_parent
 
 # Set in local worker processes by `init_local_worker`: where layer progress goes.
 _events: Any = None
-_ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 def init_local_worker(events: Any, parent_pid: int) -> None:
     """Process-pool initializer: progress queue, one BLAS thread, and exit when the scan process dies."""
     global _events
     _events = events
-    os.environ.update(_ONE_THREAD)  # before torch is imported, so its own pool is one thread too
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    # A scan killed with SIGKILL cannot stop its workers; they notice they were orphaned and leave.
-    while os.getppid() == parent_pid:
-        time.sleep(0.5)
-    os._exit(1)
+    os.environ.update(ONE_THREAD_ENV)  # before torch is imported, so its own pool is one thread too
+    leave_with_parent(parent_pid)
 
 
 class _QueueListener:
@@ -60,7 +52,7 @@ def analyze_unit(index: int, path: str, options: AnalysisOptions) -> dict[str, A
     from htmp_cli.pipeline import analyze
     from htmp_cli.report.formats import report_to_dict
 
-    os.environ.update(_ONE_THREAD)
+    os.environ.update(ONE_THREAD_ENV)
     started = time.perf_counter()
     listener = _QueueListener(index) if _events is not None else None
     try:
