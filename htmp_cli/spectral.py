@@ -171,7 +171,10 @@ def _accumulate(W: np.ndarray, precision: str, decode: Decoder | None, device: s
         for block, peak in _blocks(W, precision, decode, scale):
             amax = max(amax, peak)
             part = torch.from_numpy(block).to(target)
-            gram.addmm_(part.T, part) if by_rows else gram.addmm_(part, part.T)
+            if by_rows:
+                gram.addmm_(part.T, part)
+            else:
+                gram.addmm_(part, part.T)
         return GramMatrix(values=gram, uplo="L", N=N, M=M, precision=precision, amax=amax, scale=scale)
     in_place = M >= LARGE_MATRIX_SIZE
     if in_place:
