@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_vs_weightwatcher import htmp_cmd, run_measured, ww_cmd  # noqa: E402
+from bench_vs_weightwatcher import bf16_bytes, htmp_cmd, run_measured, write_safetensors, ww_cmd  # noqa: E402
 
 DATA = HERE / "_data"
 HIDDEN, INTERMEDIATE, VOCAB, BLOCKS = 4096, 11008, 32000, 32
@@ -60,10 +59,6 @@ def llama_tensors() -> list[tuple[str, tuple[int, ...]]]:
     return names + [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
 
 
-def bf16_bytes(values: np.ndarray) -> bytes:
-    return (values.astype(np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
-
-
 def sample(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     if len(shape) == 1:
         return np.ones(shape, dtype=np.float32)
@@ -72,23 +67,6 @@ def sample(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.nd
     if block % 2 == 1:  # heavy-tailed spectrum: columns scaled by Pareto(3) factors
         values *= (1.0 + rng.pareto(3.0, size=shape[1])).astype(np.float32)
     return values
-
-
-def write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...]]], data) -> None:  # type: ignore[no-untyped-def]
-    """Header first, then each tensor's bytes from `data(name, shape)`: never all in memory."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape in tensors:
-        size = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    tmp = path.with_suffix(".partial")
-    with open(tmp, "wb") as handle:
-        handle.write(struct.pack("<Q", len(raw)) + raw)
-        for name, shape in tensors:
-            handle.write(data(name, shape))
-    tmp.rename(path)
 
 
 def write_llama7b(folder: Path) -> None:

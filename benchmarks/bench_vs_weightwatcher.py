@@ -54,24 +54,34 @@ def run_measured(cmd: list[str]) -> tuple[float, int]:
     return wall, usage.ru_maxrss * 1024
 
 
-def write_llama_shaped(path: Path, blocks: int) -> None:
-    """bf16 Gaussian weights with LLaMA-7B shapes, written tensor by tensor (never all in memory)."""
-    names = [(f"model.layers.{b}.{k}.weight", shape) for b in range(blocks) for k, shape in LLAMA_SHAPES.items()]
-    header, offset = {}, 0
-    for name, (rows, cols) in names:
-        header[name] = {"dtype": "BF16", "shape": [rows, cols], "data_offsets": [offset, offset + rows * cols * 2]}
-        offset += rows * cols * 2
+def write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...]]], data) -> None:  # type: ignore[no-untyped-def]
+    """bf16 tensors: the header first, then each tensor's bytes from `data(name, shape)`, so that
+    never more than one tensor is in memory."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in tensors:
+        size = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    rng = np.random.default_rng(7)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial")
     with open(tmp, "wb") as handle:
         handle.write(struct.pack("<Q", len(raw)) + raw)
-        for _, (rows, cols) in names:
-            values = rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(0.02)
-            handle.write((values.view(np.uint32) >> 16).astype("<u2").tobytes())
+        for name, shape in tensors:
+            handle.write(data(name, shape))
     tmp.rename(path)
+
+
+def bf16_bytes(values: np.ndarray) -> bytes:
+    return (values.astype(np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+
+
+def write_llama_shaped(path: Path, blocks: int) -> None:
+    """bf16 Gaussian weights with LLaMA-7B shapes, written tensor by tensor (never all in memory)."""
+    names = [(f"model.layers.{b}.{k}.weight", shape) for b in range(blocks) for k, shape in LLAMA_SHAPES.items()]
+    rng = np.random.default_rng(7)
+    write_safetensors(path, names, lambda name, shape: bf16_bytes(rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)))
 
 
 def htmp_cmd(path: Path, *extra: str) -> list[str]:

@@ -115,15 +115,17 @@ def seed_weights() -> dict[str, np.ndarray]:
     }
 
 
-def write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> None:
-    """A safetensors file from (dtype, shape, raw bytes), for dtypes numpy cannot name (BF16)."""
-    header, offset, data = {}, 0, b""
-    for name, (dtype, shape, raw) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
-        offset += len(raw)
-        data += raw
-    text = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+def _fixture_writers():  # type: ignore[no-untyped-def]
+    """fixtures/make_fixtures.py, whose safetensors writer takes dtypes numpy cannot name (BF16)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_fixtures", Path(__file__).resolve().parent.parent / "fixtures" / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FIXTURES = _fixture_writers()
 
 
 def seed_files(folder: Path) -> dict[str, Path]:
@@ -133,13 +135,12 @@ def seed_files(folder: Path) -> dict[str, Path]:
     weights = seed_weights()
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
-    bf16 = (np.random.default_rng(9).standard_normal((12, 18)).astype(np.float32).view(np.uint32) >> 16).astype("<u2")
+    bf16 = FIXTURES.to_bf16_bits(np.random.default_rng(9).standard_normal((12, 18)))
     files["safetensors"] = folder / "seed.safetensors"
-    write_safetensors(files["safetensors"], {
-        **{name: ({"float32": "F32", "float16": "F16", "int64": "I64"}[str(a.dtype)], a.shape, a.tobytes())
-           for name, a in weights.items()},
-        "mid.weight": ("BF16", bf16.shape, bf16.tobytes()),
-    })
+    FIXTURES.write_safetensors(files["safetensors"], [
+        *[(name, {"float32": "F32", "float16": "F16", "int64": "I64"}[str(a.dtype)], a) for name, a in weights.items()],
+        ("mid.weight", "BF16", bf16),
+    ])
     state = {name: torch.from_numpy(a.copy()) for name, a in weights.items()}
     state["mid.weight"] = torch.from_numpy(bf16.view(np.int16).copy()).view(torch.bfloat16)
     files["pytorch-zip"] = folder / "seed.pt"

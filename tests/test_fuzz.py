@@ -147,11 +147,10 @@ INDEX_FORMS = ("file", "file", "file", "loop", "directory", "fifo", "link_out", 
 
 
 def _shard(path: Path, name: str, seed: int) -> None:
-    from fuzzing import write_safetensors
     import numpy as np
+    from fuzzing import FIXTURES
 
-    values = np.random.default_rng(seed).standard_normal((16, 12)).astype(np.float32)
-    write_safetensors(path, {name: ("F32", values.shape, values.tobytes())})
+    FIXTURES.write_safetensors(path, [(name, "F32", np.random.default_rng(seed).standard_normal((16, 12)).astype("<f4"))])
 
 
 def _build_tree(root: Path, weight_map: dict[str, str] | str, index_form: str) -> Path:
