@@ -113,6 +113,8 @@ def _validate_entry(path: Path, name: str, info: object, data_start: int) -> Ten
         raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+    if any(d >= 2**63 for d in shape):  # no framework can make such a tensor, even an empty one
+        raise CheckpointError(f"{where}: shape {shape!r} has a dimension beyond the signed 64-bit range")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
