@@ -23,6 +23,7 @@ from rich.table import Table
 from htmp_cli import __version__
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
+from htmp_cli.outputs import check_writable
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_SCAN_FAILURES = 0, 1, 2, 3
 
@@ -32,6 +33,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are plain: "[analysis]" and "[tool.htmp]" are TOML tables, not rich markup.
+    rich_markup_mode=None,
 )
 
 
@@ -40,6 +43,11 @@ class OutputFormat(str, Enum):
     json = "json"
     csv = "csv"
     md = "md"
+
+
+class ListFormat(str, Enum):
+    table = "table"
+    json = "json"
 
 
 class Precision(str, Enum):
@@ -209,9 +217,14 @@ def _run_guarded(debug: bool, body):  # type: ignore[no-untyped-def]
 @with_analysis_flags
 def analyze(
     analysis: AnalysisOptions,
-    path: str = typer.Argument(..., help=_PATH_HELP),
+    path: str = typer.Argument(..., metavar="PATH", help=_PATH_HELP),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output view."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the output to FILE instead of stdout."),
+    wide: bool = typer.Option(False, "--wide", help="Table: every column, however wide (piped or -o: always)."),
+    columns: Optional[str] = typer.Option(None, "--columns", metavar="NAME,...",
+                                          help="Table: exactly these columns, in this order (names: "
+                                               "name, shape, alpha, kappa, phase, warn, warning, D, tail, reason, "
+                                               "alpha_weighted, log_norm, log_spectral_norm, stable_rank, kind, dtype)."),
     jobs: Optional[int] = _JOBS,
     progress: Optional[bool] = _PROGRESS,
     debug: bool = _DEBUG,
@@ -220,6 +233,20 @@ def analyze(
 
     def body() -> None:
         from htmp_cli.pipeline import analyze as run_analysis
+        from htmp_cli.report.table import parse_columns
+
+        chosen = parse_columns(columns) if columns is not None else None
+        if chosen is not None and format is not OutputFormat.table:
+            raise HtmpError("--columns applies to --format table")
+        if output is not None:
+            check_writable(output, "--output")
+        if _is_report_path(path):
+            # A saved report is shown as saved: nothing to compute, and no option can change it.
+            if analysis != AnalysisOptions():
+                raise HtmpError(f"{path} is a saved report, shown as it was analysed: analysis options apply "
+                                "only to checkpoints")
+            _emit(_read_report(Path(path), "report"), format, output, wide=wide, columns=chosen)
+            return
 
         err_console = Console(stderr=True)
         show_progress = err_console.is_terminal if progress is None else progress
@@ -230,7 +257,7 @@ def analyze(
                 report = run_analysis(path, analysis, listener, jobs=jobs)
         else:
             report = run_analysis(path, analysis, jobs=jobs)
-        _emit(report, format, output)
+        _emit(report, format, output, wide=wide, columns=chosen)
 
     _run_guarded(debug, body)
 
@@ -238,7 +265,7 @@ def analyze(
 @app.command()
 def check(
     ctx: typer.Context,
-    path: str = typer.Argument(..., help=_PATH_HELP + " Or a JSON report written by htmp analyze --format json."),
+    path: str = typer.Argument(..., metavar="PATH", help=_PATH_HELP + " Or a JSON report written by htmp analyze --format json."),
     config: Optional[Path] = typer.Option(None, "--config", help="Rules file (default: htmp.toml or [tool.htmp] in "
                                           "pyproject.toml, searched from the current folder upward)."),
     no_defaults: bool = typer.Option(False, "--no-defaults", help="Leave out the built-in rules (overrides check.defaults)."),
@@ -276,12 +303,19 @@ def check(
                  "precision": precision.value, "fit": fit.value, "device": device.value}
         given = {name: value for name, value in flags.items() if _given(ctx, name)}
         options = AnalysisOptions(**{**gate_config.analysis, **given})
+        for flag, target in ((junit, "--junit"), (summary, "--summary")):
+            if flag is not None:
+                check_writable(flag, target)
         earlier = _read_report(baseline, "--baseline") if baseline is not None else None
         if _is_report_path(path):
-            if given:
-                raise HtmpError(f"{path} is a saved report: analysis options such as --{next(iter(given)).replace('_', '-')} "
-                                "apply only when htmp check analyses a checkpoint")
-            report = _read_report(Path(path), "report")
+            fixed = [name for name in given if name not in gate.SELECTION_OPTIONS]
+            if fixed:
+                raise HtmpError(f"{path} is a saved report: --{fixed[0].replace('_', '-')} applies only when htmp check "
+                                "analyses a checkpoint (the selection options --include, --exclude, --skip-embeddings "
+                                "and --min-dim apply to reports too)")
+            saved = _read_report(Path(path), "report")
+            _note_fixed_options(saved, gate_config.analysis, path)
+            report = gate.select_layers(saved, options)
         else:
             from htmp_cli.pipeline import analyze as run_analysis
             from htmp_cli.report.formats import report_to_dict
@@ -304,6 +338,18 @@ def check(
 
     code = _run_guarded(debug, body)
     raise typer.Exit(code)
+
+
+def _note_fixed_options(saved: dict, configured: dict, path: str) -> None:
+    """A configured option that shapes spectra cannot change a saved report: say so rather than ignore it."""
+    from htmp_cli import gate
+
+    recorded = saved.get("options") or {}
+    for name, value in configured.items():
+        value = value.to_dict() if hasattr(value, "to_dict") else list(value) if isinstance(value, tuple) else value
+        if name not in gate.SELECTION_OPTIONS and name in recorded and recorded[name] != value:
+            typer.echo(f"htmp: note: {path} was analysed with {name} = {recorded[name]!r}; the configured "
+                       f"{value!r} applies only when htmp check analyses a checkpoint", err=True)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -352,17 +398,20 @@ def _parse_thresholds(pairs: list[str]):  # type: ignore[no-untyped-def]
     return PhaseThresholds.from_mapping(values)
 
 
-def _emit(report, format: OutputFormat, output: Optional[Path]) -> None:  # type: ignore[no-untyped-def]
+def _emit(report, format: OutputFormat, output: Optional[Path], wide: bool = False,  # type: ignore[no-untyped-def]
+          columns: Optional[tuple[str, ...]] = None) -> None:
     from htmp_cli.report import formats
 
     if format is OutputFormat.table:
         from htmp_cli.report.table import render_table
 
         if output is None:
-            render_table(report, _stdout_console(piped_width=220))
+            console = _StdoutConsole()
+            # Piped or redirected, the table is complete: nobody's terminal width to fit.
+            render_table(report, console, complete=wide or not console.is_terminal, columns=columns)
         else:
             with _open_output(output) as handle:
-                render_table(report, Console(file=handle, width=200, no_color=True))
+                render_table(report, Console(file=handle, no_color=True), complete=True, columns=columns)
         return
     text = {OutputFormat.json: formats.to_json, OutputFormat.csv: formats.to_csv,
             OutputFormat.md: formats.to_markdown}[format](report)
@@ -382,14 +431,14 @@ def _open_output(output: Path):  # type: ignore[no-untyped-def]
 
 @app.command("ls")
 def list_tensors(
-    path: str = typer.Argument(..., help=_PATH_HELP),
+    path: str = typer.Argument(..., metavar="PATH", help=_PATH_HELP),
     min_dim: int = _MIN_DIM,
     conv: ConvMode = _CONV,
     split_fused: bool = _SPLIT_FUSED,
     skip_embeddings: bool = _SKIP_EMBEDDINGS,
     include: list[str] = _INCLUDE,
     exclude: list[str] = _EXCLUDE,
-    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table or json."),
+    format: ListFormat = typer.Option(ListFormat.table, "--format", "-f", help="Output view."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """List tensors, shapes and dtypes, and what would be analysed or skipped (headers only)."""
@@ -404,7 +453,7 @@ def list_tensors(
         verdict = _ls_verdicts(matrices)
         verdict.update({s.name: f"skip: {s.reason}" for s in skipped})
         rows = [(e.name, list(e.shape), e.dtype, verdict[e.name]) for e in checkpoint.tensors]
-        if format is OutputFormat.json:
+        if format is ListFormat.json:
             sys.stdout.write(json.dumps({
                 "source": {"path": str(checkpoint.path), "format": checkpoint.format,
                            "size_bytes": checkpoint.size_bytes, "fingerprint": checkpoint.fingerprint,
@@ -414,16 +463,19 @@ def list_tensors(
                               "slices": m.slices, "note": m.note} for m in matrices],
             }, indent=2) + "\n")
             return
-        if format is not OutputFormat.table:
-            _fail("htmp ls supports --format table or json")
         table = Table(title=f"{checkpoint.path} ({checkpoint.format}, {checkpoint.size_bytes:,} bytes)",
                       title_justify="left", header_style="bold")
-        for column in ("tensor", "shape", "dtype", "action"):
-            table.add_column(column, overflow="fold")
-        for name, shape, dtype, action in rows:
-            table.add_row(name, "x".join(map(str, shape)) or "scalar", dtype, action,
-                          style="dim" if action.startswith("skip") else None)
         console = _StdoutConsole()
+        cells = [(name, "x".join(map(str, shape)) or "scalar", dtype, action) for name, shape, dtype, action in rows]
+        for k, column in enumerate(("tensor", "shape", "dtype", "action")):
+            # On a terminal long names fold to stay visible; piped, every row stays one line for grep.
+            table.add_column(column, overflow="fold", no_wrap=not console.is_terminal)
+        for name, shape, dtype, action in cells:
+            table.add_row(name, shape, dtype, action, style="dim" if action.startswith("skip") else None)
+        if not console.is_terminal:
+            widest = [max([len(header), *(len(row[k]) for row in cells)]) for k, header in
+                      enumerate(("tensor", "shape", "dtype", "action"))]
+            console.width = max(console.width, sum(widest) + 3 * len(widest) + 1)  # cell padding and rules
         console.print(table)
         for note in checkpoint.notes:
             console.print(f"note: {note}", highlight=False)
@@ -474,7 +526,8 @@ def main() -> None:
             sys.exit(EXIT_USAGE)
         ctx = getattr(err, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        message = " ".join(err.format_message().split())
+        # typer validates through pydantic, whose messages start "Value error, "; the option name says it.
+        message = " ".join(err.format_message().split()).replace("Value error, ", "").rstrip(".")
         typer.echo(f"htmp: error: {message}{hint}", err=True)
         sys.exit(EXIT_USAGE if err.exit_code in (None, 0, 1, 2) else err.exit_code)
     sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -15,16 +15,49 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from htmp_cli.errors import HtmpError
-from htmp_cli.fits.phases import PHASES
+from htmp_cli.fits.phases import PHASE_LABELS
 from htmp_cli.report.fields import LAYER_METRICS
 
 SEVERITIES = ("error", "warning")
+SCOPES = ("all", "hidden")
 CONFIG_FILE = "htmp.toml"
+# The heavy-tailed phase with alpha below 2 (PhaseThresholds.alpha_very_heavy) on an accepted tail:
+# the one meaning of "very heavy-tailed", in `analyze`'s summary and in rules.
+VERY_HEAVY = "very heavy-tailed"
+RULE_PHASES = PHASE_LABELS + (VERY_HEAVY,)
+
+# Hidden layers are those the built-in rules judge. Embeddings and output heads are trained by
+# other signals (token frequencies, the label set) and are often heavy-tailed or random-like in
+# healthy models; an unused pooler stays at its initialisation; a side under HIDDEN_MIN_SIDE gives
+# too few eigenvalues for a tail or a bulk to be evidence.
+HIDDEN_MIN_SIDE = 32
+_POOLER = re.compile(r"(^|[._])pooler([._]|$)", re.IGNORECASE)
+
+
+def layer_role(layer: dict[str, Any]) -> str:
+    """"hidden", or why a layer (in its JSON form) is not: embedding, output head, pooler, tiny."""
+    if layer["kind"] == "embedding":
+        return "embedding"
+    if layer["kind"] == "head":
+        return "output head"
+    if _POOLER.search(layer["name"]):
+        return "pooler"
+    if min(layer["N"], layer["M"]) < HIDDEN_MIN_SIDE:
+        return f"side under {HIDDEN_MIN_SIDE}"
+    return "hidden"
+
+
+def layer_phases(layer: dict[str, Any]) -> tuple[str, ...]:
+    """The phase names a rule can match for a layer: its phase, and "very heavy-tailed" where it is."""
+    phase = layer.get("phase") or {}
+    if not phase:
+        return ()
+    return (phase["phase"], VERY_HEAVY) if phase.get("very_heavy") else (phase["phase"],)
 
 
 class ConfigError(HtmpError):
@@ -48,6 +81,7 @@ class Rule:
     phase: str | None = None
     max_share: float | None = None
     failed: bool = False  # layers whose analysis failed
+    scope: str = "all"  # "hidden": only the layers `layer_role` calls hidden
 
     @property
     def what(self) -> str:
@@ -65,13 +99,20 @@ class Rule:
 DEFAULT_RULES = (
     Rule(name="failed-analysis", failed=True,
          reason="a matrix with NaN or Inf entries, or all zeros, has no spectrum: the checkpoint is broken"),
-    Rule(name="rank-collapse", forbid_phases=("rank-collapse",),
+    Rule(name="rank-collapse", forbid_phases=("rank-collapse",), scope="hidden",
          reason="the layer has lost rank: part of it carries no signal"),
-    Rule(name="random-like", forbid_phases=("random-like",),
+    Rule(name="random-like", forbid_phases=("random-like",), scope="hidden",
          reason="the layer's spectrum is still that of random noise: it looks untrained"),
-    Rule(name="very-heavy-tailed", metric="alpha", min=2.0,
-         reason="alpha below 2: very heavy-tailed, which Martin and Mahoney associate with over-training"),
+    Rule(name="very-heavy-tailed", forbid_phases=(VERY_HEAVY,), scope="hidden", severity="warning",
+         reason="alpha below 2 on a well-fitted tail, which Martin and Mahoney associate with over-training; "
+                "common in the attention projections of healthy language models"),
+    Rule(name="mostly-very-heavy-tailed", phase=VERY_HEAVY, max_share=0.5, scope="hidden",
+         reason="most hidden layers very heavy-tailed: the signature of a diverged run or of fitting noise"),
 )
+# Fails every check, defaults or not: a verdict on no layers would pass anything.
+NOTHING_ANALYSED = Rule(name="nothing-analysed", failed=True,
+                        reason="no matrix was analysed, so no rule could look at any; check the selection "
+                               "(--include, --exclude, --min-dim) or the file")
 
 
 @dataclass(frozen=True)
@@ -127,6 +168,8 @@ class Verdict:
     rules: tuple[Rule | DriftRule, ...]
     violations: tuple[Violation, ...]
     checked_layers: dict[str, int] = field(default_factory=dict)  # rule name -> layers it applied to
+    # rule name -> which layers it looked at, in words ("36 hidden layers; not held to it: 2 embedding")
+    looked_at: dict[str, str] = field(default_factory=dict)
 
     @property
     def errors(self) -> tuple[Violation, ...]:
@@ -144,8 +187,8 @@ class Verdict:
 # --- configuration ------------------------------------------------------------------------------
 
 _RULE_KEYS = {"name", "severity", "reason", "layers", "metric", "summary", "min", "max", "forbid_phases", "phase",
-              "max_share", "failed"}
-_CHECK_KEYS = {"defaults", "rules", "drift"}
+              "max_share", "failed", "scope"}
+_CHECK_KEYS = {"defaults", "defaults_scope", "rules", "drift"}
 _DRIFT_KEYS = {"name", "metric", "max_abs", "max_rel", "severity", "reason", "layers"}
 _TOP_KEYS = {"check", "analysis"}
 
@@ -297,7 +340,11 @@ def rules_from_config(config: dict[str, Any], where: str) -> tuple[Rule, ...]:
     if not isinstance(entries, list):
         raise ConfigError(f"{where}: check.rules must be an array of tables ([[check.rules]])")
     rules = [parse_rule(entry, f"{where}: check.rules[{k}]") for k, entry in enumerate(entries)]
-    return tuple((list(DEFAULT_RULES) if defaults else []) + rules)
+    scope = check.get("defaults_scope", "hidden")
+    if scope not in SCOPES:
+        raise ConfigError(f"{where}: check.defaults_scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    built_in = [r if r.scope == "all" else replace(r, scope=scope) for r in DEFAULT_RULES] if defaults else []
+    return tuple(built_in + rules)
 
 
 def _number(entry: dict, key: str, where: str) -> float | None:
@@ -327,8 +374,11 @@ def parse_rule(entry: object, where: str) -> Rule:
         raise ConfigError(f"{where}.forbid_phases must be a list of phase names")
     phase = _string(entry, "phase", where)
     for p in [*forbid, *([phase] if phase else [])]:
-        if p not in PHASES:
-            raise ConfigError(f"{where}: unknown phase {p!r} (phases: {', '.join(PHASES)})")
+        if p not in RULE_PHASES:
+            raise ConfigError(f"{where}: unknown phase {p!r} (phases: {', '.join(RULE_PHASES)})")
+    scope = _string(entry, "scope", where) or "all"
+    if scope not in SCOPES:
+        raise ConfigError(f"{where}.scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     max_share = _number(entry, "max_share", where)
     if max_share is not None and not 0 <= max_share <= 1:
         raise ConfigError(f"{where}.max_share must lie in [0, 1], got {max_share:g}")
@@ -353,7 +403,7 @@ def parse_rule(entry: object, where: str) -> Rule:
         raise ConfigError(f"{where}: min and max apply only to metric and summary rules")
     return Rule(name=name, severity=severity, reason=_string(entry, "reason", where), layers=layers, metric=metric,
                 summary=summary, min=low, max=high, forbid_phases=tuple(forbid), phase=phase, max_share=max_share,
-                failed=failed)
+                failed=failed, scope=scope)
 
 
 # --- evaluation -----------------------------------------------------------------------------------
@@ -373,10 +423,34 @@ SUMMARY_FIGURES = _summary_figures()
 
 
 def _selected(rule: Rule | DriftRule, layers: list[dict]) -> list[dict]:
-    if rule.layers is None:
-        return layers
-    pattern = re.compile(rule.layers)
-    return [layer for layer in layers if pattern.search(layer["name"])]
+    chosen = layers
+    if rule.layers is not None:
+        pattern = re.compile(rule.layers)
+        chosen = [layer for layer in chosen if pattern.search(layer["name"])]
+    if getattr(rule, "scope", "all") == "hidden":
+        chosen = [layer for layer in chosen if layer_role(layer) == "hidden"]
+    return chosen
+
+
+def _looked_at(rule: Rule, layers: list[dict], chosen: list[dict]) -> str:
+    if rule.summary is not None:
+        return "the model summary"
+    words = f"{len(chosen)} {'hidden ' if rule.scope == 'hidden' else ''}layer{'' if len(chosen) == 1 else 's'}"
+    if rule.layers is not None:
+        words += f" matching {rule.layers!r}"
+    if rule.scope == "hidden":
+        left: dict[str, int] = {}
+        pattern = re.compile(rule.layers) if rule.layers is not None else None
+        for layer in layers:
+            role = layer_role(layer)
+            if role != "hidden" and (pattern is None or pattern.search(layer["name"])):
+                left[role] = left.get(role, 0) + 1
+        if left:
+            # a fixed order (embedding, output head, pooler, tiny), whatever the checkpoint's order
+            order = ["embedding", "output head", "pooler"]
+            ranked = sorted(left.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
+            words += "; not held to it: " + ", ".join(f"{n} {role}" for role, n in ranked)
+    return words
 
 
 def _out_of_bounds(value: float, rule: Rule) -> bool:
@@ -387,21 +461,31 @@ def evaluate(report: dict[str, Any], rules: tuple[Rule, ...]) -> Verdict:
     """Apply rules to a report in its JSON form."""
     violations: list[Violation] = []
     checked: dict[str, int] = {}
+    looked_at: dict[str, str] = {}
     layers = report["layers"]
+    if not layers:
+        skipped = report.get("skipped") or []
+        rules = (NOTHING_ANALYSED, *rules)
+        violations.append(Violation(NOTHING_ANALYSED, None, None,
+                                    f"nothing was checked: no matrix was analysed ({len(skipped)} tensors skipped)"))
     for rule in rules:
+        if rule is NOTHING_ANALYSED:
+            checked[rule.name], looked_at[rule.name] = 0, "the whole checkpoint"
+            continue
         chosen = _selected(rule, layers)
         checked[rule.name] = len(chosen)
+        looked_at[rule.name] = _looked_at(rule, layers, chosen)
         if rule.failed:
             violations += [Violation(rule, layer["name"], layer.get("reason"), f"analysis failed: {layer.get('reason')}")
                            for layer in chosen if layer["status"] != "success"]
         elif rule.forbid_phases:
             for layer in chosen:
-                phase = (layer.get("phase") or {}).get("phase")
-                if phase in rule.forbid_phases:
-                    violations.append(Violation(rule, layer["name"], phase, (layer.get("phase") or {}).get("summary") or phase))
+                hit = next((p for p in layer_phases(layer) if p in rule.forbid_phases), None)
+                if hit is not None:
+                    violations.append(Violation(rule, layer["name"], hit, (layer.get("phase") or {}).get("summary") or hit))
         elif rule.phase is not None:
             ok = [layer for layer in chosen if layer["status"] == "success"]
-            hits = [layer["name"] for layer in ok if (layer.get("phase") or {}).get("phase") == rule.phase]
+            hits = [layer["name"] for layer in ok if rule.phase in layer_phases(layer)]
             share = len(hits) / len(ok) if ok else 0.0
             if share > rule.max_share:
                 violations.append(Violation(rule, None, share, f"{len(hits)} of {len(ok)} layers ({share:.0%}) are "
@@ -416,7 +500,7 @@ def evaluate(report: dict[str, Any], rules: tuple[Rule, ...]) -> Verdict:
             value = SUMMARY_FIGURES[rule.summary](report["summary"])
             if value is not None and _out_of_bounds(float(value), rule):
                 violations.append(Violation(rule, None, float(value), f"{rule.summary} = {float(value):.4g}"))
-    return Verdict(rules=rules, violations=tuple(violations), checked_layers=checked)
+    return Verdict(rules=rules, violations=tuple(violations), checked_layers=checked, looked_at=looked_at)
 
 
 def evaluate_drift(report: dict[str, Any], baseline: dict[str, Any], rules: tuple[DriftRule, ...]) -> Verdict:
@@ -427,17 +511,20 @@ def evaluate_drift(report: dict[str, Any], baseline: dict[str, Any], rules: tupl
         raise HtmpError("the baseline shares no layer names with this checkpoint: not the same architecture")
     violations: list[Violation] = []
     checked: dict[str, int] = {}
+    looked_at: dict[str, str] = {}
     for rule in rules:
         if rule.metric is None:
             appeared = [name for name in new if name not in old]
             vanished = [name for name in old if name not in new]
             checked[rule.name] = len(set(old) | set(new))
+            looked_at[rule.name] = f"{checked[rule.name]} layers of the checkpoint and the baseline"
             violations += [Violation(rule, name, None, "not in the baseline") for name in appeared]
             violations += [Violation(rule, name, None, "in the baseline, not here") for name in vanished]
             continue
         read = LAYER_METRICS[rule.metric]
         common = [layer for layer in _selected(rule, report["layers"]) if layer["name"] in old]
         checked[rule.name] = len(common)
+        looked_at[rule.name] = f"{len(common)} layers in both" + (f" matching {rule.layers!r}" if rule.layers else "")
         for layer in common:
             before = old[layer["name"]]
             a = read(before) if before["status"] == "success" else None
@@ -450,10 +537,85 @@ def evaluate_drift(report: dict[str, Any], baseline: dict[str, Any], rules: tupl
             if too_far:
                 violations.append(Violation(rule, layer["name"], change,
                                             f"{rule.metric} {float(a):.4g} -> {float(b):.4g} ({change:+.4g})"))
-    return Verdict(rules=rules, violations=tuple(violations), checked_layers=checked)
+    return Verdict(rules=rules, violations=tuple(violations), checked_layers=checked, looked_at=looked_at)
 
 
 def combine(*verdicts: Verdict) -> Verdict:
     return Verdict(rules=tuple(r for v in verdicts for r in v.rules),
                    violations=tuple(x for v in verdicts for x in v.violations),
-                   checked_layers={k: n for v in verdicts for k, n in v.checked_layers.items()})
+                   checked_layers={k: n for v in verdicts for k, n in v.checked_layers.items()},
+                   looked_at={k: n for v in verdicts for k, n in v.looked_at.items()})
+
+
+# --- a saved report under a selection ------------------------------------------------------------
+
+# The analysis options that choose layers, and so apply to a saved report as to a checkpoint.
+SELECTION_OPTIONS = ("min_dim", "skip_embeddings", "include", "exclude")
+
+
+def _selection_reason(layer: dict[str, Any], options: Any) -> str | None:
+    tensor = layer.get("tensor") or layer["name"]
+    if options.include and not any(re.search(p, tensor) for p in options.include):
+        return "not matched by --include"
+    hit = next((p for p in options.exclude if re.search(p, tensor)), None)
+    if hit is not None:
+        return f"excluded by --exclude {hit!r}"
+    if options.skip_embeddings and layer["kind"] in ("embedding", "head"):
+        return f"{'embedding' if layer['kind'] == 'embedding' else 'output head'} left out by --skip-embeddings"
+    if min(layer["shape"]) < options.min_dim:
+        return f"smaller than --min-dim {options.min_dim}"
+    return None
+
+
+def select_layers(report: dict[str, Any], options: Any) -> dict[str, Any]:
+    """A saved report as if analysed with `options`' selection (SELECTION_OPTIONS): the layers left
+    out join `skipped` with the reason, and the summary figures rules read are recomputed, so that
+    checking the report gives the verdict that checking the checkpoint gives."""
+    kept, dropped = [], []
+    for layer in report["layers"]:
+        reason = _selection_reason(layer, options)
+        if reason is None:
+            kept.append(layer)
+        else:
+            dropped.append({"name": layer.get("tensor") or layer["name"], "shape": layer["shape"],
+                            "dtype": layer["dtype"], "reason": reason})
+    if not dropped:
+        return report
+    seen: set[str] = set()
+    dropped = [d for d in dropped if not (d["name"] in seen or seen.add(d["name"]))]  # one per tensor
+    skipped = [*report["skipped"], *dropped]
+    return {**report, "layers": kept, "skipped": skipped,
+            "summary": {**report["summary"], **summary_figures(kept, len(skipped))}}
+
+
+def summary_figures(layers: list[dict[str, Any]], n_skipped: int) -> dict[str, Any]:
+    """The counts, means, phases and named layers of a summary, from layers in their JSON form
+    (the definitions of pipeline.summarize)."""
+    ok = [layer for layer in layers if layer["status"] == "success"]
+    fitted = [layer for layer in ok if (layer.get("power_law") or {}).get("status") == "success"]
+
+    def mean(chosen: list[dict[str, Any]], read: Callable[[dict], float | None]) -> float | None:
+        values = [float(v) for v in map(read, chosen) if v is not None and math.isfinite(float(v))]
+        return sum(values) / len(values) if values else None
+
+    means: dict[str, float | None] = {name: mean(fitted, LAYER_METRICS[name])
+                                      for name in ("alpha", "D", "alpha_weighted", "log_alpha_norm")}
+    for name in ("log_norm", "log_spectral_norm", "stable_rank", "entropy", "rank_loss", "log_spread"):
+        means[name] = mean(ok, LAYER_METRICS[name])
+    means["kappa"] = mean(ok, lambda layer: (((layer.get("htmp") or {}).get("direct") or {}).get("kappa")
+                                             if ((layer.get("htmp") or {}).get("direct") or {}).get("status") == "success"
+                                             else None))
+    means["mp_softrank"] = mean(ok, lambda layer: (layer.get("mp") or {}).get("mp_softrank"))
+    kinds: dict[str, int] = {}
+    for layer in layers:
+        kinds[layer["kind"]] = kinds.get(layer["kind"], 0) + 1
+    return {
+        "n_layers": len(layers), "n_failed_layers": len(layers) - len(ok), "n_failed_fits": len(ok) - len(fitted),
+        "n_skipped": n_skipped, "means": means, "kind_counts": kinds,
+        "warning_counts": {label: sum(label in layer["warnings"] for layer in layers)
+                           for label in ("over-trained", "under-trained")},
+        "phase_counts": {phase: sum(layer_phases(layer)[:1] == (phase,) for layer in ok) for phase in PHASE_LABELS},
+        "worrying": {"rank-collapse": [layer["name"] for layer in ok if "rank-collapse" in layer_phases(layer)],
+                     "random-like": [layer["name"] for layer in ok if "random-like" in layer_phases(layer)],
+                     VERY_HEAVY: [layer["name"] for layer in ok if VERY_HEAVY in layer_phases(layer)]},
+    }

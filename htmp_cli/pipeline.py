@@ -21,7 +21,7 @@ from htmp_cli.errors import OptionError
 from htmp_cli.fits.htmp import HTMPFit, fit_htmp
 from htmp_cli.fits.metrics import ScaleMetrics, scale_metrics
 from htmp_cli.fits.mp import MIN_EIGENVALUES, MPFit, fit_mp
-from htmp_cli.fits.phases import PHASES, PhaseResult, classify
+from htmp_cli.fits.phases import PHASE_LABELS, PhaseResult, classify
 from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
 from htmp_cli.loaders import Checkpoint, open_checkpoint
 from htmp_cli.loaders.matrices import MatrixSpec, SkippedTensor, plan_matrices
@@ -272,7 +272,7 @@ def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...
         label: sum(label in layer.warnings for layer in layers) for label in ("over-trained", "under-trained")
     }
     phase_counts = {phase: sum(layer.phase is not None and layer.phase.phase == phase for layer in ok)
-                    for phase in PHASES}
+                    for phase in PHASE_LABELS}
     worrying = {
         "rank-collapse": [layer.name for layer in ok if layer.phase.phase == "rank-collapse"],
         "random-like": [layer.name for layer in ok if layer.phase.phase == "random-like"],

@@ -32,6 +32,15 @@ def _broken(kind: str) -> dict[str, np.ndarray]:
     return {**_healthy(), "layers.3.weight": bad.astype(np.float32)}
 
 
+def _mostly_very_heavy() -> dict[str, np.ndarray]:
+    """Three of four hidden layers very heavy-tailed: what a diverged run looks like."""
+    rng = np.random.default_rng(SEED + 2)
+    tensors = _healthy()
+    for k in (0, 1, 3):
+        tensors[f"layers.{k}.weight"] = (rng.standard_t(1.2, size=(400, 200)) / 20).astype(np.float32)
+    return tensors
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("check")
@@ -40,6 +49,8 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-untyped
     for kind in ("rank-collapse", "random-like", "very-heavy-tailed"):
         paths[kind] = folder / f"{kind}.safetensors"
         save_file(_broken(kind), str(paths[kind]))
+    paths["mostly-very-heavy-tailed"] = folder / "mostly-very-heavy-tailed.safetensors"
+    save_file(_mostly_very_heavy(), str(paths["mostly-very-heavy-tailed"]))
     return paths
 
 
@@ -49,7 +60,21 @@ def test_a_healthy_checkpoint_passes_the_default_rules(checkpoints: dict[str, Pa
     assert "htmp check PASSED" in result.stdout
 
 
-@pytest.mark.parametrize("kind", ["rank-collapse", "random-like", "very-heavy-tailed"])
+def test_one_very_heavy_tailed_layer_is_a_warning_most_of_them_an_error(checkpoints: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    one = run_htmp("check", str(checkpoints["very-heavy-tailed"]), "--junit", str(junit), cwd=tmp_path)
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert "1 warning)" in one.stdout and "very-heavy-tailed (warning, warned)" in one.stdout
+    warned = [c for c in ET.parse(junit).getroot().findall("testcase") if c.find("system-out") is not None]
+    assert [(c.get("classname"), c.get("name")) for c in warned] == [("htmp.very-heavy-tailed", "layers.3.weight")]
+    most = run_htmp("check", str(checkpoints["mostly-very-heavy-tailed"]), cwd=tmp_path)
+    assert most.returncode == 1, most.stdout + most.stderr
+    assert "3 of 4 layers (75%) are very heavy-tailed" in most.stdout
+    assert "mostly-very-heavy-tailed (error, FAILED)" in most.stdout
+
+
+@pytest.mark.parametrize("kind", ["rank-collapse", "random-like"])
 def test_a_broken_layer_fails_the_gate_naming_layer_and_rule(checkpoints: dict[str, Path], tmp_path: Path,
                                                              kind: str) -> None:
     junit = tmp_path / "junit.xml"
@@ -72,8 +97,89 @@ def test_a_saved_report_is_checked_like_the_checkpoint(checkpoints: dict[str, Pa
     from_checkpoint = run_htmp("check", str(checkpoints["random-like"]), cwd=tmp_path)
     assert from_report.returncode == from_checkpoint.returncode == 1
     assert from_report.stdout == from_checkpoint.stdout
-    misused = run_htmp("check", str(report), "--min-dim", "20", cwd=tmp_path)
-    assert misused.returncode == 2 and "is a saved report" in misused.stderr and "--min-dim" in misused.stderr
+    misused = run_htmp("check", str(report), "--precision", "float32", cwd=tmp_path)
+    assert misused.returncode == 2 and "is a saved report" in misused.stderr and "--precision" in misused.stderr
+
+
+def test_very_heavy_tailed_has_one_meaning_in_analyze_and_check(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """The layers analyze's summary names very heavy-tailed are exactly those the rule warns about."""
+    import json
+
+    report = json.loads(run_htmp("analyze", str(checkpoints["mostly-very-heavy-tailed"]), "-f", "json").stdout)
+    named = set(report["summary"]["worrying"]["very heavy-tailed"])
+    junit = tmp_path / "junit.xml"
+    run_htmp("check", str(checkpoints["mostly-very-heavy-tailed"]), "--junit", str(junit), cwd=tmp_path)
+    warned = {c.get("name") for c in ET.parse(junit).getroot().findall("testcase")
+              if c.get("classname") == "htmp.very-heavy-tailed" and c.find("system-out") is not None}
+    assert named == warned == {"layers.0.weight", "layers.1.weight", "layers.3.weight"}
+
+
+def _roles_checkpoint(path: Path) -> None:
+    """Healthy hidden layers beside random-like and rank-collapsed layers the built-in rules do not judge."""
+    rng = np.random.default_rng(SEED + 3)
+    tensors = _healthy()
+    tensors["embeddings.word_embeddings.weight"] = phase_layer("random-like", 1000, 64, rng).astype(np.float32)
+    tensors["pooler.dense.weight"] = phase_layer("random-like", 200, 200, rng).astype(np.float32)
+    # a side under 32, and rank 4 of 20
+    tensors["layers.9.weight"] = (rng.standard_normal((400, 4)) @ rng.standard_normal((4, 20)) / 20).astype(np.float32)
+    save_file(tensors, str(path))
+
+
+def test_embeddings_poolers_and_tiny_layers_are_not_held_to_hidden_rules_unless_asked(tmp_path: Path) -> None:
+    path = tmp_path / "roles.safetensors"
+    _roles_checkpoint(path)
+    result = run_htmp("check", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("random-like (error, held): no layer in phase random-like; 3 hidden layers; not held to it: "
+            "1 embedding, 1 pooler, 1 side under 32") in result.stdout
+    (tmp_path / "htmp.toml").write_text('[check]\ndefaults_scope = "all"\n')
+    junit = tmp_path / "junit.xml"
+    result = run_htmp("check", str(path), "--junit", str(junit), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    failures = {(c.get("classname"), c.get("name")) for c in ET.parse(junit).getroot().findall("testcase")
+                if c.find("failure") is not None}
+    assert failures == {("htmp.random-like", "embeddings.word_embeddings.weight"),
+                        ("htmp.random-like", "pooler.dense.weight"), ("htmp.rank-collapse", "layers.9.weight")}
+    (tmp_path / "htmp.toml").write_text('[[check.rules]]\nname = "pooler"\nforbid_phases = ["random-like"]\n'
+                                        'layers = "pooler"\nscope = "hidden"\n')
+    result = run_htmp("check", str(path), cwd=tmp_path)
+    assert result.returncode == 0 and "0 hidden layers matching 'pooler'; not held to it: 1 pooler" in result.stdout
+
+
+def test_a_check_that_analysed_nothing_fails_saying_so(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    for extra in ((), ("--no-defaults",)):
+        result = run_htmp("check", str(checkpoints["healthy"]), "--include", "no-such-tensor", *extra, cwd=tmp_path)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "nothing was checked: no matrix was analysed (3 tensors skipped)" in result.stdout
+
+
+def test_a_saved_report_gets_the_selection_of_the_configuration(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """analyze to JSON, then check the JSON: the verdict (and summary) of checking the checkpoint."""
+    import json
+
+    from htmp_cli.gate import select_layers
+    from htmp_cli.options import AnalysisOptions
+
+    report = tmp_path / "report.json"
+    assert run_htmp("analyze", str(checkpoints["random-like"]), "-f", "json", "-o", str(report)).returncode == 0
+    (tmp_path / "htmp.toml").write_text('[analysis]\nexclude = ["layers\\\\.3\\\\."]\n')
+    from_report = run_htmp("check", str(report), cwd=tmp_path)
+    from_checkpoint = run_htmp("check", str(checkpoints["random-like"]), cwd=tmp_path)
+    assert from_report.returncode == from_checkpoint.returncode == 0, from_report.stdout
+    assert from_report.stdout == from_checkpoint.stdout
+    flagged = run_htmp("check", str(report), "--exclude", "layers\\.[12]\\.", cwd=tmp_path)  # replaces the configured one
+    assert flagged.returncode == 1 and "layers.3.weight" in flagged.stdout and "2 hidden layers" in flagged.stdout
+    saved = json.loads(report.read_text())
+    fresh = json.loads(run_htmp("analyze", str(checkpoints["random-like"]), "--exclude", "layers\\.[12]\\.",
+                                "-f", "json").stdout)
+    selected = select_layers(saved, AnalysisOptions(exclude=("layers\\.[12]\\.",)))
+    assert [layer["name"] for layer in selected["layers"]] == [layer["name"] for layer in fresh["layers"]]
+    assert selected["skipped"] == fresh["skipped"]
+    for key in ("n_layers", "n_failed_layers", "n_failed_fits", "n_skipped", "warning_counts", "phase_counts",
+                "worrying", "kind_counts"):
+        assert selected["summary"][key] == fresh["summary"][key], key
+    for name, value in fresh["summary"]["means"].items():
+        assert selected["summary"]["means"][name] == pytest.approx(value, rel=1e-12), name
 
 
 def test_configuration_from_pyproject_upward_with_patterns_severity_and_reason(checkpoints: dict[str, Path],
@@ -201,15 +307,23 @@ def test_the_example_configuration_is_valid_and_exercises_every_kind_of_rule() -
     assert config.analysis["exclude"] == ("^pooler\\.",)
 
 
-def test_minilm_trips_the_two_rules_the_docs_explain_and_passes_the_example(minilm_path: Path, tmp_path: Path) -> None:
+def test_minilm_passes_the_built_in_rules_which_say_what_they_left_out(minilm_path: Path, tmp_path: Path) -> None:
+    """A healthy published model passes a first check; the unused pooler and the position
+    embeddings (which the issue found failing) are named as not held to the hidden-layer rules."""
     from tests.conftest import ROOT
 
     junit = tmp_path / "junit.xml"
     result = run_htmp("check", str(minilm_path), "--junit", str(junit), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "36 hidden layers; not held to it: 2 embedding, 1 pooler" in result.stdout
+    assert not [c for c in ET.parse(junit).getroot().findall("testcase") if c.find("failure") is not None]
+    everything = tmp_path / "all"
+    everything.mkdir()
+    (everything / "htmp.toml").write_text('[check]\ndefaults_scope = "all"\n')
+    result = run_htmp("check", str(minilm_path), "--junit", str(junit), cwd=everything)
     assert result.returncode == 1, result.stdout + result.stderr
     failures = {(c.get("classname"), c.get("name")) for c in ET.parse(junit).getroot().findall("testcase")
                 if c.find("failure") is not None}
-    assert failures == {("htmp.random-like", "pooler.dense.weight"),
-                        ("htmp.very-heavy-tailed", "embeddings.position_embeddings.weight")}
+    assert failures == {("htmp.random-like", "pooler.dense.weight")}
     result = run_htmp("check", str(minilm_path), "--config", str(ROOT / "docs" / "htmp.example.toml"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -2,8 +2,10 @@
 
 Rules are tried in order; the first that holds names the phase, and the result keeps the rule and
 the numbers that decided it. Every threshold is a field of `PhaseThresholds` (documented defaults,
-overridable from the command line). A layer no rule claims gets the nearest phase by a stated
-fallback, marked as such.
+overridable from the command line). A layer no rule claims gets the nearest phase where one is
+near by a stated measure (spikes past a gap: bulk+spikes; spikes with no gap: bulk-decay), marked
+as a fallback, and is "unclassified" with its numbers otherwise; never random-like by default, since
+a gate treats random-like as untrained.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ if TYPE_CHECKING:  # the fits import scipy; the options (and `htmp ls`) need onl
     from htmp_cli.fits.powerlaw import PowerLawFit
 
 PHASES = ("random-like", "bleeding-out", "bulk+spikes", "bulk-decay", "heavy-tailed", "rank-collapse")
+# What a layer is called when no rule holds and nothing is near enough to name: its numbers say the rest.
+UNCLASSIFIED = "unclassified"
+PHASE_LABELS = PHASES + (UNCLASSIFIED,)
 
 
 @dataclass(frozen=True)
@@ -130,9 +135,13 @@ def classify(eigenvalues: np.ndarray, M: int, rank_loss: int, power_law: PowerLa
                                         or (kappa is not None and kappa > t.kappa_random) or alpha is None):
         return result("random-like", "MP fits the whole spectrum",
                       f"no spikes, bulk KS {_fmt(mp.ks_bulk)}, alpha {_fmt(alpha)}, kappa {_fmt(kappa)}")
-    # No rule holds: the nearest phase, said to be a fallback.
+    # No rule holds: the nearest phase where the spikes name one, said to be a fallback.
     if n_spikes == 0:
-        return result("random-like", "fallback: no spikes", f"no rule held; no spikes, KS to MP {_fmt(mp.ks_all)}")
+        # No spikes, yet no rule held: the bulk is not MP's (KS) or the tail is not random's (alpha,
+        # kappa). Calling it random-like would call a trained layer untrained.
+        return result(UNCLASSIFIED, "no rule held",
+                      f"no spikes, bulk KS {_fmt(mp.ks_bulk)}, KS to MP {_fmt(mp.ks_all)}, alpha {_fmt(alpha)}, "
+                      f"kappa {_fmt(kappa)}")
     if gap:
         return result("bulk+spikes", "fallback: separated spikes", f"no rule held; {n_spikes} spikes past a gap")
     return result("bulk-decay", "fallback: mass past the edge",

@@ -124,7 +124,43 @@ def _open_file(path: Path) -> Checkpoint:
         return _open_pytorch([path], index=None)
     if path.suffix in PYTORCH_SUFFIXES and not (len(magic) == 9 and magic[8:9] == b"{"):
         raise CheckpointError(f"{path}: neither a PyTorch zip file nor a pickle (starts with {magic[:4]!r})")
+    if not (len(magic) == 9 and magic[8:9] == b"{"):
+        # Every safetensors file starts with its header's length and then "{": this is something else.
+        raise CheckpointError(f"{path}: not a checkpoint htmp reads: {looks_like(path)}. htmp reads safetensors, "
+                              "PyTorch .pt/.pth/.bin/.ckpt, GGUF, shard indexes (.index.json) and folders of them")
     return _open_safetensors([path], index=None)
+
+
+_LOOKS = ((b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5 model?)"), (b"PK", "a zip archive"),
+          (b"\x1f\x8b", "a gzip file"), (b"%PDF", "a PDF document"), (b"\x7fELF", "an executable"),
+          (b"\x93NUMPY", "a NumPy .npy array"), (b"SQLite format 3", "an SQLite database (an htmp scan store?)"))
+
+
+def looks_like(path: Path) -> str:
+    """What a file that is not a checkpoint appears to be, in words, from its first bytes and name."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError as err:
+        return f"it cannot be read ({err.strerror or err})"
+    if not head:
+        return "it is empty"
+    for magic, what in _LOOKS:
+        if head.startswith(magic):
+            return f"it looks like {what}"
+    if path.suffix == ".onnx":
+        return "it looks like an ONNX model"
+    text = head.lstrip()
+    if text[:1] in (b"{", b"["):
+        if b'"schema"' in head and b"htmp.report" in head:
+            return ("it is an htmp report (JSON): htmp check, diff, plot and report read reports; "
+                    "htmp analyze prints one as saved")
+        return "it looks like a JSON file"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"its first bytes are {head[:8]!r}"
+    return "it looks like a text file"
 
 
 def _open_folder(folder: Path) -> Checkpoint:

@@ -136,12 +136,17 @@ def flat_layer_row(layer: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def to_json(report: AnalysisReport) -> str:
-    return json.dumps(report_to_dict(report), indent=2) + "\n"
+def as_dict(report: AnalysisReport | dict[str, Any]) -> dict[str, Any]:
+    """A report in its JSON form: a saved report is one already."""
+    return report if isinstance(report, dict) else report_to_dict(report)
 
 
-def to_csv(report: AnalysisReport) -> str:
-    rows = [flat_layer_row(layer) for layer in report_to_dict(report)["layers"]]
+def to_json(report: AnalysisReport | dict[str, Any]) -> str:
+    return json.dumps(as_dict(report), indent=2) + "\n"
+
+
+def to_csv(report: AnalysisReport | dict[str, Any]) -> str:
+    rows = [flat_layer_row(layer) for layer in as_dict(report)["layers"]]
     out = io.StringIO()
     fieldnames = list(rows[0]) if rows else list(flat_layer_row(_EMPTY_LAYER))
     writer = csv.DictWriter(out, fieldnames=fieldnames, lineterminator="\n")
@@ -164,8 +169,8 @@ def format_number(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def to_markdown(report: AnalysisReport) -> str:
-    data = report_to_dict(report)
+def to_markdown(report: AnalysisReport | dict[str, Any]) -> str:
+    data = as_dict(report)
     lines = [f"# htmp analysis of `{data['source']['path']}`", ""]
     lines.append("| " + " | ".join(label for label, _ in TABLE_COLUMNS) + " |")
     lines.append("|" + "---|" * len(TABLE_COLUMNS))
@@ -202,6 +207,7 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         f"alpha > 6 (under-trained): {s['warning_counts']['under-trained']}",
         "phases: " + ", ".join(f"{name} {count}" for name, count in s["phase_counts"].items()),
         *[f"{label}: {', '.join(names)}" for label, names in s["worrying"].items() if names],
+        *[f"{label}: {', '.join(names)}" for label, names in _failures(data["layers"]).items() if names],
         *[_group_line(group) for group in s.get("expert_groups") or []],
         *[f"{layer['name']}: {layer['note']}" for layer in data["layers"]
           if (layer.get("note") or "").startswith("--split-fused")],
@@ -209,6 +215,14 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         + (f" (read, eigen and fit summed over {s['workers']} worker processes)" if s.get("workers", 1) > 1 else ""),
     ]
     return lines
+
+
+def _failures(layers: list[dict[str, Any]]) -> dict[str, list[str]]:
+    return {
+        "failed layers": [layer["name"] for layer in layers if layer["status"] != "success"],
+        "failed tail fits": [layer["name"] for layer in layers if layer["status"] == "success"
+                             and (layer.get("power_law") or {}).get("status") == "failed"],
+    }
 
 
 def _group_line(group: dict[str, Any]) -> str:

@@ -1,14 +1,154 @@
-"""The terminal view: a rich table of layers, the model summary, and the skipped tensors."""
+"""The terminal view: a table of layers laid out for the width it lands in, the model summary, and
+the skipped tensors.
+
+On a terminal the table keeps, for every row, the layer name (shortened in the middle if it must
+be), its shape, alpha, kappa, the phase and a warning marker; other columns join in order of
+importance while they fit, and the table names the ones left out. No cell is ever cut: a number is
+shown whole or its column is left out. Written to a file or a pipe, the table is complete.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from htmp_cli.pipeline import AnalysisReport
-from htmp_cli.report.formats import TABLE_COLUMNS, flat_layer_row, format_number, report_to_dict, summary_lines
+from htmp_cli.report.formats import as_dict, flat_layer_row, format_number, summary_lines
 
-_NUMERIC = {"alpha", "D", "tail_size", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"}
+ELLIPSIS = "…"
+MIN_NAME_WIDTH = 16  # a shortened name still shows its start and its end
+_PADDING = 2  # spaces between two columns
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # the --columns name
+    label: str
+    numeric: bool
+    meaning: str  # shown by `htmp analyze --help`-style listings and in the errors naming columns
+
+
+# In order of importance: the first six are on every row; the others join while they fit.
+COLUMNS = (
+    Column("name", "name", False, "layer name"),
+    Column("shape", "shape", False, "N x M (x slices for pooled conv kernels)"),
+    Column("alpha", "alpha", True, "power-law exponent of the tail"),
+    Column("kappa", "kappa", False, "HTMP kappa of the better orientation (dir or inv)"),
+    Column("phase", "phase", False, "phase of training"),
+    Column("warn", "!", False, "warning marker (the warning column says which)"),
+    Column("warning", "warning", False, "warnings and failures in words"),
+    Column("D", "D", True, "KS distance of the tail fit"),
+    Column("tail", "tail", True, "eigenvalues in the fitted tail"),
+    Column("reason", "reason", False, "the numbers that decided the phase"),
+    Column("alpha_weighted", "alpha_weighted", True, "alpha x log10 lambda_max"),
+    Column("log_norm", "log_norm", True, "log10 Frobenius norm squared"),
+    Column("log_spectral_norm", "log_spectral_norm", True, "log10 lambda_max"),
+    Column("stable_rank", "stable_rank", True, "Frobenius norm squared over lambda_max"),
+    Column("kind", "kind", False, "layer kind: linear, attention, embedding, head, conv, ..."),
+    Column("dtype", "dtype", False, "stored dtype (GGUF quantisation type)"),
+)
+COLUMN_NAMES = tuple(c.key for c in COLUMNS)
+REQUIRED = ("name", "shape", "alpha", "kappa", "phase", "warn")
+_BY_KEY = {c.key: c for c in COLUMNS}
+
+
+def parse_columns(text: str) -> tuple[str, ...]:
+    """`--columns name,alpha,phase` -> the column keys, in the order given; unknown names are an error."""
+    from htmp_cli.errors import OptionError
+
+    keys = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [k for k in keys if k not in _BY_KEY]
+    if unknown:
+        raise OptionError(f"--columns {text!r}: unknown column {unknown[0]!r} (columns: {', '.join(COLUMN_NAMES)})")
+    if not keys:
+        raise OptionError(f"--columns {text!r}: no column named (columns: {', '.join(COLUMN_NAMES)})")
+    return keys
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """`text` in at most `width` characters, its middle replaced by an ellipsis if it must be."""
+    if len(text) <= width:
+        return text
+    if width < 3:
+        return text[:width]
+    keep = width - 1
+    head = (keep + 1) // 2
+    return text[:head] + ELLIPSIS + text[len(text) - (keep - head):]
+
+
+def _phase_parts(summary: str | None) -> tuple[str, str]:
+    """A phase summary "heavy-tailed: alpha 2.58, ..." split into its label and its reason."""
+    if not summary:
+        return "-", "-"
+    label, _, reason = summary.partition(": ")
+    return label, reason or "-"
+
+
+def _cells(layer: dict[str, Any]) -> dict[str, str]:
+    row = flat_layer_row(layer)
+    phase, reason = _phase_parts(row["phase"])
+    warning = row["warning"] or ""
+    marker = "x" if layer["status"] != "success" or row["fit_status"] == "failed" else ("!" if warning else "")
+    cells = {
+        "name": row["name"], "shape": row["shape"], "phase": phase, "reason": reason, "warn": marker,
+        "warning": warning or "-", "tail": format_number(row["tail_size"]), "kind": row["kind"], "dtype": row["dtype"],
+    }
+    for key in ("alpha", "kappa", "D", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
+        cells[key] = format_number(row[key])
+    return cells
+
+
+def _width(key: str, cells: Sequence[dict[str, str]]) -> int:
+    return max([len(_BY_KEY[key].label), *(len(c[key]) for c in cells)])
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which columns are shown, how wide the name column is, and what was left out."""
+
+    columns: tuple[str, ...]
+    name_width: int
+    left_out: tuple[str, ...]
+
+    def total(self, widths: dict[str, int]) -> int:
+        return sum(self.name_width if k == "name" else widths[k] for k in self.columns) + _PADDING * (len(self.columns) - 1)
+
+
+def plan_layout(cells: Sequence[dict[str, str]], width: int | None, chosen: Sequence[str] | None = None) -> Layout:
+    """The columns for a table `width` characters wide (None: unbounded, every column).
+
+    `chosen` (from --columns) fixes the columns; otherwise the required ones come first, the name
+    gets its full width if it fits, and the others join in order while they fit. The marker column
+    gives way to the warning column when that fits, since it says the same in words."""
+    widths = {c.key: _width(c.key, cells) for c in COLUMNS}
+    if chosen is not None:
+        columns = tuple(chosen)
+        name_width = widths["name"]
+        if width is not None and "name" in columns:
+            rest = sum(widths[k] for k in columns if k != "name") + _PADDING * (len(columns) - 1)
+            name_width = max(min(widths["name"], width - rest), min(MIN_NAME_WIDTH, widths["name"]))
+        return Layout(columns, name_width, ())
+    if width is None:
+        return Layout(tuple(k for k in COLUMN_NAMES if k != "warn"), widths["name"], ())
+    columns = list(REQUIRED)
+    base = Layout(tuple(columns), 0, ())
+    room = width - base.total(widths)
+    name_width = max(min(widths["name"], room), min(MIN_NAME_WIDTH, widths["name"]))
+    left_out = []
+    for key in COLUMN_NAMES[len(REQUIRED):]:
+        trial = columns + [key]
+        if key == "warning":
+            trial.remove("warn")
+        if Layout(tuple(trial), name_width, ()).total(widths) <= width:
+            columns = trial
+        else:
+            left_out.append(key)
+    return Layout(tuple(columns), name_width, tuple(left_out))
 
 
 def _alpha_style(alpha: float | None) -> str:
@@ -21,35 +161,58 @@ def _alpha_style(alpha: float | None) -> str:
     return ""
 
 
-def render_table(report: AnalysisReport, console: Console) -> None:
-    data = report_to_dict(report)
-    table = Table(title=f"htmp: {data['source']['path']}", title_justify="left", header_style="bold")
-    rows = [flat_layer_row(layer) for layer in data["layers"]]
-    for label, key in TABLE_COLUMNS:
-        # Names and phase reasons fold only past a readable width; numbers never wrap.
-        longest = max((len(str(row[key] or "")) for row in rows), default=0)
-        min_width = min(longest, 48 if key == "name" else 40) if key in ("name", "phase") else None
-        table.add_column(label, justify="right" if key in _NUMERIC else "left", min_width=min_width,
-                         overflow="fold", no_wrap=key not in ("name", "warning", "phase"))
-    for layer, row in zip(data["layers"], rows):
-        cells = [format_number(row[key]) for _, key in TABLE_COLUMNS]
-        style = "red" if layer["status"] != "success" else _alpha_style(row["alpha"])
-        table.add_row(*cells, style=style or None)
+def layer_table(data: dict[str, Any], width: int | None, chosen: Sequence[str] | None = None) -> tuple[Table, Layout]:
+    """The layer table of a report (its JSON form) for a given width, and the layout it used."""
+    cells = [_cells(layer) for layer in data["layers"]]
+    layout = plan_layout(cells, width, chosen)
+    table = Table(title=f"htmp: {data['source']['path']}", title_justify="left", header_style="bold",
+                  box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1), pad_edge=False, show_edge=False)
+    widths = {c.key: _width(c.key, cells) for c in COLUMNS}
+    for key in layout.columns:
+        column = _BY_KEY[key]
+        # Every column exactly as wide as its widest cell: nothing for rich to cut or fold.
+        table.add_column(column.label, justify="right" if column.numeric else "left",
+                         width=layout.name_width if key == "name" else widths[key], no_wrap=True)
+    for layer, row in zip(data["layers"], cells):
+        style = "red" if layer["status"] != "success" else _alpha_style((layer.get("power_law") or {}).get("alpha"))
+        table.add_row(*[shorten_middle(row[key], layout.name_width) if key == "name" else row[key]
+                        for key in layout.columns], style=style or None)
+    return table, layout
+
+
+def render_table(report: AnalysisReport | dict[str, Any], console: Console, *, complete: bool = False,
+                 columns: Sequence[str] | None = None) -> None:
+    """Print the layer table, the summary and the skipped tensors.
+
+    complete: every column, however wide (files, pipes and --wide); otherwise the console's width
+    decides which columns fit. columns: exactly these columns (--columns)."""
+    data = as_dict(report)
+    table, layout = layer_table(data, None if complete else console.width, columns)
+    if complete or columns is not None:
+        # The table is as wide as it needs: the console must not fold it.
+        cells = [_cells(layer) for layer in data["layers"]]
+        widths = {c.key: _width(c.key, cells) for c in COLUMNS}
+        console.width = max(console.width, layout.total(widths) + 1)
     console.print(table)
+    if layout.left_out:
+        console.print(f"(columns left out to fit {console.width}: {', '.join(layout.left_out)}; "
+                      "--wide shows every column, --columns NAME,... chooses them)", highlight=False, style="dim")
+    if "warn" in layout.columns and any(_cells(layer)["warn"] for layer in data["layers"]):
+        console.print("(! a warning, x a failure: the warning column says which)", highlight=False, style="dim")
     console.print("[bold]Summary[/bold]")
     for line in summary_lines(data):
         console.print(f"  {line}", highlight=False)
     if data["skipped"]:
-        # Grouped by reason: a BERT has dozens of biases and norm scales, one line each would bury the rest.
-        by_reason: dict[str, list[str]] = {}
-        for s in data["skipped"]:
-            shape = "x".join(str(d) for d in s["shape"]) or "scalar"
-            by_reason.setdefault(s["reason"], []).append(f"{s['name']} ({shape} {s['dtype']})")
-        skipped = Table(title=f"Skipped tensors ({len(data['skipped'])})", title_justify="left",
-                        header_style="bold")
-        skipped.add_column("reason", overflow="fold", ratio=1)
-        skipped.add_column("count", justify="right", no_wrap=True)
-        skipped.add_column("tensors", overflow="fold", ratio=3, style="dim")
-        for reason, names in by_reason.items():
-            skipped.add_row(reason, str(len(names)), ", ".join(names))
-        console.print(skipped)
+        _print_skipped(data["skipped"], console)
+
+
+def _print_skipped(skipped_tensors: list[dict[str, Any]], console: Console) -> None:
+    # Grouped by reason: a BERT has dozens of biases and norm scales, one line each would bury the rest.
+    by_reason: dict[str, list[str]] = {}
+    for s in skipped_tensors:
+        shape = "x".join(str(d) for d in s["shape"]) or "scalar"
+        by_reason.setdefault(s["reason"], []).append(f"{s['name']} ({shape} {s['dtype']})")
+    console.print(f"[bold]Skipped tensors ({len(skipped_tensors)})[/bold]")
+    for reason, names in by_reason.items():
+        # Word-wrapped lines, never a name cut in two: `grep` on the output finds every tensor.
+        console.print(Text(f"  {reason} ({len(names)}): ", style="bold") + Text(", ".join(names), style="dim"))

@@ -21,8 +21,12 @@ def headline(verdict: Verdict, source: str) -> str:
     failed = sum(1 for v in _by_rule(verdict).values() if v and v[0].rule.severity == "error")
     warned = sum(1 for v in _by_rule(verdict).values() if v and v[0].rule.severity == "warning")
     state = "PASSED" if verdict.passed else "FAILED"
-    return (f"htmp check {state}: {source}: {len(verdict.rules)} rules, {failed} failed, {warned} with warnings "
-            f"({len(verdict.errors)} errors, {len(verdict.warnings)} warnings)")
+    return (f"htmp check {state}: {source}: {_count(len(verdict.rules), 'rule')}, {failed} failed, {warned} with warnings "
+            f"({_count(len(verdict.errors), 'error')}, {_count(len(verdict.warnings), 'warning')})")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def render_verdict(verdict: Verdict, source: str, console: Console) -> None:
@@ -35,6 +39,12 @@ def render_verdict(verdict: Verdict, source: str, console: Console) -> None:
             table.add_row(rule.severity, f"{rule.name}: {rule.what}", violation.layer or "(model)", violation.message,
                           rule.reason or "", style="red" if rule.severity == "error" else "yellow")
         console.print(table)
+    console.print("Rules, and the layers each looked at:", highlight=False)
+    fired = {v.rule.name for v in verdict.violations}
+    for rule in verdict.rules:
+        state = ("FAILED" if rule.severity == "error" else "warned") if rule.name in fired else "held"
+        console.print(f"  {rule.name} ({rule.severity}, {state}): {rule.what}; "
+                      f"{verdict.looked_at.get(rule.name, '')}", highlight=False)
     style = "bold green" if verdict.passed else "bold red"
     console.print(f"[{style}]{headline(verdict, source)}[/{style}]", highlight=False)
 

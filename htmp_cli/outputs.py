@@ -1,0 +1,31 @@
+"""Output paths checked before any work: an analysis of hours must not end in "cannot write"."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from htmp_cli.errors import HtmpError
+
+
+def check_writable(path: Path, flag: str, folder: bool = False) -> None:
+    """Raise HtmpError naming `flag` unless `path` can be written (its folder exists and is writable).
+
+    folder: the path is a folder the command creates or fills, rather than a file."""
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise HtmpError(f"{flag} {path}: exists and is not a folder")
+        target = path if path.is_dir() else path.parent
+    else:
+        if path.is_dir():
+            raise HtmpError(f"{flag} {path}: is a folder, expected a file name")
+        target = path.parent
+    target = target if str(target) else Path(".")
+    if not target.exists():
+        raise HtmpError(f"{flag} {path}: the folder {target} does not exist")
+    if not target.is_dir():
+        raise HtmpError(f"{flag} {path}: {target} is not a folder")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise HtmpError(f"{flag} {path}: the folder {target} is not writable")
+    if not folder and path.exists() and not os.access(path, os.W_OK):
+        raise HtmpError(f"{flag} {path}: the file is not writable")
