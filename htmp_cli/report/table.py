@@ -2,7 +2,7 @@
 the skipped tensors.
 
 On a terminal the table keeps, for every row, the layer name (shortened in the middle if it must
-be), its shape, alpha, kappa, the phase and a warning marker; other columns join in order of
+be, its leading parts abbreviated first), its shape, alpha, kappa, the phase and a warning marker; other columns join in order of
 importance while they fit, and the table names the ones left out. No cell is ever cut: a number is
 shown whole or its column is left out. Written to a file or a pipe, the table is complete.
 """
@@ -21,7 +21,7 @@ from htmp_cli.pipeline import AnalysisReport
 from htmp_cli.report.formats import as_dict, flat_layer_row, format_number, summary_lines
 
 ELLIPSIS = "…"
-MIN_NAME_WIDTH = 16  # a shortened name still shows its start and its end
+MIN_NAME_WIDTH = 16  # a shortened name still shows its block number and its last parts
 _PADDING = 2  # spaces between two columns
 
 
@@ -68,6 +68,22 @@ def parse_columns(text: str) -> tuple[str, ...]:
     if not keys:
         raise OptionError(f"--columns {text!r}: no column named (columns: {', '.join(COLUMN_NAMES)})")
     return keys
+
+
+def shorten_name(name: str, width: int) -> str:
+    """A layer name in at most `width` characters that still tells layers apart: the dotted parts
+    from the left are cut to their first letter (numbers kept: they say which block), and only if
+    that is not enough does the middle give way to an ellipsis."""
+    if len(name) <= width:
+        return name
+    parts = name.split(".")
+    for k in range(len(parts) - 1):
+        excess = len(".".join(parts)) - width
+        if excess <= 0:
+            break
+        if not parts[k].isdigit():
+            parts[k] = parts[k][:max(1, len(parts[k]) - excess)]
+    return shorten_middle(".".join(parts), width)
 
 
 def shorten_middle(text: str, width: int) -> str:
@@ -175,7 +191,7 @@ def layer_table(data: dict[str, Any], width: int | None, chosen: Sequence[str] |
                          width=layout.name_width if key == "name" else widths[key], no_wrap=True)
     for layer, row in zip(data["layers"], cells):
         style = "red" if layer["status"] != "success" else _alpha_style((layer.get("power_law") or {}).get("alpha"))
-        table.add_row(*[shorten_middle(row[key], layout.name_width) if key == "name" else row[key]
+        table.add_row(*[shorten_name(row[key], layout.name_width) if key == "name" else row[key]
                         for key in layout.columns], style=style or None)
     return table, layout
 
