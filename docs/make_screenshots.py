@@ -35,7 +35,7 @@ def main() -> None:
                        check=True)
         (IMG / "minilm-esd.png").write_bytes(next(plots.glob("esd-*.png")).read_bytes())
         (IMG / "minilm-overview.png").write_bytes((plots / "overview.png").read_bytes())
-        with Browser(Path(scratch) / "profile", width=1300, height=1100) as browser:
+        with Browser(Path(scratch) / "profile", width=1280, height=1100) as browser:
             browser.open(page.as_uri())
             browser.settle()
             browser.screenshot(IMG / "minilm-report.png")

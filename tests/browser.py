@@ -30,13 +30,15 @@ class Browser:
         if binary is None:
             raise RuntimeError("no Chromium found (apt-get install chromium); the HTML report test needs a real browser")
         profile.mkdir(parents=True, exist_ok=True)
+        port_file = profile / "DevToolsActivePort"
+        # A profile used before still holds the last run's port: waiting for the file would find that one.
+        port_file.unlink(missing_ok=True)
         self._process = subprocess.Popen(
             [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
              "--disable-background-networking", "--disable-sync", "--disable-component-update",
              "--remote-allow-origins=*", "--remote-debugging-port=0", f"--user-data-dir={profile}",
              f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
         while not (port_file.is_file() and port_file.read_text().strip()):
             if time.monotonic() > deadline or self._process.poll() is not None:

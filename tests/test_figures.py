@@ -8,6 +8,8 @@ import itertools
 import json
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,8 @@ from htmp_cli.fits import htmp as htmp_law
 from htmp_cli.fits.phases import PHASES
 from htmp_cli.pipeline import analyze
 from htmp_cli.report import plots
-from htmp_cli.report.formats import report_to_dict
+from htmp_cli.report.formats import TABLE_COLUMNS, report_to_dict
+from htmp_cli.report.html import analysis_html, scan_html, scoped_ids
 from htmp_cli.synthetic import phase_layer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -45,11 +48,19 @@ def analysed(phases_checkpoint: Path):  # type: ignore[no-untyped-def]
 
 
 def _texts(fig) -> list:  # type: ignore[no-untyped-def]
-    fig.canvas.draw()
+    plots.draw(fig)
     from matplotlib.text import Text
 
     unique = {id(t): t for t in fig.findobj(Text)}  # a legend's texts are found through the legend and its axes
-    return [t for t in unique.values() if t.get_visible() and t.get_text().strip()]
+    # Ticks past the view limits keep their labels (visible, but never drawn), wherever they fall.
+    undrawn = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not lo - 1e-9 * abs(hi - lo) <= tick.get_loc() <= hi + 1e-9 * abs(hi - lo):
+                    undrawn |= {id(tick.label1), id(tick.label2)}
+    return [t for key, t in unique.items() if key not in undrawn and t.get_visible() and t.get_text().strip()]
 
 
 def _overlapping_texts(fig) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -81,13 +92,26 @@ def test_every_phase_gets_an_esd_figure_with_its_fits_and_markers(analysed, tmp_
         assert by_gid["xmin"].get_xdata()[0] == pytest.approx(layer["power_law"]["xmin"])
         assert by_gid["mp-edge"].get_xdata()[0] == pytest.approx(layer["mp"]["lambda_plus"])
         png, svg = tmp_path / f"{layer['name']}.png", tmp_path / f"{layer['name']}.svg"
-        fig.savefig(png)
-        fig.savefig(svg)
-        plots._pyplot().close(fig)
+        plots.save(fig, png)
+        plots.save(fig, svg)
         assert png.read_bytes()[:8] == PNG_MAGIC
         root = ET.parse(svg).getroot()
         assert root.tag == "{http://www.w3.org/2000/svg}svg"
         assert {"power-law", "htmp", "mp", "xmin", "mp-edge"} <= {e.get("id") for e in root.iter()}
+    # In a page, each figure's ids carry its prefix, and so does every reference to one.
+    markup = plots.svg_markup(fig)
+    assert _id_references(markup)  # clip paths and markers: the check below is not vacuous
+    scoped = scoped_ids(markup, "esd-5-")
+    ids = [e.get("id") for e in ET.fromstring(scoped).iter() if e.get("id") is not None]
+    assert ids and all(i.startswith("esd-5-") for i in ids) and len(ids) == len(set(ids))
+    assert {"esd-5-power-law", "esd-5-htmp", "esd-5-mp", "esd-5-xmin", "esd-5-mp-edge"} <= set(ids)
+    assert set(_id_references(scoped)) <= set(ids)
+    assert scoped.replace("esd-5-", "") == markup  # nothing else changed
+
+
+def _id_references(svg: str) -> list[str]:
+    """The ids an SVG refers to: url(#...) in attributes and styles, and href / xlink:href="#..."."""
+    return re.findall(r"url\(#([^)]+)\)", svg) + re.findall(r'href="#([^"]+)"', svg)
 
 
 def test_the_overview_draws_alpha_and_kappa_per_layer_with_the_bands(analysed) -> None:  # type: ignore[no-untyped-def]
@@ -100,23 +124,75 @@ def test_the_overview_draws_alpha_and_kappa_per_layer_with_the_bands(analysed) -
     for point in alpha_points:
         k = int(point.get_gid().split("-")[1])
         assert point.get_offsets()[0][0] == k and point.get_offsets()[0][1] == pytest.approx(data["layers"][k]["power_law"]["alpha"])
-    assert {line.get_gid() for line in left.lines} >= {"alpha-2", "alpha-6"}
+    # The lines' ids differ from the points' (alpha-K for layer K): ids must be unique in an SVG.
+    assert {line.get_gid() for line in left.lines} >= {"alpha-line-2", "alpha-line-6"}
     assert right.get_yscale() == "log" and "kappa" in right.get_ylabel() and "alpha" in left.get_ylabel()
     legend = {t.get_text() for t in fig.legends[0].get_texts()}
     assert legend == {layer["phase"]["phase"] for layer in data["layers"]} | {
         "alpha = 2 (below: very heavy-tailed)", "alpha = 6 (above: under-trained)"}
     assert [t.get_text() for t in left.get_xticklabels()] == [layer["name"] for layer in data["layers"]]
     assert not _overlapping_texts(fig), _overlapping_texts(fig)
-    plots._pyplot().close(fig)
+
+
+def _inside(box, outer) -> bool:  # type: ignore[no-untyped-def]
+    return outer.x0 <= box.x0 and box.x1 <= outer.x1 and outer.y0 <= box.y0 and box.y1 <= outer.y1
+
+
+@pytest.mark.parametrize("layout", ["edges", "crowd"])
+def test_scatter_names_stay_inside_the_figure_and_apart(layout: str) -> None:
+    if layout == "edges":
+        # Corners and edges, where a name to the right of (or above) its point would leave the axes.
+        x, y = [0.0, 10.0, 0.0, 10.0, 5.0, 10.0, 5.0], [0.0, 0.0, 1.0, 1.0, 0.5, 0.5, 1.0]
+        names = ["run-bottom-left-0001", "run-bottom-right-0002", "run-top-left-0003", "run-top-right-0004",
+                 "run-middle-0005", "run-right-edge-0006", "run-top-edge-0007"]
+    else:
+        rng = np.random.default_rng(4)
+        x, y = list(rng.normal(size=40)), list(rng.normal(size=40))
+        names = [f"checkpoint-{k:03d}" for k in range(40)]
+    fig = plots.correlation_figure(x, y, names, "alpha", "accuracy", 0.5, 0.4)
+    ax = fig.axes[0]
+    texts = _texts(fig)
+    renderer = fig.canvas.get_renderer()
+    placed = [t for t in ax.texts if t.get_visible()]
+    assert {t.get_text() for t in placed} <= set(names)
+    if layout == "edges":
+        assert sorted(t.get_text() for t in placed) == sorted(names)  # room for every name: none is dropped
+    else:
+        assert len(placed) >= 10
+    for text in texts:
+        assert _inside(text.get_window_extent(renderer), fig.bbox), text.get_text()
+    for text in placed:
+        assert _inside(text.get_window_extent(renderer), ax.get_window_extent(renderer)), text.get_text()
+    assert not _overlapping_texts(fig), _overlapping_texts(fig)
 
 
 def test_styles_survive_greyscale_and_colour_blindness() -> None:
     # Okabe-Ito colours, and a distinct marker per phase and line style per curve, so that
     # neither colour vision nor a greyscale printer is needed to tell them apart.
     okabe_ito = {"#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"}
-    assert set(plots.PHASE_STYLE) == set(PHASES)
-    assert {colour for colour, _ in plots.PHASE_STYLE.values()} <= okabe_ito
-    assert len({marker for _, marker in plots.PHASE_STYLE.values()}) == len(PHASES)
+    styles = [*plots.PHASE_STYLE.values(), plots.FAILED_STYLE]
+    assert set(PHASES) <= set(plots.PHASE_STYLE)
+    assert {colour for colour, _ in styles} <= okabe_ito
+    assert len({colour for colour, _ in styles}) == len({marker for _, marker in styles}) == len(styles)
+
+
+def test_figures_leave_the_callers_matplotlib_settings_alone(analysed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    data, spectra = analysed
+    with matplotlib.rc_context({"font.size": 13.0, "svg.fonttype": "path", "svg.hashsalt": None}):
+        before = {key: matplotlib.rcParams[key] for key in ("font.size", "axes.titlesize", "svg.fonttype", "svg.hashsalt")}
+        figures = plt.get_fignums()
+        fig = plots.esd_figure(data["layers"][0], spectra[0])
+        plots.save(fig, tmp_path / "esd.png")
+        svg = plots.svg_markup(fig)
+        scatter = plots.correlation_figure([1.0, 2.0, 3.0], [3.0, 1.0, 2.0], ["a", "b", "c"], "alpha", "acc", 0.5, 0.3)
+        assert {key: matplotlib.rcParams[key] for key in before} == before
+        assert plt.get_fignums() == figures  # no figure was left in (or taken from) pyplot's list
+        # Our style still holds inside the figures: 9-point text, text kept as text in the SVG.
+        assert fig.axes[0].xaxis.label.get_fontsize() == 9 and scatter.axes[0].yaxis.label.get_fontsize() == 9
+        assert "<text" in svg and "<path id=\"DejaVuSans" not in svg
 
 
 @pytest.mark.parametrize("gamma", [0.25, 0.5, 1.0])
@@ -168,6 +244,50 @@ def _chromium() -> str:
     return path
 
 
+class _IdCounter(HTMLParser):
+    """Every id attribute of a page, template contents included (the parser does not know templates)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: Counter[str] = Counter()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.ids.update(value for name, value in attrs if name == "id" and value is not None)
+
+
+def _duplicate_ids(html: str) -> dict[str, int]:
+    counter = _IdCounter()
+    counter.feed(html)
+    assert counter.ids  # the parser saw the page
+    return {name: n for name, n in counter.ids.items() if n > 1}
+
+
+# In the page: ids held by more than one element, and references (url(#...), href="#...") inside an
+# SVG that resolve to nothing or to an element of another figure. With how many references there were.
+_DUPLICATE_IDS_JS = """(() => { const seen = {};
+  document.querySelectorAll('[id]').forEach(e => { seen[e.id] = (seen[e.id] || 0) + 1; });
+  return Object.keys(seen).filter(k => seen[k] > 1); })()"""
+_BROKEN_REFERENCES_JS = """(() => { const broken = []; let n = 0;
+  document.querySelectorAll('svg *').forEach(el => {
+    for (const a of el.attributes) {
+      const refs = Array.from(a.value.matchAll(/url\\(#([^)]+)\\)/g), m => m[1]);
+      if ((a.name === 'href' || a.name === 'xlink:href') && a.value.startsWith('#')) { refs.push(a.value.slice(1)); }
+      for (const id of refs) {
+        n += 1;
+        const target = document.getElementById(id);
+        if (!target || !el.closest('svg').contains(target)) { broken.push(id); }
+      }
+    }
+  });
+  return {references: n, broken: broken}; })()"""
+# The panel is emptied first: it holds a copy of the figure it shows, which is its template's own.
+_OPEN_EVERY_TEMPLATE_JS = """(() => { document.querySelector('#figure-panel .figure').innerHTML = '';
+  const host = document.createElement('div'); host.id = 'every-template';
+  document.body.appendChild(host);
+  document.querySelectorAll('template').forEach(t => host.appendChild(t.content.cloneNode(true)));
+  return host.querySelectorAll('svg').length; })()"""
+
+
 def _report(checkpoint: Path, out: Path) -> Path:
     result = run_htmp("report", str(checkpoint), "-o", str(out))
     assert result.returncode == 0, result.stderr
@@ -200,9 +320,97 @@ def test_the_html_report_sorts_filters_and_shows_figures_in_a_real_browser(phase
         assert browser.evaluate("document.getElementById('figure-panel').hidden") is False
         figure_text = browser.evaluate("document.querySelector('#figure-panel svg').textContent")
         assert "power law, alpha" in figure_text and "HTMP, kappa" in figure_text
+        # Ids: unique with the overview and an open figure, every reference resolving within its figure,
+        # and the opened figure draws its curves (found by their prefixed ids) with a size.
+        assert browser.evaluate(_DUPLICATE_IDS_JS) == []
+        shown = browser.evaluate("document.querySelector('#layers tbody tr:not([hidden]) button[data-figure]').dataset.figure")
+        for curve in ("power-law", "mp", "htmp", "xmin", "mp-edge"):
+            box = browser.evaluate(f"(() => {{ const g = document.querySelector('#figure-panel #{shown}-{curve}'); "
+                                   "const b = g.getBBox(); return [b.width, b.height, g.querySelectorAll('path').length]; })()")
+            assert box[2] >= 1 and max(box[0], box[1]) > 0, (curve, box)
+        references = browser.evaluate(_BROKEN_REFERENCES_JS)
+        assert references["references"] > 100 and references["broken"] == [], references["broken"][:5]
         browser.settle()
         shot = browser.screenshot(tmp_path / "report.png")
         assert shot[:8] == PNG_MAGIC and len(shot) > 20_000
+        # Every figure in the page at once: still no id twice, still every reference at home.
+        assert browser.evaluate(_OPEN_EVERY_TEMPLATE_JS) == len(PHASES)
+        assert browser.evaluate(_DUPLICATE_IDS_JS) == []
+        references = browser.evaluate(_BROKEN_REFERENCES_JS)
+        assert references["references"] > 300 and references["broken"] == [], references["broken"][:5]
+        assert browser.problems() == []
+    assert _duplicate_ids(html) == {}
+
+
+# The layer table at 1280 px: where each column's header ends, whether the table or the page
+# scrolls sideways, and which headers show.
+_TABLE_GEOMETRY_JS = """(() => {
+  const table = document.getElementById('layers'), wide = table.parentElement, root = document.documentElement;
+  const box = table.getBoundingClientRect();
+  const heads = {};
+  for (const th of table.tHead.rows[0].cells) {
+    if (th.dataset.key) { heads[th.dataset.key] = {right: th.getBoundingClientRect().right, width: th.offsetWidth}; }
+  }
+  return {innerWidth: innerWidth, viewport: root.clientWidth, left: box.left, right: box.right,
+          wideScroll: wide.scrollWidth, wideClient: wide.clientWidth, pageScroll: root.scrollWidth, heads: heads}; })()"""
+# Cut: the text is wider than its box (scrollWidth rounds, and a fraction of a pixel short already
+# puts an ellipsis in place of the last letter).
+_NAME_CELLS_JS = """(() => {
+  function cut(element) {
+    const range = document.createRange();
+    range.selectNodeContents(element);
+    return range.getBoundingClientRect().width > element.getBoundingClientRect().width + 0.01;
+  }
+  return Array.from(document.querySelectorAll('#layers tbody td.k-name'), td => ({
+    title: td.title, text: td.textContent, headCut: cut(td.querySelector('.head')), tailCut: cut(td.querySelector('.tail'))}));
+})()"""
+_MAIN_COLUMNS = ("name", "shape", "alpha", "kappa", "phase", "warning")
+
+
+def _check_the_table_fits(browser: Browser) -> dict:  # type: ignore[type-arg]
+    geometry = browser.evaluate(_TABLE_GEOMETRY_JS)
+    assert geometry["innerWidth"] == 1280
+    assert 0 <= geometry["left"] and geometry["right"] <= geometry["viewport"] <= 1280, geometry
+    assert geometry["wideScroll"] <= geometry["wideClient"] and geometry["pageScroll"] <= geometry["viewport"], geometry
+    heads = geometry["heads"]
+    for key in _MAIN_COLUMNS:
+        assert heads[key]["width"] > 0 and heads[key]["right"] <= 1280, (key, heads[key])
+    hidden = [key for _, key in TABLE_COLUMNS if key not in _MAIN_COLUMNS]
+    assert hidden and all(heads[key]["width"] == 0 for key in hidden), heads  # behind the box, not lost
+    return geometry
+
+
+def test_the_layer_table_of_minilm_fits_a_1280_px_window(minilm_path: Path, tmp_path: Path) -> None:
+    """MiniLM-L6's real layers (names, shapes, phase summaries, warnings); then the same with one
+    name far too long for its column, which is cut with an ellipsis in the middle."""
+    _chromium()
+    data = report_to_dict(analyze(minilm_path))
+    assert len(data["layers"]) == 39
+    # Stand-in figures: the table is what is measured, and each row still gets its ESD button.
+    stub = {k: '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>' for k in range(len(data["layers"]))}
+    real = tmp_path / "minilm.html"
+    real.write_text(analysis_html(data, None, stub))
+    minilm_names = [layer["name"] for layer in data["layers"]]
+    long_name = "model.language_model.decoder.transformer_blocks.layers.17.self_attention_with_rotary_embeddings.query_key_value.weight"
+    data["layers"][1] = {**data["layers"][1], "name": long_name}
+    long = tmp_path / "long.html"
+    long.write_text(analysis_html(data, None, stub))
+    with Browser(tmp_path / "profile", width=1280, height=900) as browser:
+        browser.open(real.as_uri())
+        _check_the_table_fits(browser)
+        names = browser.evaluate(_NAME_CELLS_JS)
+        assert [n["title"] for n in names] == [n["text"] for n in names] == minilm_names
+        assert not [n for n in names if n["headCut"] or n["tailCut"]]  # MiniLM's names fit whole
+        # Every column behind the box comes back when it is ticked; then only the table scrolls, not the page.
+        browser.evaluate("document.querySelector('label[for=all-columns]').click()")
+        heads = browser.evaluate(_TABLE_GEOMETRY_JS)
+        assert all(head["width"] > 0 for head in heads["heads"].values()) and len(heads["heads"]) == len(TABLE_COLUMNS)
+        assert heads["pageScroll"] <= heads["viewport"], heads
+        browser.open(long.as_uri())
+        _check_the_table_fits(browser)
+        cut = browser.evaluate(_NAME_CELLS_JS)[1]
+        assert cut["title"] == cut["text"] == long_name  # whole in the title and the text (for filter and copy)
+        assert cut["headCut"] and not cut["tailCut"], cut  # the start and "query_key_value.weight" show
         assert browser.problems() == []
 
 
@@ -227,7 +435,8 @@ def test_the_scan_report_lists_checkpoints_correlations_and_the_scatter(tmp_path
     for k in range(4):
         save_file({name: (w * 10 ** (k / 8)).astype(np.float32) for name, w in base.items()}, str(tmp_path / f"m{k}.safetensors"))
     (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 20)
-    (tmp_path / "labels.csv").write_text("checkpoint,accuracy\n" + "".join(f"m{k},{0.6 + k / 10}\n" for k in range(4)))
+    # A constant label has no ranking: its correlations are NaN, which the terminal shows as "-".
+    (tmp_path / "labels.csv").write_text("checkpoint,accuracy,batch\n" + "".join(f"m{k},{0.6 + k / 10},32\n" for k in range(4)))
     page = tmp_path / "scan.html"
     result = run_htmp("scan", str(tmp_path), "--db", str(tmp_path / "s.sqlite"), "--labels", str(tmp_path / "labels.csv"),
                       "--report", str(page))
@@ -242,9 +451,36 @@ def test_the_scan_report_lists_checkpoints_correlations_and_the_scatter(tmp_path
         browser.evaluate(f"document.querySelectorAll('#checkpoints thead th')[{column}].click()")
         labels = browser.evaluate(f"Array.from(document.querySelectorAll('#checkpoints tbody tr')).map(r => r.cells[{column}].dataset.value)")
         assert [float(v) for v in labels[:4]] == pytest.approx([0.6, 0.7, 0.8, 0.9]) and labels[4] == ""
+        cells = browser.evaluate("Array.from(document.querySelectorAll('td'), td => td.textContent.trim().toLowerCase())")
+        assert "nan" not in cells and "inf" not in cells
+        constant = browser.evaluate("Array.from(document.querySelectorAll('#correlations tbody tr'))"
+                                    ".filter(r => r.cells[0].textContent === 'batch').map(r => Array.from(r.cells, c => c.textContent))")
+        assert constant and all(row[3:] == ["-", "-", "-", "-"] for row in constant), constant[:2]
+        # The scatter's names, drawn by the browser's own font, stay inside the figure.
+        outside = browser.evaluate("""(() => { const svg = document.querySelector('#scatter svg').getBoundingClientRect();
+          return Array.from(document.querySelectorAll('#scatter svg text'), t => [t.textContent, t.getBoundingClientRect()])
+            .filter(([_, b]) => b.left < svg.left || b.right > svg.right || b.top < svg.top || b.bottom > svg.bottom)
+            .map(([text]) => text); })()""")
+        assert outside == []
+        assert browser.evaluate(_DUPLICATE_IDS_JS) == [] and browser.evaluate(_BROKEN_REFERENCES_JS)["broken"] == []
         browser.settle()
         assert browser.problems() == []
+    assert _duplicate_ids(page.read_text()) == {}
     assert json.loads(json.dumps(browser.events[:1]))  # events are plain JSON
+
+
+def test_a_scan_report_shows_missing_and_undefined_numbers_as_the_terminal_does() -> None:
+    nan = float("nan")
+    columns = [("checkpoint", "checkpoint", False), ("mean alpha", "mean_alpha", True), ("acc", "acc", True)]
+    rows = [{"checkpoint": "a", "mean_alpha": 3.5, "acc": nan}, {"checkpoint": "b", "mean_alpha": None, "acc": 0.5}]
+    found = [{"label": "acc", "metric": "alpha", "n": 3, "spearman_rho": nan, "spearman_p": nan, "kendall_tau": nan,
+              "kendall_p": nan}]
+    html = scan_html("t", columns, rows, [], found, None, [])
+    cells = re.findall(r'<td class="[^"]*" data-value="([^"]*)">([^<]*)</td>', html)
+    assert len(cells) == 6 + 7
+    assert ("", "-") in cells and ("3.5", "3.500") in cells
+    assert not [c for c in cells if "nan" in c[0].lower() or "nan" in c[1].lower()]
+    assert cells[-4:] == [("", "-")] * 4  # sorted last either way, like a missing value
 
 
 def test_two_reports_of_one_checkpoint_differ_only_in_the_timings(phases_checkpoint: Path, tmp_path: Path) -> None:

@@ -6,12 +6,14 @@ network would fail loudly (a console error) instead of leaking.
 
 from __future__ import annotations
 
+import math
+import re
 from html import escape
 from typing import Any, Iterable
 
 from htmp_cli import __version__
 from htmp_cli.report.formats import TABLE_COLUMNS, flat_layer_row, format_number, summary_lines
-from htmp_cli.report.plots import PHASE_STYLE
+from htmp_cli.report.plots import FAILED_STYLE, PHASE_STYLE
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 
@@ -41,7 +43,21 @@ button { font: inherit; cursor: pointer; }
 .count { color: #555; margin-left: 1em; }
 .wide { overflow-x: auto; }
 .wide td { white-space: nowrap; }
-.wide td.k-phase, .wide td.k-warning { white-space: normal; min-width: 16em; max-width: 30em; font-size: 0.92em; }
+.wide td.k-phase, .wide td.k-warning { white-space: normal; min-width: 14em; max-width: 30em; font-size: 0.92em; }
+.wide td.k-warning { min-width: 7em; }
+/* The layer table fits a 1280 px window: the name is cut in the middle when it must be (its
+   start, which holds the block number, and its last two parts stay; the whole name is in the
+   title and in the text, for filtering and copying), and the columns most readers skip wait behind
+   the "show all columns" box, which needs no script. */
+table.layers { width: 100%; }
+table.layers .extra { display: none; }
+#all-columns:checked ~ .wide table.layers .extra { display: table-cell; }
+.name { display: flex; min-width: 12em; max-width: 26em; }
+.name > span { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; min-width: 0; }
+.name > .head { flex: 0 1 auto; }
+.name > .tail { flex: 0 0 auto; max-width: 100%; }  /* a shrink share, however small, costs its last letter */
+#all-columns:checked ~ .wide table.layers { width: max-content; }  /* let it scroll rather than squeeze */
+#all-columns { margin: 0.2em 0.4em 0.6em 0; }
 ul.summary li { margin: 0.15em 0; }
 """
 
@@ -127,14 +143,58 @@ def _page(title: str, body: Iterable[str]) -> str:
     ])
 
 
+_TAG = re.compile(r"<[^>]*>")  # matplotlib escapes "<" and ">" in attribute values and text alike
+_ID = re.compile(r'(\sid=")')
+_URL_REF = re.compile(r"""(url\(\s*['"]?)#""")
+_HREF_REF = re.compile(r'(\s(?:xlink:)?href=")#')
+
+
+def scoped_ids(svg: str, prefix: str) -> str:
+    """An SVG with every id, and every reference to one, prefixed: matplotlib numbers its ids the
+    same way in every figure (figure_1, clip paths, markers hashed from their shape, our gids), and
+    inline SVGs share the page's id space, so without this a clip path or marker could resolve to
+    another figure's, and the page would be invalid HTML."""
+    def tag(match: re.Match[str]) -> str:
+        text = _ID.sub(rf"\g<1>{prefix}", match.group(0))
+        text = _URL_REF.sub(rf"\g<1>#{prefix}", text)
+        return _HREF_REF.sub(rf"\g<1>#{prefix}", text)
+
+    return _TAG.sub(tag, svg)
+
+
+def _text(value: Any) -> str:
+    """A cell as the terminal shows it: a missing or undefined number (None, NaN) is "-"."""
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return format_number(value)
+
+
+def _sort_key(value: Any) -> str:
+    """A cell's data-value: empty when missing, so that it sorts last either way."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _name_cell(name: str) -> str:
+    """A layer name as a head, which is cut with an ellipsis when the column is short, and a tail
+    (the last two dotted parts, e.g. "q_proj.weight"), which is cut only when it alone is too wide."""
+    parts = name.split(".")
+    head, tail = (".".join(parts[:-2]) + ".", ".".join(parts[-2:])) if len(parts) > 2 else ("", name)
+    return (f"<span class=\"name\"><span class=\"head\">{escape(head)}</span>"
+            f"<span class=\"tail\">{escape(tail)}</span></span>")
+
+
 def _phase_table(counts: dict[str, int]) -> str:
     rows = "".join(
-        f"<tr><td><span class=\"swatch\" style=\"background:{PHASE_STYLE[name][0]}\"></span>{escape(name)}</td>"
+        f"<tr><td><span class=\"swatch\" style=\"background:{PHASE_STYLE.get(name, FAILED_STYLE)[0]}\"></span>{escape(name)}</td>"
         f"<td class=\"num\">{count}</td></tr>" for name, count in counts.items())
     return f"<table class=\"phases\"><thead><tr><th>phase</th><th class=\"num\">layers</th></tr></thead><tbody>{rows}</tbody></table>"
 
 
 _NUMERIC_KEYS = {"alpha", "D", "tail_size", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "kappa"}
+# Shown by default: what a reader scans for. The rest is behind "show all columns".
+_MAIN_KEYS = {"name", "shape", "alpha", "kappa", "phase", "warning"}
 
 
 def _sort_value(key: str, row: dict[str, Any], layer: dict[str, Any]) -> str:
@@ -142,8 +202,7 @@ def _sort_value(key: str, row: dict[str, Any], layer: dict[str, Any]) -> str:
         htmp = layer.get("htmp") or {}
         best = htmp.get(htmp.get("best") or "") or {}
         return "" if best.get("kappa") is None else repr(best["kappa"])
-    value = row[key]
-    return "" if value is None else (repr(value) if isinstance(value, float) else str(value))
+    return _sort_key(row[key])
 
 
 def analysis_html(data: dict[str, Any], overview_svg: str | None, esd_svgs: dict[int, str]) -> str:
@@ -159,32 +218,46 @@ def analysis_html(data: dict[str, Any], overview_svg: str | None, esd_svgs: dict
         "</ul>\n<h2>Phases</h2>\n", _phase_table(summary["phase_counts"]),
     ]
     if overview_svg:
-        body += ["\n<h2>Alpha and kappa per layer</h2>\n<div class=\"figure\" id=\"overview\">", overview_svg, "</div>\n"]
+        body += ["\n<h2>Alpha and kappa per layer</h2>\n<div class=\"figure\" id=\"overview\">",
+                 scoped_ids(overview_svg, "overview-"), "</div>\n"]
     body += [
         "<h2>Layers</h2>\n<p>Click a column to sort, type to filter (every word must appear in the row), "
         "and <em>ESD</em> to see a layer's spectrum with its fits.</p>\n",
         "<input type=\"search\" id=\"layer-filter\" data-filter=\"layers\" data-count=\"layer-count\" "
         "placeholder=\"filter layers, e.g. attention heavy-tailed\"><span class=\"count\" id=\"layer-count\"></span>\n",
+        # The box must be a sibling before the table's <div>: the CSS that shows the columns keys on it.
+        f"<br><input type=\"checkbox\" id=\"all-columns\"><label for=\"all-columns\">show all {len(TABLE_COLUMNS)} "
+        f"columns: also {', '.join(escape(label) for label, key in TABLE_COLUMNS if key not in _MAIN_KEYS)}</label>\n",
         "<section id=\"figure-panel\" hidden><p><strong class=\"caption\"></strong> "
         "<button id=\"figure-close\">close</button></p><div class=\"figure\"></div></section>\n",
-        "<div class=\"wide\"><table id=\"layers\" class=\"sortable\"><thead><tr><th>ESD</th>",
+        "<div class=\"wide\"><table id=\"layers\" class=\"sortable layers\"><thead><tr><th>ESD</th>",
     ]
     for label, key in TABLE_COLUMNS:
-        kind = "num" if key in _NUMERIC_KEYS else "text"
-        body.append(f"<th class=\"sortable{' num' if kind == 'num' else ''}\" data-key=\"{escape(key)}\" "
-                    f"data-type=\"{kind}\">{escape(label)}</th>")
+        classes = " ".join(["sortable", *(["num"] if key in _NUMERIC_KEYS else []), *(["extra"] if key not in _MAIN_KEYS else [])])
+        body.append(f"<th class=\"{classes}\" data-key=\"{escape(key)}\" "
+                    f"data-type=\"{'num' if key in _NUMERIC_KEYS else 'text'}\">{escape(label)}</th>")
     body.append("</tr></thead><tbody>\n")
     for index, layer in enumerate(data["layers"]):
         row = flat_layer_row(layer)
         button = (f"<button data-figure=\"esd-{index}\" data-name=\"{escape(layer['name'])}\">ESD</button>"
                   if index in esd_svgs else "")
-        cells = "".join(
-            f"<td class=\"k-{escape(key)}{' num' if key in _NUMERIC_KEYS else ''}\" data-value=\"{escape(_sort_value(key, row, layer))}\">"
-            f"{escape(format_number(row[key]))}</td>" for _, key in TABLE_COLUMNS)
+        cells = []
+        for _, key in TABLE_COLUMNS:
+            classes = " ".join([f"k-{key}", *(["num"] if key in _NUMERIC_KEYS else []), *(["extra"] if key not in _MAIN_KEYS else [])])
+            value = _sort_value(key, row, layer)
+            if key == "name":
+                cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\" title=\"{escape(row[key])}\">"
+                             f"{_name_cell(row[key])}</td>")
+            elif key == "phase" and row["phase_name"] in PHASE_STYLE:
+                cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\"><span class=\"swatch\" "
+                             f"style=\"background:{PHASE_STYLE[row['phase_name']][0]}\"></span>{escape(_text(row[key]))}</td>")
+            else:
+                cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\">{escape(_text(row[key]))}</td>")
         failed = ' class="failed"' if layer["status"] != "success" else ""
-        body.append(f"<tr data-index=\"{index}\"{failed}><td>{button}</td>{cells}</tr>\n")
+        body.append(f"<tr data-index=\"{index}\"{failed}><td>{button}</td>{''.join(cells)}</tr>\n")
     body.append("</tbody></table></div>\n")
-    body += [f"<template id=\"esd-{index}\">{svg}</template>\n" for index, svg in esd_svgs.items()]
+    body += [f"<template id=\"esd-{index}\">{scoped_ids(svg, f'esd-{index}-')}</template>\n"
+             for index, svg in esd_svgs.items()]
     if data["skipped"]:
         body.append(f"<h2>Skipped tensors ({len(data['skipped'])})</h2>\n<table><thead><tr><th>tensor</th><th>shape</th>"
                     "<th>dtype</th><th>reason</th></tr></thead><tbody>")
@@ -214,9 +287,8 @@ def scan_html(title: str, columns: list[tuple[str, str, bool]], rows: list[dict[
         cells = []
         for _, key, numeric in columns:
             value = row.get(key)
-            sort = "" if value is None else (repr(value) if isinstance(value, float) else str(value))
-            cells.append(f"<td class=\"{'num' if numeric else ''}\" data-value=\"{escape(sort)}\">"
-                         f"{escape(format_number(value))}</td>")
+            cells.append(f"<td class=\"{'num' if numeric else ''}\" data-value=\"{escape(_sort_key(value))}\">"
+                         f"{escape(_text(value))}</td>")
         failed = ' class="failed"' if row.get("status") == "failed" else ""
         body.append(f"<tr{failed}>{''.join(cells)}</tr>\n")
     body.append("</tbody></table></div>\n")
@@ -235,10 +307,11 @@ def scan_html(title: str, columns: list[tuple[str, str, bool]], rows: list[dict[
         for c in correlations:
             values = (c["label"], c["metric"], c["n"], c["spearman_rho"], c["spearman_p"], c["kendall_tau"], c["kendall_p"])
             body.append("<tr>" + "".join(
-                f"<td class=\"{'num' if not isinstance(v, str) else ''}\" data-value=\"{escape(repr(v) if isinstance(v, float) else str(v))}\">"
-                f"{escape(format_number(v))}</td>" for v in values) + "</tr>")
+                f"<td class=\"{'num' if not isinstance(v, str) else ''}\" data-value=\"{escape(_sort_key(v))}\">"
+                f"{escape(_text(v))}</td>" for v in values) + "</tr>")
         body.append("</tbody></table>\n")
     if scatter_svg:
-        body += ["<h2>The strongest correlation</h2>\n<div class=\"figure\" id=\"scatter\">", scatter_svg, "</div>\n"]
+        body += ["<h2>The strongest correlation</h2>\n<div class=\"figure\" id=\"scatter\">",
+                 scoped_ids(scatter_svg, "scatter-"), "</div>\n"]
     body.append(f"<p class=\"meta\">Written by htmp {escape(__version__)}. This file needs no network.</p>")
     return _page(title, body)

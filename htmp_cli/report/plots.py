@@ -8,8 +8,9 @@ tells them apart.
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -24,23 +25,45 @@ PHASE_STYLE = {
     "bulk-decay": ("#E69F00", "D"),
     "heavy-tailed": ("#D55E00", "v"),
     "rank-collapse": ("#CC79A7", "X"),
+    "unclassified": ("#F0E442", "P"),  # no rule held (fits/phases.py): the palette's last colour
 }
 FAILED_STYLE = ("#000000", "x")
 COLOURS = {"histogram": "#BBBBBB", "power_law": "#D55E00", "mp": "#0072B2", "htmp": "#009E73",
            "xmin": "#E69F00", "edge": "#56B4E9"}
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+# Text as text (small, searchable SVG); a fixed hash salt keeps SVG ids the same run to run.
+_RC = {"svg.fonttype": "none", "svg.hashsalt": "htmp", "font.size": 9, "axes.titlesize": 10}
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    """Our rcParams for the duration of a drawing or a save, the caller's restored after: a library
+    that imports htmp must not find its own figures restyled."""
     try:
         import matplotlib
     except ImportError:
         raise HtmpError("figures need matplotlib: pip install matplotlib") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with matplotlib.rc_context(_RC):
+        yield
 
-    # Text as text (small, searchable SVG); a fixed hash salt keeps SVG ids the same run to run.
-    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "htmp", "font.size": 9, "axes.titlesize": 10})
-    return plt
+
+def _figure(figsize: tuple[float, float], dpi: int, ncols: int = 1):  # type: ignore[no-untyped-def]
+    """A figure on its own Agg canvas, outside pyplot: no backend is chosen for the caller, no
+    figure joins pyplot's list (nothing to close), and no display is needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols)
+
+
+def draw(fig) -> None:  # type: ignore[no-untyped-def]
+    """Lay a figure out as it will be saved: ticks made lazily at a draw take their sizes from the
+    rcParams of that moment, so a draw outside `_style` would measure other text."""
+    with _style():
+        fig.canvas.draw()
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -63,9 +86,12 @@ def esd_title(layer: dict[str, Any]) -> str:
 
 def esd_figure(layer: dict[str, Any], eigenvalues: np.ndarray):  # type: ignore[no-untyped-def]
     """The ESD of one layer on log-log axes with the fitted power law, MP and HTMP densities."""
-    plt = _pyplot()
-    values = np.asarray(eigenvalues, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    with _style():
+        return _esd_figure(layer, np.asarray(eigenvalues, dtype=np.float64))
+
+
+def _esd_figure(layer: dict[str, Any], values: np.ndarray):  # type: ignore[no-untyped-def]
+    fig, ax = _figure((6.4, 4.4), 100)
     edges, density = curves.esd_histogram(values)
     ax.stairs(density, edges, fill=True, color=COLOURS["histogram"], edgecolor="#666666", linewidth=0.6,
               label=f"ESD ({values.size} eigenvalues)", gid="esd-histogram")
@@ -126,11 +152,15 @@ def _tick_labels(ax, names: list[str]) -> None:  # type: ignore[no-untyped-def]
 
 def overview_figure(layers: list[dict[str, Any]], title: str):  # type: ignore[no-untyped-def]
     """Alpha per layer in network order, coloured by phase, with the alpha = 2 and 6 lines; kappa beside it."""
-    plt = _pyplot()
+    with _style():
+        return _overview_figure(layers, title)
+
+
+def _overview_figure(layers: list[dict[str, Any]], title: str):  # type: ignore[no-untyped-def]
     names = [layer["name"] for layer in layers]
     width = min(16.0, max(8.0, 0.22 * len(layers) + 4))
     bottom = 0.18 + (0.012 * max((len(n) for n in names), default=0) if len(names) <= 48 else 0)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(width, 4.2 + 4.2 * bottom), dpi=100)
+    fig, (left, right) = _figure((width, 4.2 + 4.2 * bottom), 100, ncols=2)
     seen: set[str] = set()
     for index, layer in enumerate(layers):
         phase = (layer.get("phase") or {}).get("phase") if layer["status"] == "success" else None
@@ -147,9 +177,9 @@ def overview_figure(layers: list[dict[str, Any]], title: str):  # type: ignore[n
                           zorder=3, gid=f"kappa-{index}")
     left.axhspan(2.0, 6.0, color="#f2f2f2", zorder=0)
     # The lines are named in the legend, not on the plot, where a label could hide a point.
-    left.axhline(2.0, color="#444444", linestyle="--", linewidth=1, gid="alpha-2",
+    left.axhline(2.0, color="#444444", linestyle="--", linewidth=1, gid="alpha-line-2",
                  label="alpha = 2 (below: very heavy-tailed)")
-    left.axhline(6.0, color="#444444", linestyle=":", linewidth=1, gid="alpha-6", label="alpha = 6 (above: under-trained)")
+    left.axhline(6.0, color="#444444", linestyle=":", linewidth=1, gid="alpha-line-6", label="alpha = 6 (above: under-trained)")
     top = left.get_ylim()[1]
     left.set_ylim(min(left.get_ylim()[0], 1.5), max(top, 6.6))
     left.set_ylabel("power-law exponent alpha")
@@ -175,45 +205,63 @@ def overview_figure(layers: list[dict[str, Any]], title: str):  # type: ignore[n
 def correlation_figure(x: list[float], y: list[float], names: list[str], metric: str, label: str,
                        rho: float, tau: float):  # type: ignore[no-untyped-def]
     """One metric against one label, a point per checkpoint, named; the rank correlations in the title."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    ax.scatter(x, y, s=36, color="#0072B2", edgecolor="black", linewidth=0.5, zorder=3, gid="points")
-    ax.set_xlabel(f"mean {metric} over layers")
-    ax.set_ylabel(label)
-    ax.set_title(f"{label} vs mean {metric}: Spearman {rho:+.2f}, Kendall {tau:+.2f} (n = {len(x)})", fontsize=10)
-    ax.grid(True, color="#dddddd", linewidth=0.6, zorder=0)
-    fig.tight_layout()
-    fig.canvas.draw()  # fixes the axes limits, so data can be placed in pixels
-    placed: list[tuple[float, float]] = []
-    for xi, yi, name in zip(x, y, names):
-        # A name goes beside its point unless an earlier name is already there: no overlapping text.
-        px, py = ax.transData.transform((xi, yi))
-        if all(abs(px - qx) > 7 * max(len(name), 4) or abs(py - qy) > 12 for qx, qy in placed):
-            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7, color="#444444")
-            placed.append((px, py))
-    return fig
+    with _style():
+        fig, ax = _figure((6.4, 4.8), 120)
+        ax.scatter(x, y, s=36, color="#0072B2", edgecolor="black", linewidth=0.5, zorder=3, gid="points")
+        ax.set_xlabel(f"mean {metric} over layers")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} vs mean {metric}: Spearman {rho:+.2f}, Kendall {tau:+.2f} (n = {len(x)})", fontsize=10)
+        ax.grid(True, color="#dddddd", linewidth=0.6, zorder=0)
+        fig.tight_layout()
+        fig.canvas.draw()  # fixes the axes limits, so data can be placed in pixels
+        _name_points(fig, ax, x, y, names)
+        return fig
+
+
+# Where a point's name may go, in order of preference: offset (points) and alignment.
+_LABEL_SPOTS = ((4, 3, "left", "bottom"), (-4, 3, "right", "bottom"), (4, -3, "left", "top"), (-4, -3, "right", "top"))
+
+
+def _name_points(fig, ax, x: list[float], y: list[float], names: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Name each point on the first side where the name stays inside the axes (so inside the figure:
+    a name past the edge is cut off in the SVG) and covers no other name or point. A name with no
+    such side is left out; the report's table still names every checkpoint."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer).padded(-2)  # a little room for a browser font a bit wider than ours
+    radius = 3 * fig.dpi / 72  # the marker (s = 36 points^2) is 6 points across
+    taken = []
+    for px, py in ax.transData.transform(np.column_stack([x, y])):
+        taken.append(Bbox.from_extents(px - radius, py - radius, px + radius, py + radius))
+    for xi, yi, name, own in zip(x, y, names, list(taken)):
+        for dx, dy, ha, va in _LABEL_SPOTS:
+            text = ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=7,
+                               color="#444444", annotation_clip=False)
+            box = text.get_window_extent(renderer)
+            if (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+                    and not any(other is not own and box.overlaps(other) for other in taken)):
+                taken.append(box)
+                break
+            text.remove()
 
 
 def save(fig, path: Path, what: str = "figure", close: bool = True) -> None:  # type: ignore[no-untyped-def]
-    """Write a figure (format from the file name), then close it unless it is still to be used."""
-    plt = _pyplot()
+    """Write a figure (format from the file name). `close` is kept for callers: a figure outside
+    pyplot needs no closing, it is freed with its last reference."""
     try:
-        fig.savefig(path)
+        with _style():
+            fig.savefig(path)
     except OSError as err:
-        plt.close(fig)
         raise HtmpError(f"{what} {path}: cannot write: {err.strerror or err}") from None
-    if close:
-        plt.close(fig)
 
 
 def svg_markup(fig) -> str:  # type: ignore[no-untyped-def]
-    """The figure as an inline <svg> element (no XML prolog), then closed."""
-    plt = _pyplot()
+    """The figure as an inline <svg> element (no XML prolog). Its ids are matplotlib's, the same in
+    every figure: a page holding several must scope them (html.scoped_ids)."""
     buffer = io.StringIO()
-    try:
+    with _style():
         # No metadata block: it carries the date (a report would differ run to run) and links to RDF vocabularies.
         fig.savefig(buffer, format="svg", metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
-    finally:
-        plt.close(fig)
     text = buffer.getvalue()
     return text[text.index("<svg"):]
