@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from htmp_cli.fits.phases import PHASES
+from htmp_cli.fits.phases import PHASE_LABELS, PHASES
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.pipeline import spectrum_analysis
 from htmp_cli.spectral import eigenvalues
@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     options = AnalysisOptions()
-    counts = {p: {q: 0 for q in PHASES} for p in PHASES}
+    counts = {p: {q: 0 for q in PHASE_LABELS} for p in PHASES}
     for phase in PHASES:
         for _ in range(args.per_phase):
             N = int(rng.integers(400, 1601))
@@ -35,13 +35,13 @@ def main() -> None:
             analysis = spectrum_analysis(eigenvalues(W, backend="numpy"), options)
             counts[phase][analysis.phase.phase] += 1
     width = max(len(p) for p in PHASES)
-    print(f"{'true / labelled':>{width}} | " + " | ".join(f"{p:>13}" for p in PHASES) + " | correct")
+    print(f"{'true / labelled':>{width}} | " + " | ".join(f"{p:>13}" for p in PHASE_LABELS) + " | correct")
     worst = 1.0
     for phase in PHASES:
         row = counts[phase]
         correct = row[phase] / args.per_phase
         worst = min(worst, correct)
-        print(f"{phase:>{width}} | " + " | ".join(f"{row[q]:>13}" for q in PHASES) + f" | {correct:.0%}")
+        print(f"{phase:>{width}} | " + " | ".join(f"{row[q]:>13}" for q in PHASE_LABELS) + f" | {correct:.0%}")
     print(f"worst phase: {worst:.0%} correct ({args.per_phase} layers per phase, seed {args.seed})")
 
 

@@ -371,9 +371,17 @@ def _read_report(path: Path, what: str) -> dict:
 
 
 def _is_report_path(path: str) -> bool:
-    """A .json file that is not a shard index: a report written by htmp analyze --format json."""
+    """A file written by htmp analyze --format json, by its first bytes (any other JSON is left to the
+    loaders, which say what it looks like)."""
     candidate = Path(path)
-    return candidate.suffix == ".json" and candidate.is_file() and not candidate.name.endswith(".index.json")
+    if candidate.name.endswith(".index.json") or not candidate.is_file():
+        return False
+    try:
+        with open(candidate, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return head.lstrip()[:1] == b"{" and b'"schema"' in head and b"htmp.report" in head
 
 
 def _write_text(path: Path, text: str, flag: str) -> None:

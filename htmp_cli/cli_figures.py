@@ -23,6 +23,7 @@ from htmp_cli.cli import (
 )
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
+from htmp_cli.outputs import check_writable
 
 
 class FigureFormat(str, Enum):
@@ -47,6 +48,15 @@ def _analysed(path: str, options, progress: Optional[bool]):  # type: ignore[no-
     return report_to_dict(report), spectra
 
 
+def _report_or_analysis(path: str, options: AnalysisOptions, progress: Optional[bool]):  # type: ignore[no-untyped-def]
+    """A saved report as it is (no spectra), or a fresh analysis with its spectra."""
+    if _is_report_path(path):
+        if options != AnalysisOptions():
+            raise HtmpError(f"{path} is a saved report, drawn as it was analysed: analysis options apply only to checkpoints")
+        return _read_report(Path(path), "report"), {}
+    return _analysed(path, options, progress)
+
+
 def _file_name(name: str) -> str:
     """A layer name as a file name: path separators and odd characters become '_'."""
     return re.sub(r"[^A-Za-z0-9._+-]", "_", name)[:180] or "layer"
@@ -56,7 +66,7 @@ def _file_name(name: str) -> str:
 @with_analysis_flags
 def plot(
     analysis: AnalysisOptions,
-    path: str = typer.Argument(..., help=_PATH_HELP + " Or a JSON report (then only the overview can be drawn)."),
+    path: str = typer.Argument(..., metavar="PATH", help=_PATH_HELP + " Or a JSON report (then only the overview can be drawn)."),
     layer: list[str] = typer.Option([], "--layer", metavar="REGEX", help="Draw the ESD of the layers whose name "
                                     "matches (repeatable; default: every layer)."),
     out: Path = typer.Option(Path("htmp-plots"), "--out", help="Folder for the figures (created if missing)."),
@@ -75,10 +85,8 @@ def plot(
                 patterns.append(re.compile(pattern))
             except re.error as err:
                 raise HtmpError(f"--layer {pattern!r} is not a valid regular expression: {err}") from None
-        if _is_report_path(path):
-            data, spectra = _read_report(Path(path), "report"), {}
-        else:
-            data, spectra = _analysed(path, analysis, progress)
+        check_writable(out, "--out", folder=True)
+        data, spectra = _report_or_analysis(path, analysis, progress)
         chosen = [k for k, entry in enumerate(data["layers"]) if not patterns or any(p.search(entry["name"]) for p in patterns)]
         if patterns and not chosen:
             raise HtmpError(f"--layer: no layer matches {', '.join(layer)} (layers: "
@@ -114,7 +122,7 @@ def plot(
 @with_analysis_flags
 def report(
     analysis: AnalysisOptions,
-    path: str = typer.Argument(..., help=_PATH_HELP),
+    path: str = typer.Argument(..., metavar="PATH", help=_PATH_HELP + " Or a JSON report (then without the ESD figures)."),
     output: Path = typer.Option(Path("htmp-report.html"), "--output", "-o", help="The HTML file to write."),
     progress: Optional[bool] = _PROGRESS,
     debug: bool = _DEBUG,
@@ -126,7 +134,11 @@ def report(
         from htmp_cli.report import plots
         from htmp_cli.report.html import analysis_html
 
-        data, spectra = _analysed(path, analysis, progress)
+        check_writable(output, "--output")
+        data, spectra = _report_or_analysis(path, analysis, progress)
+        if not spectra and data["layers"]:
+            typer.echo("htmp: a JSON report holds no eigenvalues: the page has no ESD figures; pass the checkpoint "
+                       "to have them", err=True)
         overview = plots.svg_markup(plots.overview_figure(data["layers"], f"htmp: {data['source']['path']}"))
         figures = {k: plots.svg_markup(plots.esd_figure(data["layers"][k], values)) for k, values in spectra.items()}
         _write_text(output, analysis_html(data, overview, figures), "--output")

@@ -11,11 +11,15 @@ from htmp_cli.errors import HtmpError
 def check_writable(path: Path, flag: str, folder: bool = False) -> None:
     """Raise HtmpError naming `flag` unless `path` can be written (its folder exists and is writable).
 
-    folder: the path is a folder the command creates or fills, rather than a file."""
+    folder: the path is a folder the command creates (with its parents) or fills, rather than a file."""
     if folder:
         if path.exists() and not path.is_dir():
             raise HtmpError(f"{flag} {path}: exists and is not a folder")
-        target = path if path.is_dir() else path.parent
+        target = path
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        if not target.is_dir():
+            raise HtmpError(f"{flag} {path}: {target} is not a folder")
     else:
         if path.is_dir():
             raise HtmpError(f"{flag} {path}: is a folder, expected a file name")

@@ -217,3 +217,73 @@ def test_a_closed_pipe_ends_quietly_with_exit_0(minilm_path: Path, fmt: str) -> 
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert stderr == b""
+
+
+def _no_analysis(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import htmp_cli.pipeline
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the analysis started before the output path was checked")
+
+    monkeypatch.setattr(htmp_cli.pipeline, "analyze", refuse)
+
+
+@pytest.mark.parametrize("args", [
+    ["analyze", "{ckpt}", "-o", "{tmp}/missing/out.txt"],
+    ["analyze", "{ckpt}", "-f", "json", "-o", "{tmp}"],
+    ["check", "{ckpt}", "--junit", "{tmp}/missing/junit.xml"],
+    ["check", "{ckpt}", "--summary", "{tmp}/missing/summary.md"],
+    ["report", "{ckpt}", "-o", "{tmp}/missing/report.html"],
+    ["plot", "{ckpt}", "--out", "{tmp}/a-file"],
+])
+def test_every_output_path_is_checked_before_any_work(fixtures: Path, tmp_path: Path, monkeypatch, args) -> None:  # type: ignore[no-untyped-def]
+    _no_analysis(monkeypatch)
+    (tmp_path / "a-file").write_text("")
+    argv = [a.format(ckpt=fixtures / "demo_model.safetensors", tmp=tmp_path) for a in args]
+    result = runner.invoke(app, argv, catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "htmp: error: --" in result.output and str(tmp_path) in result.output
+
+
+def test_files_that_are_not_checkpoints_are_named_for_what_they_look_like(fixtures: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    assert run_htmp("analyze", str(fixtures / "demo_model.safetensors"), "-f", "json", "-o", str(report)).returncode == 0
+    shown = run_htmp("analyze", str(report))
+    assert shown.returncode == 0 and "layers.0.attn.qkv.weight" in shown.stdout and "Summary" in shown.stdout
+    assert run_htmp("analyze", str(report), "--min-dim", "3").returncode == 2
+    renamed = tmp_path / "report.dat"
+    renamed.write_bytes(report.read_bytes())
+    assert run_htmp("analyze", str(renamed)).stdout == shown.stdout  # recognised by its content
+    listed = run_htmp("ls", str(renamed))
+    assert listed.returncode == 2 and "it is an htmp report (JSON)" in listed.stderr
+    cases = {
+        "notes.txt": "it looks like a text file",
+        "data.json": "it looks like a JSON file",
+        "model.onnx": "it looks like an ONNX model",
+        "weights.h5": "it looks like an HDF5 file (a Keras .h5 model?)",
+        "store.sqlite": "it looks like an SQLite database",
+    }
+    (tmp_path / "notes.txt").write_text("hello\n")
+    (tmp_path / "data.json").write_text('{"a": 1}\n')
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(range(200)))
+    (tmp_path / "weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "store.sqlite").execute("create table t (x)").connection.commit()
+    for name, expected in cases.items():
+        for command in ("analyze", "ls"):
+            result = run_htmp(command, str(tmp_path / name))
+            assert result.returncode == 2, (name, result.stdout)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and expected in lines[0] and "htmp reads safetensors" in lines[0], (name, lines)
+            assert "exceeds" not in lines[0]
+
+
+def test_option_errors_read_cleanly(fixtures: Path) -> None:
+    result = run_htmp("analyze", str(fixtures / "demo_model.safetensors"), "--precision", "float16")
+    assert result.returncode == 2
+    assert "Value error" not in result.stderr and "'float16' is not one of 'float64', 'float32'" in result.stderr
+    for command in ("analyze", "check", "ls", "scan", "--version"):
+        help_text = run_htmp(*(["--help"] if command == "--version" else [command, "--help"])).stdout
+        assert "<bool>" not in help_text, command
+    assert "[analysis]" in run_htmp("check", "--help").stdout and "[tool.htmp]" in run_htmp("check", "--help").stdout
