@@ -60,3 +60,21 @@ def test_threshold_option_changes_the_verdict(fixtures) -> None:  # type: ignore
     assert [l["phase"]["phase"] for l in default["layers"]] != [l["phase"]["phase"] for l in strict["layers"]]
     bad = runner.invoke(app, ["analyze", path, "--threshold", "nope"])
     assert bad.exit_code == 2
+
+
+def test_a_layer_no_rule_fits_is_unclassified_with_its_numbers_not_random_like() -> None:
+    """A spectrum without spikes whose bulk MP does not fit (the GGUF attention-value layers of the
+    issue: KS to MP 0.14-0.24) is no evidence of an untrained layer."""
+    from dataclasses import replace
+
+    from htmp_cli.fits.phases import UNCLASSIFIED, classify
+
+    rng = np.random.default_rng(21)
+    values = eigenvalues(phase_layer("random-like", 800, 400, rng), backend="numpy")
+    fits = spectrum_analysis(values, AnalysisOptions())
+    assert fits.phase.phase == "random-like"  # as drawn; now let its MP fit be poor and spike-free
+    poor = replace(fits.mp, ks_bulk=0.2, ks_all=0.2, n_spikes=0)
+    phase = classify(values.eigenvalues, 400, 0, fits.power_law, poor, fits.htmp)
+    assert phase.phase == UNCLASSIFIED and phase.rule == "no rule held"
+    assert phase.summary.startswith("unclassified: no spikes, bulk KS 0.2, KS to MP 0.2, alpha ")
+    assert phase.evidence["ks_mp_all"] == 0.2
