@@ -287,3 +287,10 @@ def test_option_errors_read_cleanly(fixtures: Path) -> None:
         help_text = run_htmp(*(["--help"] if command == "--version" else [command, "--help"])).stdout
         assert "<bool>" not in help_text, command
     assert "[analysis]" in run_htmp("check", "--help").stdout and "[tool.htmp]" in run_htmp("check", "--help").stdout
+
+
+def test_the_summary_names_the_failed_layers(fixtures: Path) -> None:
+    result = run_htmp("analyze", str(fixtures / "bad_layers.safetensors"))
+    assert result.returncode == 0
+    assert "3 failed layers" in result.stdout
+    assert "failed layers: has_nan.weight, has_inf.weight, zeros.weight" in result.stdout
