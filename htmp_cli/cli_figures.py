@@ -154,7 +154,7 @@ def scan_report(path: Path, result: Any, matched: dict[int, dict[str, float | No
 
     from htmp_cli.report import plots
     from htmp_cli.report.html import scan_html
-    from htmp_cli.report.scan_view import PHASE_ABBREVIATIONS, common_root, display_path
+    from htmp_cli.report.scan_view import PHASE_ABBREVIATIONS, common_root, display_path, failure_parts
     from htmp_cli.scan.export import checkpoint_row
     from htmp_cli.scan.labels import SUMMARY_METRICS
 
@@ -171,7 +171,7 @@ def scan_report(path: Path, result: Any, matched: dict[int, dict[str, float | No
     columns += [("phases", "phases", False)] + [(c, c, True) for c in label_columns] + [("seconds", "seconds", True)]
     notes = [f"{len(result.rows)} checkpoints under {root}" if root else f"{len(result.rows)} checkpoints",
              "phases: " + ", ".join(f"{abbr} {name}" for name, abbr in PHASE_ABBREVIATIONS.items())]
-    failures = [(display_path(row.unit.path, root), row.result.error or "") for row in result.failed]
+    failures = [failure_parts(row, root) for row in result.failed]
     html = scan_html("htmp scan report", columns, rows, failures, [asdict(c) for c in found],
                      plots.svg_markup(scatter) if scatter is not None else None, notes)
     _write_text(path, html, "--report")

@@ -94,8 +94,16 @@ def scan(
         if plot is not None and label_data is None:
             raise HtmpError("--plot draws the strongest label correlation: it needs --labels")
         executor = DaskExecutor(scheduler, jobs) if scheduler else LocalExecutor(jobs)
-        discovery = discover(paths)
         err_console = Console(stderr=True)
+        try:
+            discovery = discover(paths)
+        except KeyboardInterrupt:
+            typer.echo(f"htmp scan: interrupted while looking for checkpoints; {db} is as it was", err=True)
+            raise typer.Exit(130) from None
+
+        def notice(text: str) -> None:  # above the progress bars when they are shown
+            err_console.print(text, highlight=False, markup=False, soft_wrap=True)
+
         with ScanStore(db) as store:
             try:
                 if err_console.is_terminal if progress is None else progress:
@@ -103,10 +111,10 @@ def scan(
 
                     with ScanProgress(err_console) as listener:
                         result = run_scan(discovery.units, analysis, store, executor, force=force,
-                                          retry_failed=retry_failed, full_hash=full_hash, listener=listener)
+                                          retry_failed=retry_failed, full_hash=full_hash, listener=listener, notice=notice)
                 else:
                     result = run_scan(discovery.units, analysis, store, executor, force=force,
-                                      retry_failed=retry_failed, full_hash=full_hash)
+                                      retry_failed=retry_failed, full_hash=full_hash, notice=notice)
             except KeyboardInterrupt:
                 done = store.counts()["results"]
                 typer.echo(f"htmp scan: interrupted; {db} holds {done} finished results, and the same command "

@@ -166,11 +166,24 @@ def slow_zoo(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
     return root
 
 
-def test_a_scan_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_result(slow_zoo: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def slow_reference(slow_zoo: Path, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """The store of one uninterrupted scan of slow_zoo, alone on its store."""
+    reference = tmp_path_factory.mktemp("reference") / "reference.sqlite"
+    assert run_htmp("scan", str(slow_zoo), "--db", str(reference), "--jobs", "2", timeout=120).returncode == 0
+    return reference
+
+
+def _claims(db: Path) -> int:
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT COUNT(*) FROM claims").fetchone()[0]
+
+
+def test_a_scan_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_result(slow_zoo: Path, slow_reference: Path,
+                                                                                tmp_path: Path) -> None:
     import psutil
 
-    reference = tmp_path / "reference.sqlite"
-    assert run_htmp("scan", str(slow_zoo), "--db", str(reference), "--jobs", "2").returncode == 0
+    reference = slow_reference
     db = tmp_path / "killed.sqlite"
     kills = []
     # Kill at three moments: during start-up (before any commit), after the first commit, after a few more.
@@ -195,10 +208,210 @@ def test_a_scan_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_result(
     print("committed at each kill:", kills)
     assert kills[-1] < 12, f"the scan finished before it could be killed ({kills})"
     assert kills[1] >= 1
-    finish = run_htmp("scan", str(slow_zoo), "--db", str(db), "--jobs", "2")
+    assert _claims(db) > 0  # a killed scan cannot drop its claims: they are stale, its process is gone
+    finish = run_htmp("scan", str(slow_zoo), "--db", str(db), "--jobs", "2", timeout=120)
     assert finish.returncode == 0, finish.stderr
     assert f"{12 - kills[-1]} analysed now" in finish.stdout
+    assert "another scan" not in finish.stdout + finish.stderr
     assert _stored(db) == _stored(reference)
+    assert _claims(db) == 0
+
+
+def test_a_claim_holds_while_its_scan_runs_and_is_taken_over_once_it_is_gone(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from htmp_cli.scan.store import REMOTE_STALE_SECONDS, ScanOwner, ScanStore
+
+    failed = {"status": "failed", "error": "x", "seconds": 0.0, "report": None}
+    with ScanStore(tmp_path / "s.sqlite") as store:
+        key = store.register_options(AnalysisOptions())
+        me = ScanOwner.this_scan()
+        assert store.claim("a", key, me, None) == ("claimed", None) == store.claim("a", key, me, None)  # ours stays ours
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        other = replace(ScanOwner.this_scan(), pid=sleeper.pid)
+        other = replace(other, started=Path(f"/proc/{sleeper.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        try:
+            assert store.claim("b", key, other, None) == ("claimed", None)
+            assert store.claim("b", key, me, None) == ("held", f"pid {sleeper.pid}")
+            store.save("b", key, "b.safetensors", failed, other)
+            assert store.claim("b", key, me, None) == ("done", None)  # stored by its holder since this scan looked
+            assert store.claim("c", key, other, None) == ("claimed", None)
+            reused = replace(other, token="reused", started="1")  # the same pid, another process
+            assert store.claim("d", key, reused, None) == ("claimed", None)
+            assert store.claim("d", key, me, None) == ("claimed", None)
+        finally:
+            sleeper.kill()
+        time.sleep(0.2)
+        assert store.claim("c", key, me, None) == ("claimed", None)  # its scan died (a zombie until waited for)
+        sleeper.wait()
+        remote = replace(other, token="remote", host="elsewhere.invalid")
+        assert store.claim("e", key, remote, None) == ("claimed", None)
+        assert store.claim("e", key, me, None) == ("held", f"pid {sleeper.pid} on elsewhere.invalid")
+        with sqlite3.connect(tmp_path / "s.sqlite") as con:  # its heartbeat stops
+            con.execute("UPDATE claims SET heartbeat = heartbeat - ? WHERE token = 'remote'", (REMOTE_STALE_SECONDS + 1,))
+        assert store.claim("e", key, me, None) == ("claimed", None)
+        assert store.claim("f", key, other, None) == ("claimed", None)  # a dead scan's claim, left behind
+        store.release(me)
+    assert _claims(tmp_path / "s.sqlite") == 0
+
+
+def _summary(stdout: str) -> dict[str, int]:
+    """The counts of a scan's summary line: analysed now, taken from the store, by another scan."""
+    import re
+
+    line = next(line for line in stdout.splitlines() if " analysed now with " in line)
+    counts = {"now": int(line.split()[0]), "store": int(re.search(r"(\d+) taken from the store", line)[1])}
+    other = re.search(r"(\d+) analysed by another scan of the same store", line)
+    counts["other"] = int(other[1]) if other else 0
+    return counts
+
+
+_WITH_TASK = "import scan_helpers as h; h.main_with_task(h.{})"  # htmp with another task in its workers
+
+
+def _test_env(**extra: str) -> dict[str, str]:
+    """The environment of an htmp whose workers can import scan_helpers."""
+    return {**os.environ, "COLUMNS": "200", **extra,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_two_scans_of_one_store_share_the_work_and_each_checkpoint_is_analysed_once(
+        slow_zoo: Path, slow_reference: Path, tmp_path: Path) -> None:
+    db, log = tmp_path / "shared.sqlite", tmp_path / "analysed.txt"
+    env = _test_env(HTMP_TEST_ANALYSED=str(log))
+
+    def scan() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", _WITH_TASK.format("counting_analyze"), "scan",
+                                 str(slow_zoo), "--db", str(db), "--jobs", "1", "--no-progress"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    first = scan()
+    deadline = time.monotonic() + 60
+    while _committed(db) < 1 and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.01)
+    second = scan()  # the first is under way: it holds claims, has stored one result, has more to do
+    outs = [proc.communicate(timeout=120) for proc in (first, second)]
+    for proc, (stdout, stderr) in zip((first, second), outs):
+        assert proc.returncode == 0, stderr
+    counts = [_summary(stdout) for stdout, _ in outs]
+    print("first:", counts[0], "second:", counts[1], "|", outs[1][1].strip())
+    analysed = log.read_text().splitlines()
+    assert sorted(analysed) == sorted(str(p) for p in slow_zoo.iterdir())  # each of the 12 once, by one scan or the other
+    assert counts[0]["now"] + counts[1]["now"] == 12
+    assert counts[0]["store"] == 0 and counts[1]["store"] >= 1
+    for mine, theirs in ((counts[0], counts[1]), (counts[1], counts[0])):
+        assert mine["now"] + mine["store"] + mine["other"] == 12
+        assert mine["other"] <= theirs["now"]
+    assert counts[1]["other"] >= 1 and counts[1]["now"] >= 1  # the second took some, and left others to the first
+    assert "being analysed by another scan of" in outs[1][1] and f"(pid {first.pid})" in outs[1][1]
+    assert _stored(db) == _stored(slow_reference)
+    assert _claims(db) == 0
+
+
+def test_a_scan_waiting_for_another_takes_over_when_that_one_is_killed(zoo: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "four"
+    folder.mkdir()
+    for k, name in enumerate(("a-0", "a-1", "a-2", "hang-3")):
+        (folder / f"{name}.safetensors").write_bytes((zoo / "run0" / f"step-{2 * k}.safetensors").read_bytes()
+                                                     if k < 3 else (zoo / "loose.safetensors").read_bytes())
+    reference = run_htmp("scan", str(folder), "--db", str(tmp_path / "reference.sqlite"), timeout=120)
+    assert reference.returncode == 0, reference.stderr
+    db = tmp_path / "shared.sqlite"
+    first = subprocess.Popen([sys.executable, "-c", _WITH_TASK.format("hang_on_marked"), "scan", str(folder), "--db", str(db),
+                              "--jobs", "1", "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_test_env())
+    deadline = time.monotonic() + 60
+    while _committed(db) < 3 and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.01)
+    assert _committed(db) == 3 and first.poll() is None  # stuck in hang-3, which it has claimed
+    errors = tmp_path / "second.err"
+    with open(errors, "w") as handle:
+        second = subprocess.Popen([sys.executable, "-m", "htmp_cli", "scan", str(folder), "--db", str(db), "--no-progress"],
+                                  stdout=subprocess.PIPE, stderr=handle, text=True, env=_test_env())
+        while "waiting for its results" not in errors.read_text() and time.monotonic() < deadline and second.poll() is None:
+            time.sleep(0.01)
+        assert second.poll() is None
+        assert f"1 checkpoint is being analysed by another scan of {db} (pid {first.pid})" in errors.read_text()
+        os.kill(first.pid, signal.SIGKILL)  # not waited for yet: a zombie, which has ended all the same
+        stdout, _ = second.communicate(timeout=60)
+    first.wait()
+    assert second.returncode == 0, errors.read_text()
+    assert "the other scan stopped before analysing 1 checkpoint; analysing it here" in errors.read_text()
+    assert "1 analysed now with " in stdout and "3 taken from the store; 0 failed" in stdout
+    assert _stored(db) == _stored(tmp_path / "reference.sqlite")
+    assert _claims(db) == 0
+
+
+def _live(procs: list) -> list:
+    """The processes of `procs` still running (a zombie has exited: only its parent's wait is missing)."""
+    import psutil
+
+    alive = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.fixture(scope="module")
+def long_zoo(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """Two quick checkpoints, then two that take seconds each: a Ctrl-C after the first results lands
+    while the workers are in the middle of a long analysis."""
+    root = tmp_path_factory.mktemp("long_zoo")
+    for k in range(2):
+        _checkpoint(root / f"a-quick-{k}.safetensors", seed=k)
+    for k in range(2):
+        _checkpoint(root / f"b-long-{k}.safetensors", seed=k, size=(1500, 1500), layers=1)
+    return root
+
+
+@pytest.mark.parametrize("target, moment", [("group", "start-up"), ("group", "analysing"), ("parent", "analysing")])
+def test_ctrl_c_ends_the_scan_and_its_workers_within_a_second(long_zoo: Path, tmp_path: Path, target: str, moment: str) -> None:
+    """SIGINT as a terminal sends it (to the whole foreground process group) or to the scan process
+    alone, while a worker is starting (importing) or while the workers are in a long analysis."""
+    import psutil
+
+    db = tmp_path / "s.sqlite"
+    scan = subprocess.Popen([sys.executable, "-m", "htmp_cli", "scan", str(long_zoo), "--db", str(db), "--jobs", "2",
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    parent = psutil.Process(scan.pid)
+    deadline = time.monotonic() + 60
+    first_worker = None
+    while time.monotonic() < deadline and scan.poll() is None:
+        if moment == "start-up":
+            # 0.3 s after it appears a worker is importing (that takes about a second here).
+            if first_worker is None and any("spawn_main" in " ".join(c.cmdline()) for c in parent.children()):
+                first_worker = time.monotonic()
+            if first_worker is not None and time.monotonic() - first_worker > 0.3:
+                break
+        elif _committed(db) >= 2:
+            break
+        time.sleep(0.002)
+    assert scan.poll() is None, f"the scan ended before it could be interrupted: {scan.stderr.read()}"
+    assert _committed(db) == (0 if moment == "start-up" else 2)
+    children = parent.children(recursive=True)
+    workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+    sent = time.monotonic()
+    if target == "group":
+        os.killpg(scan.pid, signal.SIGINT)
+    else:
+        os.kill(scan.pid, signal.SIGINT)
+    _, stderr = scan.communicate(timeout=60)  # returns once every holder of stderr, the workers too, is gone
+    latency = time.monotonic() - sent
+    print(f"SIGINT to the {target} while {moment}: exit {scan.returncode} after {latency:.3f} s; {len(children)} children")
+    assert scan.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.startswith("htmp scan: interrupted; ") and f"holds {_committed(db)} finished results" in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert latency < 1.0, f"{latency:.2f} s from SIGINT to exit"
+    assert workers and not _live(workers), f"workers still running after the scan exited: {_live(workers)}"
+    # Python's resource tracker leaves when it reads the end of its pipe from the exited scan.
+    while _live(children) and time.monotonic() < sent + 1.0:
+        time.sleep(0.01)
+    assert not _live(children), f"still running 1 s after SIGINT: {_live(children)}"
 
 
 def test_a_corrupt_checkpoint_is_recorded_and_the_scan_goes_on(zoo: Path, tmp_path: Path) -> None:
@@ -212,7 +425,11 @@ def test_a_corrupt_checkpoint_is_recorded_and_the_scan_goes_on(zoo: Path, tmp_pa
     result = run_htmp("scan", str(folder), "--db", str(db), "--export", str(tmp_path / "out.csv"))
     assert result.returncode == 3, result.stdout + result.stderr
     assert "2 checkpoints failed:" in result.stdout
-    assert "garbage.pt: " in result.stdout and "truncated.safetensors: " in result.stdout
+    failures = result.stdout.split("2 checkpoints failed:\n", 1)[1].splitlines()[:2]
+    assert [line.split(": ", 1)[0] for line in failures] == ["  garbage.pt", "  truncated.safetensors"]  # as in the table
+    for line, name in zip(failures, ("garbage.pt", "truncated.safetensors")):
+        assert line.count(name) == 1, line  # the loader's error begins with the path: said once
+    assert "neither a PyTorch zip file nor a pickle" in failures[0] and "file truncated" in failures[1]
     with open(tmp_path / "out.csv", newline="") as handle:
         rows = {Path(r["checkpoint"]).name: r for r in csv.DictReader(handle)}
     assert rows["loose.safetensors"]["status"] == "success" and rows["loose.safetensors"]["n_layers"] == "3"
@@ -285,6 +502,45 @@ def test_labels_give_rank_correlations_and_a_scatter_plot(tmp_path: Path) -> Non
     assert [float(r["accuracy"]) for r in rows] == [0.5 + k / 20 for k in range(6)]
     log_norms = [float(r["mean_log_norm"]) for r in rows]
     assert np.allclose(np.diff(log_norms), 0.25, atol=1e-9)
+
+
+def test_the_html_report_shows_an_undefined_correlation_as_the_terminal_does(tmp_path: Path) -> None:
+    import re
+
+    for k in range(4):  # scaled copies: rank_loss is the same for all, its correlations are undefined
+        _checkpoint(tmp_path / "zoo" / f"m{k}.safetensors", seed=0, scale=10 ** (k / 8), layers=1)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("checkpoint,accuracy\n" + "".join(f"m{k},{0.5 + k / 20}\n" for k in range(4)))
+    result = run_htmp("scan", str(tmp_path / "zoo"), "--db", str(tmp_path / "s.sqlite"), "--labels", str(labels),
+                      "--report", str(tmp_path / "r.html"), timeout=120)
+    assert result.returncode == 0, result.stderr
+    terminal = next(line for line in result.stdout.splitlines() if "│ rank_loss " in line)
+    assert [cell.strip() for cell in terminal.split("│")[3:8]] == ["4", "-", "-", "-", "-"]
+    html = (tmp_path / "r.html").read_text()
+    row = re.search(r"<tr><td[^>]*>accuracy</td><td[^>]*>rank_loss</td>.*?</tr>", html)
+    assert row is not None
+    assert re.findall(r">([^<]*)</td>", row[0])[2:] == ["4", "-", "-", "-", "-"]
+    assert ">nan<" not in html
+
+
+def test_a_failure_line_names_the_checkpoint_once(tmp_path: Path) -> None:
+    from htmp_cli.report.scan_view import failure_parts
+    from htmp_cli.scan.discovery import ScanUnit
+    from htmp_cli.scan.runner import ScanRow
+    from htmp_cli.scan.store import StoredResult
+
+    hf = tmp_path / "zoo" / "hf"
+    unit = ScanUnit(hf, (hf / "model.safetensors",))
+
+    def parts(error: str, analysed: Path = hf) -> tuple[str, str]:
+        stored = StoredResult(fingerprint="f", path=str(analysed), status="failed", error=error, n_layers=0, seconds=0.0, report=None)
+        return failure_parts(ScanRow(unit=unit, fingerprint="f", result=stored, analysed_now=True), tmp_path)
+
+    assert parts(f"{hf}: no weight file") == ("zoo/hf", "no weight file")
+    assert parts(f"{hf / 'model.safetensors'}: header too long") == ("zoo/hf/model.safetensors", "header too long")
+    assert parts(f"{tmp_path / 'copy'}: truncated", analysed=tmp_path / "copy") == ("zoo/hf", "truncated")  # an identical copy
+    assert parts(f"{tmp_path / 'elsewhere'}: truncated") == ("zoo/hf", f"{tmp_path / 'elsewhere'}: truncated")
+    assert parts("out of memory") == ("zoo/hf", "out of memory")
 
 
 def test_correlations_are_scipys_and_sorted_strongest_first() -> None:

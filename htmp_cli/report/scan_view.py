@@ -10,10 +10,10 @@ from rich.table import Table
 
 from htmp_cli.report.formats import format_number
 from htmp_cli.scan.labels import Correlation
-from htmp_cli.scan.runner import ScanResult
+from htmp_cli.scan.runner import ScanResult, ScanRow
 
 PHASE_ABBREVIATIONS = {"random-like": "RL", "bleeding-out": "BO", "bulk+spikes": "BS", "bulk-decay": "BD",
-                       "heavy-tailed": "HT", "rank-collapse": "RC"}
+                       "heavy-tailed": "HT", "rank-collapse": "RC", "unclassified": "UC"}
 _MEANS = (("alpha", "alpha"), ("alpha_w", "alpha_weighted"), ("log_norm", "log_norm"),
           ("stable_rank", "stable_rank"), ("kappa", "kappa"))
 
@@ -42,6 +42,28 @@ def common_root(paths: list[Path]) -> Path | None:
         return None
 
 
+def failure_parts(row: ScanRow, root: Path | None = None) -> tuple[str, str]:
+    """(where, what) of a failed checkpoint, the path said once.
+
+    A loader's error begins with the path it read ("<path>: <what is wrong>"): the checkpoint, one of
+    its files, or as stored, the path of an identical copy analysed in its place. That path, shown
+    like the checkpoint column, becomes `where`; other errors ("out of memory") stay whole after the
+    checkpoint's name.
+    """
+    error = row.result.error or ""
+    unit = row.unit
+    candidates = {unit.path: unit.path, Path(row.result.path): unit.path}
+    for f in unit.files:
+        candidates[f] = f
+    for given, shown in list(candidates.items()):
+        candidates.setdefault(given.resolve(), shown)
+    for given, shown in sorted(candidates.items(), key=lambda item: -len(str(item[0]))):  # the longest path first
+        prefix = f"{given}: "
+        if error.startswith(prefix):
+            return display_path(shown, root), error[len(prefix):]
+    return display_path(unit.path, root), error
+
+
 def render_scan(result: ScanResult, console: Console, labels: dict[int, dict[str, float | None]],
                 label_columns: tuple[str, ...]) -> None:
     root = common_root([row.unit.path for row in result.rows])
@@ -60,7 +82,8 @@ def render_scan(result: ScanResult, console: Console, labels: dict[int, dict[str
         report = row.result.report or {}
         summary = report.get("summary") or {}
         means = summary.get("means") or {}
-        phases = " ".join(f"{PHASE_ABBREVIATIONS[name]} {count}" for name, count in (summary.get("phase_counts") or {}).items() if count)
+        phases = " ".join(f"{PHASE_ABBREVIATIONS.get(name, name)} {count}"  # a phase newer than this table: its name
+                          for name, count in (summary.get("phase_counts") or {}).items() if count)
         failed_layers = summary.get("n_failed_layers") or 0
         status = row.result.status if row.result.status == "failed" else ("ok" if not failed_layers else f"ok, {failed_layers} failed layers")
         table.add_row(
@@ -70,17 +93,19 @@ def render_scan(result: ScanResult, console: Console, labels: dict[int, dict[str
             *[format_number(means.get(key)) for _, key in _MEANS],
             phases or "-",
             *[format_number((labels.get(index) or {}).get(column)) for column in label_columns],
-            f"{row.result.seconds:.2f} s" + ("" if row.analysed_now else " (stored)"),
+            f"{row.result.seconds:.2f} s" + ("" if row.analysed_now else " (another scan)" if row.by_another_scan else " (stored)"),
             style="red" if row.result.status == "failed" else None,
         )
     console.print(table)
     console.print("phases: " + ", ".join(f"{abbr} {name}" for name, abbr in PHASE_ABBREVIATIONS.items()), style="dim", highlight=False)
-    console.print(f"{result.n_analysed} analysed now with {result.executor}, {result.n_reused} taken from the store; "
+    meanwhile = f", {result.n_by_another_scan} analysed by another scan of the same store" if result.n_by_another_scan else ""
+    console.print(f"{result.n_analysed} analysed now with {result.executor}, {result.n_reused} taken from the store{meanwhile}; "
                   f"{len(result.failed)} failed; {result.seconds:.2f} s", highlight=False)
     if result.failed:
         console.print(f"[bold red]{len(result.failed)} checkpoint{'s' if len(result.failed) > 1 else ''} failed:[/]")
         for row in result.failed:
-            console.print(f"  {display_path(row.unit.path, root)}: {row.result.error}", highlight=False, markup=False)
+            where, what = failure_parts(row, root)
+            console.print(f"  {where}: {what}", highlight=False, markup=False)
 
 
 def render_correlations(found: list[Correlation], console: Console, unmatched: list[str], n_labelled: int) -> None:

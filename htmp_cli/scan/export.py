@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from htmp_cli.errors import HtmpError
-from htmp_cli.fits.phases import PHASES
+from htmp_cli.fits.phases import PHASE_LABELS
 from htmp_cli.report.formats import flat_layer_row
 from htmp_cli.scan.labels import SUMMARY_METRICS
 from htmp_cli.scan.runner import ScanResult, ScanRow
@@ -33,7 +33,7 @@ def checkpoint_row(row: ScanRow, labels: dict[str, float | None] | None = None) 
         "n_failed_fits": summary.get("n_failed_fits"),
         "n_skipped": summary.get("n_skipped"),
         **{f"mean_{name}": means.get(name) for name in SUMMARY_METRICS},
-        **{f"phase_{name}": phases.get(name) for name in PHASES},
+        **{f"phase_{name}": phases.get(name) for name in PHASE_LABELS},
         "seconds": result.seconds,
         **(labels or {}),
     }

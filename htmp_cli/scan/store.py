@@ -1,20 +1,30 @@
 """The scan store: one SQLite file holding every checkpoint's result, written one checkpoint per transaction.
 
 A result is keyed by the checkpoint's content fingerprint and the analysis options (with the htmp
-version), so moving a zoo does not redo it and changing an option does. Only the scanning process
-writes, and each checkpoint's row and all its layer rows are committed together: a scan killed at
-any moment leaves whole checkpoints or nothing, never half of one.
+version), so moving a zoo does not redo it and changing an option does. Only scanning processes
+write (never their workers), and each checkpoint's row and all its layer rows are committed together:
+a scan killed at any moment leaves whole checkpoints or nothing, never half of one.
+
+Several scans may share a store. A scan claims each checkpoint just before analysing it (the claims
+table) and drops the claim in the transaction that stores the result; another scan skips what is
+claimed and later waits for it. A claim whose scan is gone is stale and is taken over: on this
+host when its process no longer runs (so a scan killed with SIGKILL is resumed at once), from
+another host when its heartbeat is older than REMOTE_STALE_SECONDS.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from htmp_cli import __version__
 from htmp_cli.errors import HtmpError
@@ -55,7 +65,27 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     signature TEXT NOT NULL,
     fingerprint TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS claims (
+    fingerprint TEXT NOT NULL,
+    options_key TEXT NOT NULL,
+    token TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started TEXT,
+    claimed_at REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    PRIMARY KEY (fingerprint, options_key)
+);
 """
+# The claims table is new in a store of schema 1; an older htmp ignores it (and claims nothing).
+
+HEARTBEAT_SECONDS = 20.0
+# A claim from another host is stale when its scan has not renewed it for this long.
+REMOTE_STALE_SECONDS = 6 * HEARTBEAT_SECONDS
+
+# A stored result as it was when a scan looked: a new row written by any scan differs from it.
+ResultVersion = tuple[str, str, float]
+ClaimState = Literal["claimed", "done", "held"]
 
 
 def options_key(options: AnalysisOptions) -> str:
@@ -74,6 +104,53 @@ class StoredResult:
     n_layers: int
     seconds: float
     report: dict[str, Any] | None  # htmp.report/1, layers included
+
+
+def _process_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a process, from Linux's /proc; None elsewhere."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the command name, in parentheses, may hold spaces
+    return fields[0], fields[19]
+
+
+@dataclass(frozen=True)
+class ScanOwner:
+    """One scan, as its claims name it: the token tells its claims apart, the rest whether it still runs."""
+
+    token: str
+    host: str
+    pid: int
+    started: str | None  # the process's start time: a pid reused by another process is not the scan
+
+    @classmethod
+    def this_scan(cls) -> "ScanOwner":
+        stat = _process_stat(os.getpid())
+        return cls(token=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
+                   started=stat[1] if stat is not None else None)
+
+
+def _claim_alive(host: str, pid: int, started: str | None, heartbeat: float) -> bool:
+    if host != socket.gethostname():  # its process cannot be seen from here
+        return time.time() - heartbeat < REMOTE_STALE_SECONDS
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        pass
+    stat = _process_stat(pid)
+    if stat is None:
+        return True
+    state, start = stat
+    # A zombie has ended (killed, its parent has not waited for it yet); another start time is another process.
+    return state != "Z" and (started is None or start == started)
+
+
+def _holder(host: str, pid: int) -> str:
+    return f"pid {pid}" if host == socket.gethostname() else f"pid {pid} on {host}"
 
 
 class ScanStore:
@@ -128,12 +205,62 @@ class ScanStore:
         """fingerprint -> status of every stored result under one options key."""
         return dict(self._db.execute("SELECT fingerprint, status FROM results WHERE options_key = ?", (key,)))
 
-    def save(self, fingerprint: str, key: str, path: str, outcome: dict[str, Any]) -> None:
-        """Store one checkpoint's outcome, replacing any earlier one, in a single transaction."""
+    def versions(self, key: str) -> dict[str, ResultVersion]:
+        """fingerprint -> version of every stored result under one options key."""
+        return {fp: (status, finished, seconds) for fp, status, finished, seconds in self._db.execute(
+            "SELECT fingerprint, status, finished_at, seconds FROM results WHERE options_key = ?", (key,))}
+
+    def _version(self, fingerprint: str, key: str) -> ResultVersion | None:
+        row = self._db.execute("SELECT status, finished_at, seconds FROM results WHERE fingerprint = ? AND options_key = ?",
+                               (fingerprint, key)).fetchone()
+        return tuple(row) if row is not None else None  # type: ignore[return-value]
+
+    def _state(self, fingerprint: str, key: str, owner: ScanOwner, seen: ResultVersion | None) -> tuple[ClaimState | None, str | None]:
+        """("done", None) when another scan stored a result since `seen`; ("held", who) while another
+        live scan claims it; (None, None) when it is free or ours."""
+        if self._version(fingerprint, key) != seen:
+            return "done", None
+        row = self._db.execute("SELECT token, host, pid, started, heartbeat FROM claims WHERE fingerprint = ? AND options_key = ?",
+                               (fingerprint, key)).fetchone()
+        if row is not None and row[0] != owner.token and _claim_alive(*row[1:]):
+            return "held", _holder(row[1], row[2])
+        return None, None
+
+    def claim(self, fingerprint: str, key: str, owner: ScanOwner, seen: ResultVersion | None) -> tuple[ClaimState, str | None]:
+        """Claim a checkpoint for `owner` unless another scan holds it or has stored it since `seen`
+        (the result the scan found when it planned); a stale claim is taken over.
+
+        Returns ("claimed", None), ("done", None) or ("held", a description of the other scan).
+        """
+        state, holder = self._state(fingerprint, key, owner, seen)
+        if state is not None:  # decided without taking the write lock (a waiting scan polls this)
+            return state, holder
+        with self._transaction():
+            state, holder = self._state(fingerprint, key, owner, seen)
+            if state is not None:
+                return state, holder
+            now = time.time()
+            self._db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (fingerprint, key, owner.token, owner.host, owner.pid, owner.started, now, now))
+        return "claimed", None
+
+    def release(self, owner: ScanOwner) -> None:
+        """Drop the claims of `owner` (a scan ending, finished or interrupted) and any stale ones."""
+        with self._transaction():
+            self._db.execute("DELETE FROM claims WHERE token = ?", (owner.token,))
+            owners = self._db.execute("SELECT token, host, pid, started, MAX(heartbeat) FROM claims GROUP BY token").fetchall()
+            self._db.executemany("DELETE FROM claims WHERE token = ?",
+                                 [(token,) for token, *rest in owners if not _claim_alive(*rest)])
+
+    def save(self, fingerprint: str, key: str, path: str, outcome: dict[str, Any], owner: ScanOwner | None = None) -> None:
+        """Store one checkpoint's outcome, replacing any earlier one, and drop `owner`'s claim on it, in a single transaction."""
         report = outcome.get("report")
         layers = report["layers"] if report is not None else []
         rest = {k: v for k, v in report.items() if k != "layers"} if report is not None else None
         with self._transaction():
+            if owner is not None:
+                self._db.execute("DELETE FROM claims WHERE fingerprint = ? AND options_key = ? AND token = ?",
+                                 (fingerprint, key, owner.token))
             self._db.execute("DELETE FROM layers WHERE fingerprint = ? AND options_key = ?", (fingerprint, key))
             self._db.execute("DELETE FROM results WHERE fingerprint = ? AND options_key = ?", (fingerprint, key))
             self._db.execute(
@@ -161,6 +288,40 @@ class ScanStore:
     def counts(self) -> dict[str, int]:
         return {table: self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
                 for table in ("results", "layers", "analyses")}
+
+
+class ClaimHeartbeat:
+    """While a scan runs, renew its claims every HEARTBEAT_SECONDS from a thread with its own connection.
+
+    A scan on this host judges a claim by its process; one on another host (a store on a shared file
+    system) sees only this heartbeat, so a long analysis is not taken for an abandoned one.
+    """
+
+    def __init__(self, path: Path, owner: ScanOwner, interval: float = HEARTBEAT_SECONDS) -> None:
+        self._path = path
+        self._owner = owner
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="htmp-claim-heartbeat", daemon=True)
+
+    def __enter__(self) -> "ClaimHeartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+    def _beat(self) -> None:
+        db = sqlite3.connect(self._path, timeout=60, isolation_level=None)
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    db.execute("UPDATE claims SET heartbeat = ? WHERE token = ?", (time.time(), self._owner.token))
+                except sqlite3.Error:  # busy beyond the timeout, or the disk is gone: the next beat tries again
+                    pass
+        finally:
+            db.close()
 
 
 class _Transaction:

@@ -7,6 +7,7 @@ of the scan. It is plain JSON-able data because it crosses process (and, with Da
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -20,8 +21,14 @@ _events: Any = None
 
 
 def init_local_worker(events: Any, parent_pid: int) -> None:
-    """Process-pool initializer: progress queue, one BLAS thread, and exit when the scan process dies."""
+    """Process-pool initializer: progress queue, one BLAS thread, deaf to Ctrl-C, and exit when the scan process dies."""
     global _events
+    # Ctrl-C reaches the whole process group; the scan process alone answers it, by killing its
+    # workers, so a worker neither prints a traceback nor goes on. The worker was started with SIGINT
+    # blocked (executors._sigint_held): ignoring it first discards one that came while it imported.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _events = events
     os.environ.update(ONE_THREAD_ENV)  # before torch is imported, so its own pool is one thread too
     leave_with_parent(parent_pid)
