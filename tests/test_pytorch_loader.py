@@ -138,3 +138,16 @@ def test_tensors_that_require_grad_are_read(tmp_path: Path, legacy: bool) -> Non
     result = run_htmp("analyze", str(path), "-f", "json", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert [layer["status"] for layer in json.loads(result.stdout)["layers"]] == ["success", "success"]
+
+
+def test_a_local_file_name_flagged_utf8_that_is_not_is_read_or_refused_in_one_line(tmp_path: Path) -> None:
+    """Fuzzer find: torch reads such an archive, Python's zipfile raised UnicodeDecodeError (an
+    internal error) when htmp looked at its records."""
+    path = tmp_path / "badname.pt"
+    torch.save({"w": torch.randn(32, 16)}, path)
+    data = bytearray(path.read_bytes())
+    data[data.find(b"badname/byteorder")] = 0xF3  # the record's local header; the directory keeps the name
+    path.write_bytes(bytes(data))
+    result = run_htmp("analyze", str(path), "-f", "json")
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0 or (result.returncode == 2 and len(result.stderr.splitlines()) == 1)

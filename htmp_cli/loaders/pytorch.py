@@ -219,7 +219,7 @@ def _records_stored_little_endian(path: Path) -> bool:
             order = [i for i in infos if i.filename.endswith("/byteorder")]
             if order and archive.read(order[0]).strip() != b"little":
                 return False
-    except (OSError, zipfile.BadZipFile):
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError):  # a name flagged UTF-8 that is not: torch reads it, zipfile does not
         return False
     return all(i.compress_type == zipfile.ZIP_STORED for i in infos if "/data/" in i.filename)
 
