@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from htmp_cli.cli import app
 
-EXAMPLES = int(os.environ.get("HTMP_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("HTMP_FUZZ_EXAMPLES", "50"))
 CASE_SECONDS = 30
 # Fuzzed files are a few KB; an allocation sized by a lying header would be far above this.
 MEMORY_BOUND = 48 * 2**20

@@ -4,7 +4,7 @@ Targets: each container form's seed file mutated byte by byte (safetensors, PyTo
 GGUF), safetensors headers and GGUF tables built from absurd parts, hostile folders (shard indexes
 pointing outside their folder or at missing files, symlink loops, FIFOs, directories and empty files
 where files belong), and hostile pickles in every container form. CI runs `HTMP_FUZZ_EXAMPLES`
-(150) examples per hypothesis target; `HTMP_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py` runs longer
+(50) examples per hypothesis target and `HTMP_ATHERIS_RUNS` (100) atheris runs per format; `HTMP_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py` runs longer
 (docs/fuzzing.md records the counts). `HTMP_FUZZ_STATS=FILE` appends the outcome counts to FILE.
 """
 
@@ -290,9 +290,10 @@ def test_hostile_pickles_in_every_container(form: str, placement: str, tmp_path)
 def test_atheris_byte_fuzzer_short_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Coverage-guided byte fuzzing of the safetensors and GGUF parsers (tests/fuzz_atheris.py), a
     bounded run; `python tests/fuzz_atheris.py FORMAT -runs=N` runs it by hand."""
+    runs = int(os.environ.get("HTMP_ATHERIS_RUNS", "100"))
     for form in ("safetensors", "gguf"):
-        done = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz_atheris.py"), form, "-runs=250", "-seed=1",
+        done = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz_atheris.py"), form, f"-runs={runs}", "-seed=1",
                                f"-artifact_prefix={tmp_path}/"], capture_output=True, text=True, timeout=600,
                               cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert "Done 250 runs" in done.stderr, done.stderr[-2000:]
+        assert f"Done {runs} runs" in done.stderr, done.stderr[-2000:]

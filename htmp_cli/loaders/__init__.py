@@ -124,8 +124,9 @@ def _open_file(path: Path) -> Checkpoint:
         return _open_pytorch([path], index=None)
     if path.suffix in PYTORCH_SUFFIXES and not (len(magic) == 9 and magic[8:9] == b"{"):
         raise CheckpointError(f"{path}: neither a PyTorch zip file nor a pickle (starts with {magic[:4]!r})")
-    if not (len(magic) == 9 and magic[8:9] == b"{"):
+    if not (len(magic) == 9 and magic[8:9] == b"{") and path.suffix != ".safetensors":
         # Every safetensors file starts with its header's length and then "{": this is something else.
+        # (A damaged .safetensors file is left to its parser, which names the fault.)
         raise CheckpointError(f"{path}: not a checkpoint htmp reads: {looks_like(path)}. htmp reads safetensors, "
                               "PyTorch .pt/.pth/.bin/.ckpt, GGUF, shard indexes (.index.json) and folders of them")
     return _open_safetensors([path], index=None)
