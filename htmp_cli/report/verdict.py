@@ -87,6 +87,9 @@ def to_markdown(verdict: Verdict, source: str) -> str:
     held = [r for r in verdict.rules if not any(v.rule.name == r.name for v in verdict.violations)]
     if held:
         lines.append("Rules that held: " + ", ".join(f"`{r.name}`" for r in held))
+        lines.append("")
+    lines += ["Rules, and the layers each looked at:", ""]
+    lines += [f"- `{r.name}` ({r.severity}): {r.what}; {verdict.looked_at.get(r.name, '')}" for r in verdict.rules]
     return "\n".join(lines) + "\n"
 
 
