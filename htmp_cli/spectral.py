@@ -12,7 +12,10 @@ and the eigensolve run there.
 from __future__ import annotations
 
 import math
+import os
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.util import find_spec
 from typing import Any, Callable, Iterator
 
@@ -23,6 +26,12 @@ _BLOCK_BYTES = 64 * 2**20
 # From this Gram size on, the eigensolve takes long enough that importing torch (whose LAPACK is
 # faster here) and scipy's BLAS (in-place syrk) pays for itself; below it numpy alone is quicker.
 LARGE_MATRIX_SIZE = 1024
+# Multiply-adds of one block's Gram product from which BLAS may use all its threads (below
+# LARGE_MATRIX_SIZE), when a core is idle: about 15 ms on one core. Two threads take 0.55 to 0.7
+# of one thread's time at any size, but OpenBLAS's helper spins on its core for a while after
+# every call: from 2^25 on, MiniLM-L6 took 4.5 s of CPU for 2.69 s of wall time, from 2^28 on
+# 3.3 s for 2.73 s.
+_THREADED_PRODUCT = 2**28
 
 Decoder = Callable[[np.ndarray], np.ndarray]
 
@@ -67,6 +76,51 @@ class Spectrum:
     @property
     def lambda_max(self) -> float:
         return float(self.eigenvalues[-1])
+
+
+@lru_cache(maxsize=1)
+def _blas_threads() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> AbstractContextManager[Any]:
+    """BLAS limited to one thread for as long as the context lasts, then as it was.
+
+    Below LARGE_MATRIX_SIZE a second thread buys little (a 384 x 384 eigensolve: 11 ms with one,
+    9 ms with two on an idle 2-core machine), and where the cores are busy it costs a great deal:
+    each of the many small calls inside waits for a helper thread to be scheduled. MiniLM-L6's 39
+    spectra took 2.5 s of eigensolves with two OpenBLAS threads on a loaded 2-core machine and
+    0.45 s with one (2026-12-01). The thread count also changes eigvalsh's last digits (3e-15
+    relative), so one thread keeps small spectra the same on every machine.
+    """
+    return _blas_threads().limit(limits=1, user_api="blas")
+
+
+def _product_threads(rows: int, M: int) -> AbstractContextManager[Any]:
+    """BLAS threads for one block's Gram product below LARGE_MATRIX_SIZE: all of them for a large
+    product while a core is idle, one otherwise (see _one_blas_thread). The product is the same
+    to the last bit either way (OpenBLAS splits the output, not the sums); only its time differs.
+    Measured on 2 cores: 13107 x 640 took 0.19 s with two threads and 0.33 s with one when idle,
+    and 0.60 s with two against 0.21 s with one (21845 x 384) when other processes kept both busy.
+    """
+    if rows * M * M >= _THREADED_PRODUCT and _a_core_is_idle():
+        return nullcontext()
+    return _one_blas_thread()
+
+
+def _a_core_is_idle() -> bool:
+    """Whether the last minute's load leaves a core to spare beside this process."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average (Windows): as if idle
+        return cores > 1
+    return load < cores - 0.5
 
 
 def choose_backend(requested: str, M: int) -> str:
@@ -153,7 +207,11 @@ def _blocks(W: np.ndarray, precision: str, decode: Decoder | None, scale: float)
             if np.isfinite(part).all():  # float64 weights beyond float32's range: not the matrix's fault
                 raise _OutOfRange(_largest_magnitude(W, decode))
             raise NonFiniteMatrixError("matrix contains NaN or Inf entries")
+        # Dropped before the next block is made: otherwise a decoded block, and the previous one,
+        # would live on beside it (a third of the peak memory for bf16 and quantised weights).
+        del part
         yield block, peak
+        del block
 
 
 def _accumulate(W: np.ndarray, precision: str, decode: Decoder | None, device: str | None, scale: float) -> GramMatrix:
@@ -175,6 +233,7 @@ def _accumulate(W: np.ndarray, precision: str, decode: Decoder | None, device: s
                 gram.addmm_(part.T, part)
             else:
                 gram.addmm_(part, part.T)
+            del block, part  # before the next block is decoded
         return GramMatrix(values=gram, uplo="L", N=N, M=M, precision=precision, amax=amax, scale=scale)
     in_place = M >= LARGE_MATRIX_SIZE
     if in_place:
@@ -191,11 +250,13 @@ def _accumulate(W: np.ndarray, precision: str, decode: Decoder | None, device: s
             gram = syrk(1.0, block.T, beta=1.0, c=gram, trans=0 if by_rows else 1, lower=0, overwrite_c=1)
         else:
             # One buffer and its transpose: numpy calls syrk.
-            product = block.T @ block if by_rows else block @ block.T
+            with _product_threads(block.shape[0] if by_rows else block.shape[1], M):
+                product = block.T @ block if by_rows else block @ block.T
             if gram is None:
                 gram = product
             else:
                 gram += product
+        del block  # before the next block is decoded
     return GramMatrix(values=gram, uplo="U" if in_place else "L", N=N, M=M, precision=precision, amax=amax,
                       scale=scale)
 
@@ -214,6 +275,9 @@ def spectrum_of(gram: GramMatrix, backend: str = "auto") -> Spectrum:
             import torch
 
             values = torch.linalg.eigvalsh(torch.from_numpy(gram.values), UPLO=gram.uplo).numpy()
+        elif gram.M < LARGE_MATRIX_SIZE:
+            with _one_blas_thread():
+                values = np.linalg.eigvalsh(gram.values, UPLO=gram.uplo)
         else:
             values = np.linalg.eigvalsh(gram.values, UPLO=gram.uplo)
     values = np.sort(values.astype(np.float64))

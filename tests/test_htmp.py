@@ -63,6 +63,23 @@ def test_integer_delta_and_square_matrices(kappa: float, gamma: float) -> None:
     np.testing.assert_allclose(ours, reference, atol=5e-8)
 
 
+@pytest.mark.parametrize("kappa, gamma", [(10.0, 1.0), (20.0, 1.0), (60.0, 1.0), (23.3, 1.0), (12.0, 0.9), (20.0, 0.95),
+                                          (60.0, 0.98)])
+def test_large_kappa_near_square_at_small_arguments(kappa: float, gamma: float) -> None:
+    """Where U needs M(a, b, z) with a an integer >= 5, 0 < b < 1 and -1 < z < 0: c = kappa / 2 an
+    integer, delta in (0, 1) (or 0 -+ gap at gamma = 1), x below 1.4 / s. scipy 1.17.1's hyp1f1 is
+    wrong there (the log-density was off by up to 8 before the contiguous-relation route); mpmath
+    is the reference."""
+    _, delta, s = H.shape_parameters(kappa, gamma)
+    x = np.geomspace(0.05 / s, 1.4 / s, 12)
+    ours = H.logpdf(x, kappa, gamma)
+    reference = np.array([H.logpdf_mpmath(float(v), kappa, gamma) for v in x])
+    integer_delta = abs(delta - round(delta)) < H._INTEGER_DELTA_GAP
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=5e-8 if integer_delta else 1e-10)
+    F = H.cdf(x, kappa, gamma)
+    assert np.all(np.diff(F) > 0) and np.all((F > 0) & (F < 1))
+
+
 @pytest.mark.parametrize("kappa, gamma", [(1.0, 0.25), (4.0, 0.5), (10.0, 0.25), (0.3, 0.7), (40.0, 0.5)])
 def test_cdf_matches_the_integrated_density(kappa: float, gamma: float) -> None:
     x = np.array([0.2, 0.6, 1.0, 1.4, 2.5, 5.0])
@@ -181,3 +198,28 @@ def test_interpolated_cdf_used_by_the_fit_is_close_to_the_exact_one() -> None:
     exact = H.cdf(x, 5.0, 0.3)
     fast = H.cdf(x, 5.0, 0.3, exact_points=False)
     assert np.max(np.abs(exact - fast)) < 1e-4
+
+
+def test_the_monotone_cubic_of_the_fit_cdf_is_scipys_pchip() -> None:
+    """The interpolated CDF's monotone cubic (scipy.interpolate is too heavy an import for a fit) is
+    PCHIP: checked on flat runs, steps, non-monotone data and steps of a few ulps."""
+    from scipy.interpolate import PchipInterpolator
+
+    rng = np.random.default_rng(8)
+    for case in range(200):
+        xs = np.unique(rng.uniform(0.0, 10.0, rng.integers(3, 40)))
+        if xs.size < 3:
+            continue
+        ys = np.cumsum(rng.choice([0.0, 1.0, 3.0], xs.size) * rng.exponential(1.0, xs.size))
+        if case % 3 == 0:
+            ys = rng.normal(size=xs.size)
+        x = rng.uniform(xs[0], xs[-1], 50)
+        np.testing.assert_allclose(H._monotone_cubic(xs, ys, x, right=1.0), PchipInterpolator(xs, ys)(x),
+                                   rtol=0, atol=1e-12 * (1 + np.abs(ys).max()))
+    # A rise of one subnormal over a long step (delta underflows to 0) and one over a step of an ulp
+    # (w / delta overflows): no floating-point warning, and still monotone.
+    for xs, ys in ((np.array([0.0, 1e3, 2e3, 3e3]), np.array([0.0, 5e-324, 0.5, 1.0])),
+                   (np.array([1.0, 1.0 + 2.2e-16, 2.0, 3.0]), np.array([0.0, 1e-323, 0.5, 1.0]))):
+        with np.errstate(all="raise"):
+            values = H._monotone_cubic(xs, ys, np.linspace(xs[0], xs[-1] + 1.0, 40), right=1.0)
+        assert np.all(np.diff(values) >= 0) and values[-1] == 1.0

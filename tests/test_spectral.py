@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +105,40 @@ def test_in_place_syrk_path_for_large_matrices(monkeypatch: pytest.MonkeyPatch, 
     spectrum = spectral.spectrum_of(gram, backend="numpy")
     expected = np.sort(np.linalg.svd(W.astype(np.float64), compute_uv=False) ** 2)
     np.testing.assert_allclose(spectrum.eigenvalues, expected, rtol=1e-8, atol=1e-10 * expected.max())
+
+
+def _blas_threads() -> list[int]:
+    """Thread counts of numpy's own BLAS (the one numpy's products and eigvalsh call)."""
+    from threadpoolctl import threadpool_info
+
+    return [info["num_threads"] for info in threadpool_info()
+            if info["user_api"] == "blas" and "numpy" in Path(info["filepath"]).parent.name]
+
+
+@pytest.mark.parametrize("idle", [True, False])
+def test_small_spectra_use_one_blas_thread_and_leave_the_count_as_it_was(monkeypatch: pytest.MonkeyPatch,
+                                                                         idle: bool) -> None:
+    """Below LARGE_MATRIX_SIZE the eigensolve runs on one BLAS thread (a second one is slower where
+    the cores are busy, and changes the last digits); a large Gram product may use them all only
+    while a core is idle, with the same result to the last bit. Afterwards the count is as before."""
+    before = _blas_threads()
+    if not before:
+        pytest.skip("numpy's BLAS is not one threadpoolctl finds in numpy's own folder")
+    seen: dict[str, list[int]] = {}
+
+    def recorded(name, fn):  # type: ignore[no-untyped-def]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            seen.setdefault(name, []).extend(_blas_threads())
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(np.linalg, "eigvalsh", recorded("eigvalsh", np.linalg.eigvalsh))
+    monkeypatch.setattr(spectral, "_a_core_is_idle", lambda: idle)
+    monkeypatch.setattr(spectral, "nullcontext", recorded("product", spectral.nullcontext))
+    W = np.random.default_rng(6).standard_normal((3000, 300))
+    spectrum = eigenvalues(W, backend="numpy")
+    assert set(seen["eigvalsh"]) == {1}
+    assert ("product" in seen) == (idle and max(before) > 1 and 3000 * 300**2 >= spectral._THREADED_PRODUCT)
+    assert _blas_threads() == before
+    one_thread = np.sort(np.linalg.svd(W, compute_uv=False) ** 2)
+    np.testing.assert_allclose(spectrum.eigenvalues, one_thread, rtol=1e-10, atol=1e-12 * one_thread.max())

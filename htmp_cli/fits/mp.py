@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -61,6 +62,15 @@ def mp_logpdf(x: np.ndarray, gamma: float) -> np.ndarray:
 
 def mp_cdf(x: np.ndarray, gamma: float) -> np.ndarray:
     """CDF of Marchenko-Pastur with sigma^2 = 1 (mean 1) and aspect ratio gamma <= 1."""
+    grid, cumulative = _mp_cdf_table(float(gamma))
+    return np.interp(np.asarray(x, dtype=np.float64), grid, cumulative, left=0.0, right=1.0)
+
+
+# A layer asks for the table of its gamma five times (the bulk fit, its two KS distances, the HTMP
+# fits' two); the layers of a model share a handful of shapes.
+@lru_cache(maxsize=64)
+def _mp_cdf_table(gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(x, CDF(x)) of Marchenko-Pastur(gamma) at 4097 points, read-only (they are shared)."""
     lo, hi = (1 - math.sqrt(gamma)) ** 2, (1 + math.sqrt(gamma)) ** 2
     # x = lo + (hi-lo)(1 - cos t)/2 turns the square-root edges into a smooth integrand in t.
     t = np.linspace(0.0, math.pi, 4097)
@@ -71,7 +81,9 @@ def mp_cdf(x: np.ndarray, gamma: float) -> np.ndarray:
         integrand[0] = 2.0 / (2 * math.pi)  # limit of sin^2 t / x as t -> 0 when lo = 0 and hi = 4
     cumulative = np.r_[0.0, np.cumsum((integrand[1:] + integrand[:-1]) / 2 * np.diff(t))]
     cumulative /= cumulative[-1]
-    return np.interp(np.asarray(x, dtype=np.float64), grid, cumulative, left=0.0, right=1.0)
+    grid.flags.writeable = False
+    cumulative.flags.writeable = False
+    return grid, cumulative
 
 
 def ks_distance(sorted_values: np.ndarray, model_cdf: np.ndarray) -> float:
@@ -81,6 +93,7 @@ def ks_distance(sorted_values: np.ndarray, model_cdf: np.ndarray) -> float:
     return float(max(np.max(model_cdf - ranks / n), np.max((ranks + 1) / n - model_cdf)))
 
 
+@lru_cache(maxsize=64)
 def _mp_median(gamma: float) -> float:
     grid = np.linspace((1 - math.sqrt(gamma)) ** 2, (1 + math.sqrt(gamma)) ** 2, 4001)
     return float(np.interp(0.5, mp_cdf(grid, gamma), grid))

@@ -9,6 +9,10 @@ checked against the file's size before it is used.
 
 GGUF lists dims innermost first (ggml's ne[0] is the row length); shapes here are reversed into
 PyTorch's (out, in) order, which is also the C-order layout of the data.
+
+A quantised tensor is read as its codes (a `QuantizedMatrix`) and dequantised a slice at a time:
+the Gram matrix is accumulated from row blocks of it, so memory holds the codes, one float block
+and the Gram matrix, never the whole float32 matrix (a 262144 x 640 embedding is 671 MB of it).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +52,9 @@ _BLOCKS = {name: (block, size) for name, block, size in GGML_TYPES.values()}
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _LONG_STRING = 256  # longer metadata strings (chat templates) are summarised, not kept
+# Elements dequantised per call of the gguf package, whose temporaries are two to three times its
+# float32 output (and all of them at once: it concatenates the pieces of a call only at its end).
+_DEQUANTIZE_CHUNK = 2**16
 
 
 @dataclass(frozen=True)
@@ -236,16 +244,96 @@ def _entry(path: Path, name: str, dims: list[int], type_id: int, offset: int, al
                        offset=data_start + offset, nbytes=nbytes)
 
 
-def read_stored_gguf(entry: TensorEntry) -> tuple[np.ndarray, Decoder | None]:
-    """A GGUF tensor: plain floats as stored (with their decoder), quantised blocks dequantised to float32."""
+@dataclass(frozen=True)
+class QuantizedMatrix:
+    """A block-quantised tensor as its codes, `shape` in elements; floats only on request.
+
+    Indexing the leading axes (rows, experts) selects codes; a slice of the last axis selects
+    whole quantisation blocks where it can and dequantises the few it cuts otherwise.
+    `dequantize()` (and np.asarray) gives the float32 values, exactly the gguf package's.
+    """
+
+    codes: np.ndarray  # uint8, (*shape[:-1], shape[-1] / block * block_bytes)
+    qtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> QuantizedMatrix | np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > self.ndim or any(k is Ellipsis or k is None for k in key):
+            return self.dequantize()[key]
+        lead = key[: self.ndim - 1]
+        part = self._rows(lead) if lead else self
+        if len(key) < self.ndim:
+            return part
+        return part._columns(key[-1])
+
+    def _rows(self, lead: tuple[Any, ...]) -> QuantizedMatrix:
+        codes = self.codes[lead]
+        return QuantizedMatrix(codes=codes, qtype=self.qtype, shape=(*codes.shape[:-1], self.shape[-1]))
+
+    def _columns(self, key: Any) -> QuantizedMatrix | np.ndarray:
+        cols = self.shape[-1]
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            return self.dequantize()[..., key]
+        start, stop, _ = key.indices(cols)
+        stop = max(start, stop)
+        block, block_bytes = _BLOCKS[self.qtype]
+        first, last = start // block, -(-stop // block)  # the blocks that hold [start, stop)
+        part = QuantizedMatrix(codes=self.codes[..., first * block_bytes : last * block_bytes], qtype=self.qtype,
+                               shape=(*self.shape[:-1], (last - first) * block))
+        if start % block == 0 and stop % block == 0:  # rows hold whole blocks, so this is all of them
+            return part
+        return part.dequantize()[..., start - first * block : stop - first * block]
+
+    def reshape(self, *shape: Any) -> np.ndarray:
+        return self.dequantize().reshape(*shape)
+
+    def dequantize(self) -> np.ndarray:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        qtype = GGMLQuantizationType[self.qtype]
+        cols = self.shape[-1]
+        rows = self.codes.reshape(math.prod(self.shape[:-1]), self.codes.shape[-1])
+        out = np.empty((rows.shape[0], cols), dtype=np.float32)
+        if out.size == 0:  # the gguf package cannot reshape empty rows
+            return out.reshape(self.shape)
+        step = max(1, _DEQUANTIZE_CHUNK // max(cols, 1))
+        for start in range(0, rows.shape[0], step):
+            # As one row of blocks: the package then decodes the chunk in one call, where it would
+            # loop in Python over groups of 16 rows (4 s of a 262144 x 640 matrix's 5).
+            chunk = rows[start : start + step]
+            out[start : start + step] = dequantize(chunk.reshape(-1), qtype).reshape(chunk.shape[0], cols)
+        return out.reshape(self.shape)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        values = self.dequantize()
+        return values if dtype is None else values.astype(dtype, copy=False)
+
+
+def dequantize_part(part: QuantizedMatrix | np.ndarray) -> np.ndarray:
+    """The decoder of quantised tensors: float32 values of a part of one (floats pass through)."""
+    if isinstance(part, QuantizedMatrix):
+        return part.dequantize()
+    return np.asarray(part, dtype=np.float32)
+
+
+def read_stored_gguf(entry: TensorEntry) -> tuple[np.ndarray | QuantizedMatrix, Decoder | None]:
+    """A GGUF tensor: plain floats as stored (with their decoder), quantised ones as their codes,
+    dequantised by the decoder a part at a time."""
     if entry.dtype not in QUANTIZED_DTYPES:
         return read_stored(entry)
     try:
-        from gguf import GGMLQuantizationType
-        from gguf.quants import dequantize
+        import gguf.quants  # noqa: F401
     except ImportError:
         raise CheckpointError(f"{entry.file}: dequantising {entry.dtype} needs the gguf package: pip install gguf") from None
     block, block_bytes = _BLOCKS[entry.dtype]
-    rows = read_raw(entry).reshape(-1, entry.shape[-1] // block * block_bytes)
-    values = dequantize(rows, GGMLQuantizationType[entry.dtype])
-    return np.asarray(values, dtype=np.float32).reshape(entry.shape), None
+    codes = read_raw(entry).reshape(*entry.shape[:-1], entry.shape[-1] // block * block_bytes)
+    return QuantizedMatrix(codes=codes, qtype=entry.dtype, shape=tuple(entry.shape)), dequantize_part
