@@ -33,22 +33,24 @@ RULE_PHASES = PHASE_LABELS + (VERY_HEAVY,)
 
 # Hidden layers are those the built-in rules judge. Embeddings and output heads are trained by
 # other signals (token frequencies, the label set) and are often heavy-tailed or random-like in
-# healthy models; an unused pooler stays at its initialisation; a side under HIDDEN_MIN_SIDE gives
-# too few eigenvalues for a tail or a bulk to be evidence.
-HIDDEN_MIN_SIDE = 32
+# healthy models; an unused pooler stays at its initialisation; fewer than HIDDEN_MIN_EIGENVALUES
+# eigenvalues are too few for a tail or a bulk to be evidence.
+HIDDEN_MIN_EIGENVALUES = 32
 _POOLER = re.compile(r"(^|[._])pooler([._]|$)", re.IGNORECASE)
 
 
 def layer_role(layer: dict[str, Any]) -> str:
-    """"hidden", or why a layer (in its JSON form) is not: embedding, output head, pooler, tiny."""
+    """"hidden", or why a layer (in its JSON form) is not: embedding, output head, pooler, too few eigenvalues."""
     if layer["kind"] == "embedding":
         return "embedding"
     if layer["kind"] == "head":
         return "output head"
     if _POOLER.search(layer["name"]):
         return "pooler"
-    if min(layer["N"], layer["M"]) < HIDDEN_MIN_SIDE:
-        return f"side under {HIDDEN_MIN_SIDE}"
+    # A pooled conv kernel has M eigenvalues per slice: its count, not its side, is the evidence.
+    count = layer.get("n_eigenvalues") or min(layer["N"], layer["M"]) * layer.get("slices", 1)
+    if count < HIDDEN_MIN_EIGENVALUES:
+        return f"under {HIDDEN_MIN_EIGENVALUES} eigenvalues"
     return "hidden"
 
 
@@ -109,8 +111,12 @@ DEFAULT_RULES = (
     Rule(name="mostly-very-heavy-tailed", phase=VERY_HEAVY, max_share=0.5, scope="hidden",
          reason="most hidden layers very heavy-tailed: the signature of a diverged run or of fitting noise"),
 )
+# Said when rules for hidden layers found none to judge: their passing would mean nothing.
+NO_HIDDEN_LAYERS = Rule(name="no-hidden-layers", summary="n_layers", severity="warning", min=0.0,
+                        reason="every analysed layer is an embedding, output head, pooler or too small for the "
+                               "hidden-layer rules; check.defaults_scope = \"all\" holds them to every layer")
 # Fails every check, defaults or not: a verdict on no layers would pass anything.
-NOTHING_ANALYSED = Rule(name="nothing-analysed", failed=True,
+NOTHING_ANALYSED = Rule(name="nothing-analysed", summary="n_layers", min=1.0,
                         reason="no matrix was analysed, so no rule could look at any; check the selection "
                                "(--include, --exclude, --min-dim) or the file")
 
@@ -427,7 +433,7 @@ def _selected(rule: Rule | DriftRule, layers: list[dict]) -> list[dict]:
     if rule.layers is not None:
         pattern = re.compile(rule.layers)
         chosen = [layer for layer in chosen if pattern.search(layer["name"])]
-    if getattr(rule, "scope", "all") == "hidden":
+    if isinstance(rule, Rule) and rule.scope == "hidden":
         chosen = [layer for layer in chosen if layer_role(layer) == "hidden"]
     return chosen
 
@@ -466,7 +472,7 @@ def evaluate(report: dict[str, Any], rules: tuple[Rule, ...]) -> Verdict:
     if not layers:
         skipped = report.get("skipped") or []
         rules = (NOTHING_ANALYSED, *rules)
-        violations.append(Violation(NOTHING_ANALYSED, None, None,
+        violations.append(Violation(NOTHING_ANALYSED, None, 0.0,
                                     f"nothing was checked: no matrix was analysed ({len(skipped)} tensors skipped)"))
     for rule in rules:
         if rule is NOTHING_ANALYSED:
@@ -500,6 +506,12 @@ def evaluate(report: dict[str, Any], rules: tuple[Rule, ...]) -> Verdict:
             value = SUMMARY_FIGURES[rule.summary](report["summary"])
             if value is not None and _out_of_bounds(float(value), rule):
                 violations.append(Violation(rule, None, float(value), f"{rule.summary} = {float(value):.4g}"))
+    idle = [r.name for r in rules if r.scope == "hidden" and r.summary is None]
+    if layers and idle and not any(layer_role(layer) == "hidden" for layer in layers):
+        rules = (*rules, NO_HIDDEN_LAYERS)
+        checked[NO_HIDDEN_LAYERS.name], looked_at[NO_HIDDEN_LAYERS.name] = len(layers), f"{len(layers)} layers"
+        violations.append(Violation(NO_HIDDEN_LAYERS, None, None, f"no hidden layer for {', '.join(idle)}: "
+                                    f"{len(layers)} layers, none judged by them"))
     return Verdict(rules=rules, violations=tuple(violations), checked_layers=checked, looked_at=looked_at)
 
 
@@ -507,6 +519,8 @@ def evaluate_drift(report: dict[str, Any], baseline: dict[str, Any], rules: tupl
     """Compare a report with a baseline report of the same architecture, layer by layer."""
     old = {layer["name"]: layer for layer in baseline["layers"]}
     new = {layer["name"]: layer for layer in report["layers"]}
+    if not new:  # nothing analysed: `evaluate` fails the check and says so; no drift to measure
+        return Verdict(rules=(), violations=())
     if not set(old) & set(new):
         raise HtmpError("the baseline shares no layer names with this checkpoint: not the same architecture")
     violations: list[Violation] = []

@@ -120,7 +120,7 @@ def _roles_checkpoint(path: Path) -> None:
     tensors = _healthy()
     tensors["embeddings.word_embeddings.weight"] = phase_layer("random-like", 1000, 64, rng).astype(np.float32)
     tensors["pooler.dense.weight"] = phase_layer("random-like", 200, 200, rng).astype(np.float32)
-    # a side under 32, and rank 4 of 20
+    # 20 eigenvalues (under 32), and rank 4 of 20
     tensors["layers.9.weight"] = (rng.standard_normal((400, 4)) @ rng.standard_normal((4, 20)) / 20).astype(np.float32)
     save_file(tensors, str(path))
 
@@ -131,7 +131,7 @@ def test_embeddings_poolers_and_tiny_layers_are_not_held_to_hidden_rules_unless_
     result = run_htmp("check", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert ("random-like (error, held): no layer in phase random-like; 3 hidden layers; not held to it: "
-            "1 embedding, 1 pooler, 1 side under 32") in result.stdout
+            "1 embedding, 1 pooler, 1 under 32 eigenvalues") in result.stdout
     (tmp_path / "htmp.toml").write_text('[check]\ndefaults_scope = "all"\n')
     junit = tmp_path / "junit.xml"
     result = run_htmp("check", str(path), "--junit", str(junit), cwd=tmp_path)
@@ -327,3 +327,23 @@ def test_minilm_passes_the_built_in_rules_which_say_what_they_left_out(minilm_pa
     assert failures == {("htmp.random-like", "pooler.dense.weight")}
     result = run_htmp("check", str(minilm_path), "--config", str(ROOT / "docs" / "htmp.example.toml"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_checkpoint_without_hidden_layers_says_the_rules_judged_nothing(tmp_path: Path) -> None:
+    rng = np.random.default_rng(SEED + 4)
+    path = tmp_path / "embeddings-only.safetensors"
+    save_file({"embeddings.word_embeddings.weight": phase_layer("random-like", 1000, 64, rng).astype(np.float32)},
+              str(path))
+    result = run_htmp("check", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no-hidden-layers" in result.stdout and "1 warning)" in result.stdout
+
+
+def test_nothing_analysed_with_a_baseline_still_says_nothing_was_checked(checkpoints: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.json"
+    assert run_htmp("analyze", str(checkpoints["healthy"]), "-f", "json", "-o", str(baseline)).returncode == 0
+    result = run_htmp("check", str(checkpoints["healthy"]), "--include", "nothing", "--baseline", str(baseline),
+                      cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "nothing was checked" in result.stdout and "summary n_layers >= 1" in result.stdout
