@@ -303,9 +303,9 @@ def check(
                  "precision": precision.value, "fit": fit.value, "device": device.value}
         given = {name: value for name, value in flags.items() if _given(ctx, name)}
         options = AnalysisOptions(**{**gate_config.analysis, **given})
-        for flag, target in ((junit, "--junit"), (summary, "--summary")):
-            if flag is not None:
-                check_writable(flag, target)
+        for target, flag in ((junit, "--junit"), (summary, "--summary")):
+            if target is not None:
+                check_writable(target, flag)
         earlier = _read_report(baseline, "--baseline") if baseline is not None else None
         if _is_report_path(path):
             fixed = [name for name in given if name not in gate.SELECTION_OPTIONS]
@@ -381,7 +381,19 @@ def _is_report_path(path: str) -> bool:
             head = handle.read(4096)
     except OSError:
         return False
-    return head.lstrip()[:1] == b"{" and b'"schema"' in head and b"htmp.report" in head
+    if head.lstrip()[:1] != b"{":
+        return False
+    if b'"schema"' in head and b"htmp.report" in head:
+        return True
+    if candidate.suffix != ".json":
+        return False
+    try:  # a report whose keys were reordered (json.dump(sort_keys=True)) puts its schema last
+        data = json.loads(candidate.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    from htmp_cli.report.formats import SCHEMA
+
+    return isinstance(data, dict) and data.get("schema") == SCHEMA
 
 
 def _write_text(path: Path, text: str, flag: str) -> None:

@@ -23,6 +23,8 @@ def check_writable(path: Path, flag: str, folder: bool = False) -> None:
     else:
         if path.is_dir():
             raise HtmpError(f"{flag} {path}: is a folder, expected a file name")
+        if path.exists() and os.access(path, os.W_OK):
+            return  # an existing writable file (or /dev/null, /dev/stdout) in a folder that may be read-only
         target = path.parent
     target = target if str(target) else Path(".")
     if not target.exists():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from htmp_cli.report.formats import flat_layer_row, format_number
-from htmp_cli.report.table import COLUMNS, ELLIPSIS, plan_layout, shorten_middle, shorten_name
+from htmp_cli.report.table import COLUMNS, ELLIPSIS, plan_layout, shorten_middle, shorten_name, shortened_names
 from tests.conftest import run_htmp
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -82,7 +82,7 @@ def _check_terminal_table(text: str, report: dict, columns: int) -> None:
         row = flat_layer_row(layer)
         full = layer["name"]
         if name != full:  # shortened: never to nothing, the last part and every block number kept
-            assert len(name) >= 12 and full.endswith(name.split(".")[-1]), (full, name)
+            assert len(name) >= 12 and full.removesuffix(".weight").endswith(name.split(".")[-1]), (full, name)
             assert re.findall(r"\d+", full) == re.findall(r"\d+", name), (full, name)
         cells = line.split()
         # Every number whole: the exact strings of the JSON values, never a prefix of them.
@@ -149,13 +149,26 @@ def test_names_shorten_keeping_what_tells_layers_apart_never_to_nothing() -> Non
         short = shorten_middle(name, width)
         assert len(short) == width and short.startswith("model.") and short.endswith("weight") and ELLIPSIS in short
     assert shorten_middle(name, 100) == name == shorten_name(name, 100)
-    assert shorten_name(name, 35) == "m.layers.17.self_attn.q_proj.weight"
-    assert shorten_name(name, 30) == "m.l.17.self_attn.q_proj.weight"
-    assert shorten_name(name, 20) == "m.l.17.s.q_pr.weight"
+    assert shorten_name(name, 35) == "model.layers.17.self_attn.q_proj"  # ".weight" goes first
+    assert shorten_name(name, 20) == "m.l.17.self_a.q_proj"
     assert len(shorten_name(name, 12)) == 12 and ELLIPSIS in shorten_name(name, 12)
+    # the four projections of a block stay apart at the narrowest name column
+    projections = [f"model.layers.10.self_attn.{p}_proj.weight" for p in "qkvo"]
+    short = shortened_names(projections, 16)
+    assert len(set(short)) == 4 and all(len(s) <= 16 and "10" in s for s in short)
     cells = [{c.key: "x" * 3 for c in COLUMNS} | {"name": name * 3}]
     layout = plan_layout(cells, 40)
-    assert layout.name_width >= 16 and "name" in layout.columns
+    assert layout.name_width == 16 and layout.left_out  # squeezed to the minimum, the rest named
+
+
+def test_below_the_required_width_lines_grow_rather_than_numbers_being_cut(minilm_report: tuple[Path, dict]) -> None:
+    path, report = minilm_report
+    text = run_in_terminal(["analyze", str(path)], 50)
+    lines = text.splitlines()
+    for layer in report["layers"][:5]:
+        row = flat_layer_row(layer)
+        line = next(line for line in lines if row["shape"] + " " in line and format_number(row["alpha"]) in line)
+        assert format_number(row["kappa"]).split()[0] in line.split()
 
 
 def test_ls_piped_keeps_every_name_on_one_line(tmp_path: Path) -> None:

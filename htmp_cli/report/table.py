@@ -30,27 +30,26 @@ class Column:
     key: str  # the --columns name
     label: str
     numeric: bool
-    meaning: str  # shown by `htmp analyze --help`-style listings and in the errors naming columns
 
 
 # In order of importance: the first six are on every row; the others join while they fit.
 COLUMNS = (
-    Column("name", "name", False, "layer name"),
-    Column("shape", "shape", False, "N x M (x slices for pooled conv kernels)"),
-    Column("alpha", "alpha", True, "power-law exponent of the tail"),
-    Column("kappa", "kappa", False, "HTMP kappa of the better orientation (dir or inv)"),
-    Column("phase", "phase", False, "phase of training"),
-    Column("warn", "!", False, "warning marker (the warning column says which)"),
-    Column("warning", "warning", False, "warnings and failures in words"),
-    Column("D", "D", True, "KS distance of the tail fit"),
-    Column("tail", "tail", True, "eigenvalues in the fitted tail"),
-    Column("reason", "reason", False, "the numbers that decided the phase"),
-    Column("alpha_weighted", "alpha_weighted", True, "alpha x log10 lambda_max"),
-    Column("log_norm", "log_norm", True, "log10 Frobenius norm squared"),
-    Column("log_spectral_norm", "log_spectral_norm", True, "log10 lambda_max"),
-    Column("stable_rank", "stable_rank", True, "Frobenius norm squared over lambda_max"),
-    Column("kind", "kind", False, "layer kind: linear, attention, embedding, head, conv, ..."),
-    Column("dtype", "dtype", False, "stored dtype (GGUF quantisation type)"),
+    Column("name", "name", False),
+    Column("shape", "shape", False),
+    Column("alpha", "alpha", True),
+    Column("kappa", "kappa", False),
+    Column("phase", "phase", False),
+    Column("warn", "!", False),
+    Column("warning", "warning", False),
+    Column("D", "D", True),
+    Column("tail", "tail", True),
+    Column("reason", "reason", False),
+    Column("alpha_weighted", "alpha_weighted", True),
+    Column("log_norm", "log_norm", True),
+    Column("log_spectral_norm", "log_spectral_norm", True),
+    Column("stable_rank", "stable_rank", True),
+    Column("kind", "kind", False),
+    Column("dtype", "dtype", False),
 )
 COLUMN_NAMES = tuple(c.key for c in COLUMNS)
 REQUIRED = ("name", "shape", "alpha", "kappa", "phase", "warn")
@@ -71,12 +70,13 @@ def parse_columns(text: str) -> tuple[str, ...]:
 
 
 def shorten_name(name: str, width: int) -> str:
-    """A layer name in at most `width` characters that still tells layers apart: the dotted parts
-    from the left are cut to their first letter (numbers kept: they say which block), and only if
-    that is not enough does the middle give way to an ellipsis."""
+    """A layer name in at most `width` characters that still tells layers apart: a trailing
+    ".weight" goes first (every matrix has it), then the dotted parts from the left are cut down
+    (numbers kept: they say which block), and only if that is not enough does the middle give way
+    to an ellipsis."""
     if len(name) <= width:
         return name
-    parts = name.split(".")
+    parts = name.removesuffix(".weight").split(".")
     for k in range(len(parts) - 1):
         excess = len(".".join(parts)) - width
         if excess <= 0:
@@ -84,6 +84,15 @@ def shorten_name(name: str, width: int) -> str:
         if not parts[k].isdigit():
             parts[k] = parts[k][:max(1, len(parts[k]) - excess)]
     return shorten_middle(".".join(parts), width)
+
+
+def shortened_names(names: Sequence[str], width: int) -> list[str]:
+    """`shorten_name` of each, except that names which would look alike keep their ends instead."""
+    short = [shorten_name(n, width) for n in names]
+    seen: dict[str, int] = {}
+    for s in short:
+        seen[s] = seen.get(s, 0) + 1
+    return [shorten_middle(n, width) if seen[s] > 1 else s for n, s in zip(names, short)]
 
 
 def shorten_middle(text: str, width: int) -> str:
@@ -189,10 +198,10 @@ def layer_table(data: dict[str, Any], width: int | None, chosen: Sequence[str] |
         # Every column exactly as wide as its widest cell: nothing for rich to cut or fold.
         table.add_column(column.label, justify="right" if column.numeric else "left",
                          width=layout.name_width if key == "name" else widths[key], no_wrap=True)
-    for layer, row in zip(data["layers"], cells):
+    names = shortened_names([row["name"] for row in cells], layout.name_width)
+    for layer, row, name in zip(data["layers"], cells, names):
         style = "red" if layer["status"] != "success" else _alpha_style((layer.get("power_law") or {}).get("alpha"))
-        table.add_row(*[shorten_name(row[key], layout.name_width) if key == "name" else row[key]
-                        for key in layout.columns], style=style or None)
+        table.add_row(*[name if key == "name" else row[key] for key in layout.columns], style=style or None)
     return table, layout
 
 
@@ -204,16 +213,18 @@ def render_table(report: AnalysisReport | dict[str, Any], console: Console, *, c
     decides which columns fit. columns: exactly these columns (--columns)."""
     data = as_dict(report)
     table, layout = layer_table(data, None if complete else console.width, columns)
-    if complete or columns is not None:
-        # The table is as wide as it needs: the console must not fold it.
-        cells = [_cells(layer) for layer in data["layers"]]
-        widths = {c.key: _width(c.key, cells) for c in COLUMNS}
-        console.width = max(console.width, layout.total(widths) + 1)
+    cells = [_cells(layer) for layer in data["layers"]]
+    widths = {c.key: _width(c.key, cells) for c in COLUMNS}
+    needed = layout.total(widths)
+    if complete or columns is not None or needed > console.width:
+        # The table is as wide as it needs (below about 60 columns even the required ones overflow):
+        # longer lines rather than cut numbers.
+        console.width = max(console.width, needed + 1)
     console.print(table)
     if layout.left_out:
         console.print(f"(columns left out to fit {console.width}: {', '.join(layout.left_out)}; "
                       "--wide shows every column, --columns NAME,... chooses them)", highlight=False, style="dim")
-    if "warn" in layout.columns and any(_cells(layer)["warn"] for layer in data["layers"]):
+    if "warn" in layout.columns and any(row["warn"] for row in cells):
         console.print("(! a warning, x a failure: the warning column says which)", highlight=False, style="dim")
     console.print("[bold]Summary[/bold]")
     for line in summary_lines(data):
