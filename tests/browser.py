@@ -1,7 +1,7 @@
 """A headless Chromium driven over the DevTools protocol, recording errors and network requests.
 
 Used by the HTML report tests and by docs/make_screenshots.py. Chromium comes from Debian
-(`apt-get install chromium`, which .ci/run does where it is missing).
+(`apt-get install chromium`, which `make test` does where it is missing and may).
 """
 
 from __future__ import annotations

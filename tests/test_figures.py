@@ -240,7 +240,7 @@ def test_htmp_plot_writes_the_overview_and_the_selected_layers(phases_checkpoint
 def _chromium() -> str:
     path = find_chromium()
     if path is None:
-        pytest.fail("no Chromium: install it (apt-get install chromium); .ci/run does")
+        pytest.fail("no Chromium: install it (apt-get install chromium); make test does where it may")
     return path
 
 
