@@ -17,11 +17,14 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from htmp_cli.errors import HtmpError
 from htmp_cli.fits.phases import PHASE_LABELS
 from htmp_cli.report.fields import LAYER_METRICS
+
+if TYPE_CHECKING:  # options import the loaders' rules; the gate needs them only for a saved report
+    from htmp_cli.options import AnalysisOptions
 
 SEVERITIES = ("error", "warning")
 SCOPES = ("all", "hidden")
@@ -567,21 +570,20 @@ def combine(*verdicts: Verdict) -> Verdict:
 SELECTION_OPTIONS = ("min_dim", "skip_embeddings", "include", "exclude")
 
 
-def _selection_reason(layer: dict[str, Any], options: Any) -> str | None:
-    tensor = layer.get("tensor") or layer["name"]
-    if options.include and not any(re.search(p, tensor) for p in options.include):
-        return "not matched by --include"
-    hit = next((p for p in options.exclude if re.search(p, tensor)), None)
-    if hit is not None:
-        return f"excluded by --exclude {hit!r}"
+def _selection_reason(layer: dict[str, Any], options: AnalysisOptions) -> str | None:
+    """The loader's own reasons (htmp_cli.loaders.matrices), applied to a layer already analysed."""
+    from htmp_cli.loaders.matrices import selection_reason, too_small
+
+    reason = selection_reason(layer.get("tensor") or layer["name"], [re.compile(p) for p in options.include],
+                              [re.compile(p) for p in options.exclude])
+    if reason is not None:
+        return reason
     if options.skip_embeddings and layer["kind"] in ("embedding", "head"):
         return f"{'embedding' if layer['kind'] == 'embedding' else 'output head'} left out by --skip-embeddings"
-    if min(layer["shape"]) < options.min_dim:
-        return f"smaller than --min-dim {options.min_dim}"
-    return None
+    return too_small(tuple(layer["shape"]), options.min_dim)
 
 
-def select_layers(report: dict[str, Any], options: Any) -> dict[str, Any]:
+def select_layers(report: dict[str, Any], options: AnalysisOptions) -> dict[str, Any]:
     """A saved report as if analysed with `options`' selection (SELECTION_OPTIONS): the layers left
     out join `skipped` with the reason, and the summary figures rules read are recomputed, so that
     checking the report gives the verdict that checking the checkpoint gives."""

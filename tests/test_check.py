@@ -347,3 +347,19 @@ def test_nothing_analysed_with_a_baseline_still_says_nothing_was_checked(checkpo
                       cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "nothing was checked" in result.stdout and "summary n_layers >= 1" in result.stdout
+
+
+def test_a_saved_report_under_min_dim_and_skip_embeddings_matches_a_fresh_analysis(tmp_path: Path) -> None:
+    import json
+
+    from htmp_cli.gate import select_layers
+    from htmp_cli.options import AnalysisOptions
+
+    path = tmp_path / "roles.safetensors"
+    _roles_checkpoint(path)
+    saved = json.loads(run_htmp("analyze", str(path), "-f", "json").stdout)
+    fresh = json.loads(run_htmp("analyze", str(path), "--min-dim", "30", "--skip-embeddings", "-f", "json").stdout)
+    selected = select_layers(saved, AnalysisOptions(min_dim=30, skip_embeddings=True))
+    assert [layer["name"] for layer in selected["layers"]] == [layer["name"] for layer in fresh["layers"]]
+    assert sorted(map(str, selected["skipped"])) == sorted(map(str, fresh["skipped"]))
+    assert selected["summary"]["phase_counts"] == fresh["summary"]["phase_counts"]

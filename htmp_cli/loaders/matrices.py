@@ -131,7 +131,7 @@ def plan_matrices(tensors: Sequence[TensorEntry], rules: MatrixRules = MatrixRul
     matrices: list[MatrixSpec] = []
     skipped: list[SkippedTensor] = []
     for entry in tensors:
-        reason = _selection_reason(entry.name, include, exclude) or _dtype_reason(entry)
+        reason = selection_reason(entry.name, include, exclude) or _dtype_reason(entry)
         specs: list[MatrixSpec] = []
         if reason is None:
             specs, reason = _matrices_of(entry, rules)
@@ -141,7 +141,8 @@ def plan_matrices(tensors: Sequence[TensorEntry], rules: MatrixRules = MatrixRul
     return matrices, skipped
 
 
-def _selection_reason(name: str, include: list[re.Pattern], exclude: list[re.Pattern]) -> str | None:
+def selection_reason(name: str, include: Sequence[re.Pattern], exclude: Sequence[re.Pattern]) -> str | None:
+    """Why --include or --exclude leaves a tensor out, or None (a saved report's selection uses it too)."""
     if include and not any(p.search(name) for p in include):
         return "not matched by --include"
     hit = next((p for p in exclude if p.search(name)), None)
@@ -156,7 +157,8 @@ def _dtype_reason(entry: TensorEntry) -> str | None:
     return None
 
 
-def _too_small(shape: tuple[int, int], min_dim: int) -> str | None:
+def too_small(shape: tuple[int, int], min_dim: int) -> str | None:
+    """Why --min-dim leaves a matrix of this shape out, or None."""
     if min(shape) < min_dim:
         return f"smaller side {min(shape)} is below --min-dim {min_dim}"
     return None
@@ -173,7 +175,7 @@ def _matrices_of(entry: TensorEntry, rules: MatrixRules) -> tuple[list[MatrixSpe
         return _two_d(entry, rules)
     if rank == 3 and _EXPERTS.search(name):
         n_experts, rows, cols = shape
-        small = _too_small((rows, cols), rules.min_dim)
+        small = too_small((rows, cols), rules.min_dim)
         if small:
             return [], f"experts of shape {rows}x{cols}: {small}"
         return [MatrixSpec(name=f"{name}:expert{k}", kind="expert", shape=(rows, cols), entry=entry,
@@ -187,11 +189,11 @@ def _matrices_of(entry: TensorEntry, rules: MatrixRules) -> tuple[list[MatrixSpe
         positions = int(np.prod(kernel))
         if rules.conv == "unfold":
             unfolded = (out_channels, in_channels * positions)
-            small = _too_small(unfolded, rules.min_dim)
+            small = too_small(unfolded, rules.min_dim)
             if small:
                 return [], f"{kind} kernel unfolded to {unfolded[0]}x{unfolded[1]}: {small}"
             return [MatrixSpec(name=name, kind=kind, shape=unfolded, entry=entry, view=MatrixView("unfold"))], None
-        small = _too_small((out_channels, in_channels), rules.min_dim)
+        small = too_small((out_channels, in_channels), rules.min_dim)
         if small:
             hint = " (try --conv unfold)" if min(out_channels, in_channels * positions) >= rules.min_dim else ""
             return [], f"{kind} slices of {out_channels}x{in_channels}: {small}{hint}"
@@ -206,7 +208,7 @@ def _two_d(entry: TensorEntry, rules: MatrixRules) -> tuple[list[MatrixSpec], st
     kind = layer_kind(name)
     if rules.skip_embeddings and kind in ("embedding", "head"):
         return [], f"{'embedding' if kind == 'embedding' else 'output head'} left out by --skip-embeddings"
-    small = _too_small((rows, cols), rules.min_dim)
+    small = too_small((rows, cols), rules.min_dim)
     if small:
         return [], small
     group = _EXPERT_INDEX.sub(r"\1.*.", name) if kind == "expert" else None
@@ -220,7 +222,7 @@ def _two_d(entry: TensorEntry, rules: MatrixRules) -> tuple[list[MatrixSpec], st
         along_rows = rows == 3 * cols
         third = rows // 3 if along_rows else cols // 3
         part_shape = (third, cols) if along_rows else (rows, third)
-        if _too_small(part_shape, rules.min_dim):
+        if too_small(part_shape, rules.min_dim):
             return [whole], None
         return [MatrixSpec(name=f"{name}:{part}", kind="attention", shape=part_shape, entry=entry,
                            view=MatrixView("rows" if along_rows else "cols", start=k * third, stop=(k + 1) * third),
