@@ -263,6 +263,11 @@ def test_files_that_are_not_checkpoints_are_named_for_what_they_look_like(fixtur
         "weights.h5": "it looks like an HDF5 file (a Keras .h5 model?)",
         "store.sqlite": "it looks like an SQLite database",
     }
+    cases["archive.zip"] = "it looks like a zip archive with no data.pkl"
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "archive.zip", "w") as archive:
+        archive.writestr("readme.txt", "hello")
     (tmp_path / "notes.txt").write_text("hello\n")
     (tmp_path / "data.json").write_text('{"a": 1}\n')
     (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(range(200)))

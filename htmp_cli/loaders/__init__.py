@@ -120,6 +120,10 @@ def _open_file(path: Path) -> Checkpoint:
     magic = _magic(path)
     if magic.startswith(_GGUF_MAGIC) or path.suffix == ".gguf":
         return _open_gguf([path])
+    if magic.startswith(_ZIP_MAGIC) and not _holds_a_pickle(path):
+        raise CheckpointError(f"{path}: not a checkpoint htmp reads: it looks like a zip archive with no data.pkl "
+                              "(a PyTorch checkpoint has one). htmp reads safetensors, PyTorch .pt/.pth/.bin/.ckpt, "
+                              "GGUF, shard indexes (.index.json) and folders of them")
     if magic.startswith(_ZIP_MAGIC) or (magic[:1] == b"\x80" and path.suffix in PYTORCH_SUFFIXES):
         return _open_pytorch([path], index=None)
     if path.suffix in PYTORCH_SUFFIXES and not (len(magic) == 9 and magic[8:9] == b"{"):
@@ -135,6 +139,17 @@ def _open_file(path: Path) -> Checkpoint:
 _LOOKS = ((b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5 model?)"), (b"PK", "a zip archive"),
           (b"\x1f\x8b", "a gzip file"), (b"%PDF", "a PDF document"), (b"\x7fELF", "an executable"),
           (b"\x93NUMPY", "a NumPy .npy array"), (b"SQLite format 3", "an SQLite database (an htmp scan store?)"))
+
+
+def _holds_a_pickle(path: Path) -> bool:
+    """Whether a zip file has the data.pkl of torch.save's format; a damaged one is left to the loader."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, ValueError):
+        return True
 
 
 def looks_like(path: Path) -> str:
