@@ -381,11 +381,11 @@ def _is_report_path(path: str) -> bool:
             head = handle.read(4096)
     except OSError:
         return False
-    if head.lstrip()[:1] != b"{":
-        return False
-    if b'"schema"' in head and b"htmp.report" in head:
+    from htmp_cli.loaders import starts_an_htmp_report
+
+    if starts_an_htmp_report(head):
         return True
-    if candidate.suffix != ".json":
+    if candidate.suffix != ".json" or head.lstrip()[:1] != b"{":
         return False
     try:  # a report whose keys were reordered (json.dump(sort_keys=True)) puts its schema last
         data = json.loads(candidate.read_text(encoding="utf-8"))
@@ -487,7 +487,7 @@ def list_tensors(
                       title_justify="left", header_style="bold")
         console = _StdoutConsole()
         cells = [(name, "x".join(map(str, shape)) or "scalar", dtype, action) for name, shape, dtype, action in rows]
-        for k, column in enumerate(("tensor", "shape", "dtype", "action")):
+        for column in ("tensor", "shape", "dtype", "action"):
             # On a terminal long names fold to stay visible; piped, every row stays one line for grep.
             table.add_column(column, overflow="fold", no_wrap=not console.is_terminal)
         for name, shape, dtype, action in cells:

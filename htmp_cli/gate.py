@@ -570,12 +570,12 @@ def combine(*verdicts: Verdict) -> Verdict:
 SELECTION_OPTIONS = ("min_dim", "skip_embeddings", "include", "exclude")
 
 
-def _selection_reason(layer: dict[str, Any], options: AnalysisOptions) -> str | None:
+def _selection_reason(layer: dict[str, Any], include: list[re.Pattern], exclude: list[re.Pattern],
+                      options: AnalysisOptions) -> str | None:
     """The loader's own reasons (htmp_cli.loaders.matrices), applied to a layer already analysed."""
     from htmp_cli.loaders.matrices import selection_reason, too_small
 
-    reason = selection_reason(layer.get("tensor") or layer["name"], [re.compile(p) for p in options.include],
-                              [re.compile(p) for p in options.exclude])
+    reason = selection_reason(layer.get("tensor") or layer["name"], include, exclude)
     if reason is not None:
         return reason
     if options.skip_embeddings and layer["kind"] in ("embedding", "head"):
@@ -587,19 +587,21 @@ def select_layers(report: dict[str, Any], options: AnalysisOptions) -> dict[str,
     """A saved report as if analysed with `options`' selection (SELECTION_OPTIONS): the layers left
     out join `skipped` with the reason, and the summary figures rules read are recomputed, so that
     checking the report gives the verdict that checking the checkpoint gives."""
-    kept, dropped = [], []
+    include = [re.compile(p) for p in options.include]
+    exclude = [re.compile(p) for p in options.exclude]
+    kept: list[dict[str, Any]] = []
+    dropped: dict[str, dict[str, Any]] = {}  # by tensor: the parts of one tensor are one skipped entry
     for layer in report["layers"]:
-        reason = _selection_reason(layer, options)
+        reason = _selection_reason(layer, include, exclude, options)
         if reason is None:
             kept.append(layer)
         else:
-            dropped.append({"name": layer.get("tensor") or layer["name"], "shape": layer["shape"],
-                            "dtype": layer["dtype"], "reason": reason})
+            tensor = layer.get("tensor") or layer["name"]
+            dropped.setdefault(tensor, {"name": tensor, "shape": layer["shape"], "dtype": layer["dtype"],
+                                        "reason": reason})
     if not dropped:
         return report
-    seen: set[str] = set()
-    dropped = [d for d in dropped if not (d["name"] in seen or seen.add(d["name"]))]  # one per tensor
-    skipped = [*report["skipped"], *dropped]
+    skipped = [*report["skipped"], *dropped.values()]
     return {**report, "layers": kept, "skipped": skipped,
             "summary": {**report["summary"], **summary_figures(kept, len(skipped))}}
 

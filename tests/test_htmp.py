@@ -223,3 +223,23 @@ def test_the_monotone_cubic_of_the_fit_cdf_is_scipys_pchip() -> None:
         with np.errstate(all="raise"):
             values = H._monotone_cubic(xs, ys, np.linspace(xs[0], xs[-1] + 1.0, 40), right=1.0)
         assert np.all(np.diff(values) >= 0) and values[-1] == 1.0
+
+
+def test_the_bounded_minimiser_finds_what_scipys_finds() -> None:
+    """The fit's own Brent minimiser (it spares importing scipy.optimize) against scipy's."""
+    import math
+
+    from scipy.optimize import minimize_scalar
+
+    from htmp_cli.fits.htmp import minimize_bounded
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        centre, curvature, xatol = rng.uniform(-3, 3), rng.uniform(0.2, 3), 10 ** rng.uniform(-6, -2)
+
+        def fn(t: float) -> float:
+            return curvature * (t - centre) ** 2 + 0.3 * math.sin(3 * t) + abs(t - centre) ** 1.5
+
+        x, fx = minimize_bounded(fn, (-5.0, 5.0), xatol=xatol)
+        reference = minimize_scalar(fn, bounds=(-5.0, 5.0), method="bounded", options={"xatol": xatol})
+        assert x == pytest.approx(reference.x, abs=xatol) and fx == pytest.approx(reference.fun, abs=1e-9)

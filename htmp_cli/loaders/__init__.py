@@ -152,6 +152,11 @@ def _holds_a_pickle(path: Path) -> bool:
         return True
 
 
+def starts_an_htmp_report(head: bytes) -> bool:
+    """Whether a file's first bytes are those of a report written by `htmp analyze --format json`."""
+    return head.lstrip()[:1] == b"{" and b'"schema"' in head and b"htmp.report" in head
+
+
 def looks_like(path: Path) -> str:
     """What a file that is not a checkpoint appears to be, in words, from its first bytes and name."""
     try:
@@ -168,7 +173,7 @@ def looks_like(path: Path) -> str:
         return "it looks like an ONNX model"
     text = head.lstrip()
     if text[:1] in (b"{", b"["):
-        if b'"schema"' in head and b"htmp.report" in head:
+        if starts_an_htmp_report(head):
             return ("it is an htmp report (JSON): htmp check, diff, plot and report read reports; "
                     "htmp analyze prints one as saved")
         return "it looks like a JSON file"

@@ -1,10 +1,11 @@
 """The terminal view: a table of layers laid out for the width it lands in, the model summary, and
 the skipped tensors.
 
-On a terminal the table keeps, for every row, the layer name (shortened in the middle if it must
-be, its leading parts abbreviated first), its shape, alpha, kappa, the phase and a warning marker; other columns join in order of
-importance while they fit, and the table names the ones left out. No cell is ever cut: a number is
-shown whole or its column is left out. Written to a file or a pipe, the table is complete.
+On a terminal the table keeps, for every row, the layer name (its leading parts abbreviated, or
+its middle left out, if it must be), its shape, alpha, kappa, the phase and a warning marker;
+other columns join in order of importance while they fit, and the table names the ones left out.
+No cell is ever cut: a number is shown whole or its column is left out. Written to a file or a
+pipe, the table is complete.
 """
 
 from __future__ import annotations
@@ -134,14 +135,17 @@ def _width(key: str, cells: Sequence[dict[str, str]]) -> int:
 
 @dataclass(frozen=True)
 class Layout:
-    """Which columns are shown, how wide the name column is, and what was left out."""
+    """Which columns are shown, how wide each is, and what was left out."""
 
     columns: tuple[str, ...]
     name_width: int
     left_out: tuple[str, ...]
+    widths: dict[str, int]  # every column's widest cell (header included)
 
-    def total(self, widths: dict[str, int]) -> int:
-        return sum(self.name_width if k == "name" else widths[k] for k in self.columns) + _PADDING * (len(self.columns) - 1)
+    @property
+    def total(self) -> int:
+        return (sum(self.name_width if k == "name" else self.widths[k] for k in self.columns)
+                + _PADDING * (len(self.columns) - 1))
 
 
 def plan_layout(cells: Sequence[dict[str, str]], width: int | None, chosen: Sequence[str] | None = None) -> Layout:
@@ -151,29 +155,27 @@ def plan_layout(cells: Sequence[dict[str, str]], width: int | None, chosen: Sequ
     gets its full width if it fits, and the others join in order while they fit. The marker column
     gives way to the warning column when that fits, since it says the same in words."""
     widths = {c.key: _width(c.key, cells) for c in COLUMNS}
+    full_name, least_name = widths["name"], min(MIN_NAME_WIDTH, widths["name"])
     if chosen is not None:
-        columns = tuple(chosen)
-        name_width = widths["name"]
-        if width is not None and "name" in columns:
-            rest = sum(widths[k] for k in columns if k != "name") + _PADDING * (len(columns) - 1)
-            name_width = max(min(widths["name"], width - rest), min(MIN_NAME_WIDTH, widths["name"]))
-        return Layout(columns, name_width, ())
+        name_width = full_name
+        if width is not None and "name" in chosen:
+            rest = Layout(tuple(k for k in chosen if k != "name"), 0, (), widths).total + _PADDING
+            name_width = max(min(full_name, width - rest), least_name)
+        return Layout(tuple(chosen), name_width, (), widths)
     if width is None:
-        return Layout(tuple(k for k in COLUMN_NAMES if k != "warn"), widths["name"], ())
+        return Layout(tuple(k for k in COLUMN_NAMES if k != "warn"), full_name, (), widths)
     columns = list(REQUIRED)
-    base = Layout(tuple(columns), 0, ())
-    room = width - base.total(widths)
-    name_width = max(min(widths["name"], room), min(MIN_NAME_WIDTH, widths["name"]))
+    name_width = max(min(full_name, width - Layout(REQUIRED, 0, (), widths).total), least_name)
     left_out = []
     for key in COLUMN_NAMES[len(REQUIRED):]:
         trial = columns + [key]
         if key == "warning":
             trial.remove("warn")
-        if Layout(tuple(trial), name_width, ()).total(widths) <= width:
+        if Layout(tuple(trial), name_width, (), widths).total <= width:
             columns = trial
         else:
             left_out.append(key)
-    return Layout(tuple(columns), name_width, tuple(left_out))
+    return Layout(tuple(columns), name_width, tuple(left_out), widths)
 
 
 def _alpha_style(alpha: float | None) -> str:
@@ -186,23 +188,20 @@ def _alpha_style(alpha: float | None) -> str:
     return ""
 
 
-def layer_table(data: dict[str, Any], width: int | None, chosen: Sequence[str] | None = None) -> tuple[Table, Layout]:
-    """The layer table of a report (its JSON form) for a given width, and the layout it used."""
-    cells = [_cells(layer) for layer in data["layers"]]
-    layout = plan_layout(cells, width, chosen)
+def layer_table(data: dict[str, Any], cells: Sequence[dict[str, str]], layout: Layout) -> Table:
+    """The layer table of a report (its JSON form), its cells laid out as `layout` says."""
     table = Table(title=f"htmp: {data['source']['path']}", title_justify="left", header_style="bold",
                   box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1), pad_edge=False, show_edge=False)
-    widths = {c.key: _width(c.key, cells) for c in COLUMNS}
     for key in layout.columns:
         column = _BY_KEY[key]
         # Every column exactly as wide as its widest cell: nothing for rich to cut or fold.
         table.add_column(column.label, justify="right" if column.numeric else "left",
-                         width=layout.name_width if key == "name" else widths[key], no_wrap=True)
+                         width=layout.name_width if key == "name" else layout.widths[key], no_wrap=True)
     names = shortened_names([row["name"] for row in cells], layout.name_width)
     for layer, row, name in zip(data["layers"], cells, names):
         style = "red" if layer["status"] != "success" else _alpha_style((layer.get("power_law") or {}).get("alpha"))
         table.add_row(*[name if key == "name" else row[key] for key in layout.columns], style=style or None)
-    return table, layout
+    return table
 
 
 def render_table(report: AnalysisReport | dict[str, Any], console: Console, *, complete: bool = False,
@@ -212,15 +211,13 @@ def render_table(report: AnalysisReport | dict[str, Any], console: Console, *, c
     complete: every column, however wide (files, pipes and --wide); otherwise the console's width
     decides which columns fit. columns: exactly these columns (--columns)."""
     data = as_dict(report)
-    table, layout = layer_table(data, None if complete else console.width, columns)
     cells = [_cells(layer) for layer in data["layers"]]
-    widths = {c.key: _width(c.key, cells) for c in COLUMNS}
-    needed = layout.total(widths)
-    if complete or columns is not None or needed > console.width:
-        # The table is as wide as it needs (below about 60 columns even the required ones overflow):
+    layout = plan_layout(cells, None if complete else console.width, columns)
+    if complete or columns is not None or layout.total > console.width:
+        # The table is as wide as it needs (below about 55 columns even the required ones overflow):
         # longer lines rather than cut numbers.
-        console.width = max(console.width, needed + 1)
-    console.print(table)
+        console.width = max(console.width, layout.total + 1)
+    console.print(layer_table(data, cells, layout))
     if layout.left_out:
         console.print(f"(columns left out to fit {console.width}: {', '.join(layout.left_out)}; "
                       "--wide shows every column, --columns NAME,... chooses them)", highlight=False, style="dim")
