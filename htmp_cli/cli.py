@@ -96,8 +96,9 @@ _DEVICE = typer.Option(Device.auto, "--device",
                        help="Where spectra are computed: cuda = torch on the GPU (exit 2 without one); auto = the GPU "
                             "for matrices with a side of 1024 or more when torch sees one, else the CPU; cpu.")
 _JOBS = typer.Option(None, "--jobs", "-j", min=1,
-                     help="Processes analysing layers in parallel, one BLAS thread each "
-                          "(default: the usable cores when the checkpoint is large enough to gain, else 1).")
+                     help="Processes analysing layers in parallel, one BLAS thread each (default: the usable cores "
+                          "when the checkpoint is large enough to gain; a mid-sized one is fitted in a second "
+                          "process while this one solves; 1: this process alone).")
 _HTMP_FIT = typer.Option(True, "--htmp/--no-htmp", help="Fit the HTMP law (both orientations) to every layer.")
 _THRESHOLD = typer.Option([], "--threshold", metavar="NAME=VALUE",
                           help="Override a phase-rule threshold (repeatable); see the README for the names.")

@@ -26,7 +26,8 @@ from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
 from htmp_cli.loaders import Checkpoint, open_checkpoint
 from htmp_cli.loaders.matrices import MatrixSpec, SkippedTensor, plan_matrices
 from htmp_cli.options import AnalysisOptions
-from htmp_cli.spectral import Decoder, NonFiniteMatrixError, Spectrum, gram_matrix, pool_spectra, spectrum_of
+from htmp_cli.spectral import (Decoder, NonFiniteMatrixError, Spectrum, gram_matrix, one_blas_thread, pool_spectra,
+                               spectrum_of)
 
 # WeightWatcher's names for the two ends of the alpha scale (math.md section 2).
 ALPHA_OVER_TRAINED = 2.0
@@ -136,7 +137,7 @@ class ModelSummary:
     timings: dict[str, float]
     kind_counts: dict[str, int] = field(default_factory=dict)
     expert_groups: tuple[ExpertGroup, ...] = ()
-    workers: int = 1  # processes that analysed layers; read, eigen and fit timings are summed over them
+    workers: int = 1  # processes that analysed layers (2 with a fitting process); timings are summed over them
 
 
 @dataclass(frozen=True)
@@ -159,9 +160,20 @@ def _as_float32(block: np.ndarray) -> np.ndarray:
     return block.astype(np.float32)
 
 
-def analyze_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder | None]],
-                   options: AnalysisOptions, keep_eigenvalues: bool = False) -> LayerResult:
-    """Spectrum, tail fit and metrics of one matrix. Never raises for bad numbers: it fails the layer.
+@dataclass(frozen=True)
+class SolvedMatrix:
+    """One matrix's spectrum, or why it has none, and the seconds it took to read and to solve."""
+
+    spec: MatrixSpec
+    spectrum: Spectrum | None
+    failure: str | None  # the reason there is no spectrum
+    read_seconds: float
+    eigen_seconds: float
+
+
+def solve_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder | None]],
+                 options: AnalysisOptions) -> SolvedMatrix:
+    """The eigenvalue spectrum of one matrix. Never raises for bad numbers: it fails the layer.
 
     `load` returns the stored values and their decoder to floats. Loading here, rather than taking
     an array, means the only reference to the weights is local: they are freed as soon as the Gram
@@ -172,11 +184,8 @@ def analyze_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decode
     read_seconds = time.perf_counter() - started
     if options.fit == "ww" and decode is None and W.dtype == np.float64:
         decode = _as_float32  # WeightWatcher 0.7.7 analyses float32 copies of the weights
-    rows, cols = spec.shape
-    base = dict(name=spec.name, tensor=spec.tensor, kind=spec.kind, dtype=spec.dtype, shape=spec.shape,
-                N=max(rows, cols), M=min(rows, cols), slices=spec.slices, group=spec.group, note=spec.note)
     t0 = time.perf_counter()
-    device = device_for(options.device, options.backend, base["M"])
+    device = device_for(options.device, options.backend, min(spec.shape))
     torch_device = None if device == "cpu" else device  # the CPU's own path is numpy and scipy
     try:
         if W.ndim == 3:  # conv kernel slices, one spectrum each, pooled
@@ -189,29 +198,43 @@ def analyze_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decode
             spectrum = spectrum_of(gram, options.backend)
             del gram
     except NonFiniteMatrixError as err:
-        return LayerResult(**base, status="failed", reason=str(err),
-                           timings=LayerTimings(read_seconds, time.perf_counter() - t0, 0.0))
+        return SolvedMatrix(spec, None, str(err), read_seconds, time.perf_counter() - t0)
     if options.fit == "ww" and spec.kind == "conv2d":
         # WeightWatcher 0.7.7 scales pooled Conv2D slices by sqrt(1/2) (its conv2d_norm), halving
         # every eigenvalue; only its reproduction mode copies that (README: "Conv kernels").
         spectrum = replace(spectrum, eigenvalues=spectrum.eigenvalues / 2, zero_threshold=spectrum.zero_threshold / 2)
-    t1 = time.perf_counter()
-    common = dict(precision=spectrum.precision, backend=spectrum.backend, n_eigenvalues=spectrum.eigenvalues.size,
-                  n_zero=spectrum.n_zero, n_clamped=spectrum.n_clamped)
+    return SolvedMatrix(spec, spectrum, None, read_seconds, time.perf_counter() - t0)
+
+
+def fit_matrix(solved: SolvedMatrix, options: AnalysisOptions, keep_eigenvalues: bool = False) -> LayerResult:
+    """The layer result of a solved matrix: its fits, metrics and phase."""
+    spec, spectrum = solved.spec, solved.spectrum
+    rows, cols = spec.shape
+    layer = partial(LayerResult, name=spec.name, tensor=spec.tensor, kind=spec.kind, dtype=spec.dtype,
+                    shape=spec.shape, N=max(rows, cols), M=min(rows, cols), slices=spec.slices, group=spec.group,
+                    note=spec.note)
+    unfitted = LayerTimings(solved.read_seconds, solved.eigen_seconds, 0.0)
+    if spectrum is None:
+        return layer(status="failed", reason=solved.failure, timings=unfitted)
+    layer = partial(layer, precision=spectrum.precision, backend=spectrum.backend,
+                    n_eigenvalues=spectrum.eigenvalues.size, n_zero=spectrum.n_zero, n_clamped=spectrum.n_clamped)
     if spectrum.lambda_max <= 0:
-        return LayerResult(**base, **common, status="failed", reason="matrix is all zeros",
-                           timings=LayerTimings(read_seconds, t1 - t0, 0.0))
+        return layer(status="failed", reason="matrix is all zeros", timings=unfitted)
     if spectrum.eigenvalues.size < MIN_EIGENVALUES:
-        return LayerResult(**base, **common, status="failed",
-                           reason=f"{spectrum.eigenvalues.size} eigenvalue(s): too few for the spectral fits "
-                                  f"(they need at least {MIN_EIGENVALUES})",
-                           timings=LayerTimings(read_seconds, t1 - t0, 0.0))
+        return layer(status="failed", reason=f"{spectrum.eigenvalues.size} eigenvalue(s): too few for the spectral "
+                                             f"fits (they need at least {MIN_EIGENVALUES})", timings=unfitted)
+    started = time.perf_counter()
     analysis = spectrum_analysis(spectrum, options)
-    return LayerResult(**base, **common, status="success", power_law=analysis.power_law, metrics=analysis.metrics,
-                       mp=analysis.mp, htmp=analysis.htmp, htmp_inverse=analysis.htmp_inverse,
-                       phase=analysis.phase, warnings=analysis.warnings,
-                       eigenvalues=spectrum.eigenvalues if keep_eigenvalues else None,
-                       timings=LayerTimings(read_seconds, t1 - t0, time.perf_counter() - t1))
+    return layer(status="success", power_law=analysis.power_law, metrics=analysis.metrics, mp=analysis.mp,
+                 htmp=analysis.htmp, htmp_inverse=analysis.htmp_inverse, phase=analysis.phase,
+                 warnings=analysis.warnings, eigenvalues=spectrum.eigenvalues if keep_eigenvalues else None,
+                 timings=LayerTimings(solved.read_seconds, solved.eigen_seconds, time.perf_counter() - started))
+
+
+def analyze_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder | None]],
+                   options: AnalysisOptions, keep_eigenvalues: bool = False) -> LayerResult:
+    """Spectrum, tail fit and metrics of one matrix (see `solve_matrix` for `load`)."""
+    return fit_matrix(solve_matrix(spec, load, options), options, keep_eigenvalues)
 
 
 def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions) -> SpectrumAnalysis:
@@ -238,15 +261,40 @@ def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions) -> SpectrumA
 
 
 def iter_layers(checkpoint: Checkpoint, matrices: list[MatrixSpec], options: AnalysisOptions,
-                listener: ProgressListener | None = None, keep_eigenvalues: bool = False) -> Iterator[LayerResult]:
-    """Analyse matrices one at a time: only one tensor is in memory at once."""
-    for spec in matrices:
-        if listener is not None:
-            listener.layer_started(spec)
-        result = analyze_matrix(spec, partial(checkpoint.read_matrix, spec), options, keep_eigenvalues)
-        if listener is not None:
-            listener.layer_done(result)
-        yield result
+                listener: ProgressListener | None = None, keep_eigenvalues: bool = False,
+                fit_process: bool = False) -> Iterator[LayerResult]:
+    """Analyse matrices in order, with one tensor in memory at a time.
+
+    With `fit_process`, a second process fits each solved matrix while this one solves the next
+    (see htmp_cli.fit_process); results still come in the checkpoint's order.
+    """
+    if not fit_process:
+        for spec in matrices:
+            if listener is not None:
+                listener.layer_started(spec)
+            result = analyze_matrix(spec, partial(checkpoint.read_matrix, spec), options, keep_eigenvalues)
+            if listener is not None:
+                listener.layer_done(result)
+            yield result
+        return
+    from htmp_cli.fit_process import FitProcess
+
+    # The other core is the fitting process's: a two-thread Gram product would only take turns with
+    # it (MiniLM-L6: 1.76 s with two threads for the embedding's product, 1.45 s with one).
+    with FitProcess(options, keep_eigenvalues) as fitter, one_blas_thread():
+        for spec in matrices:
+            if listener is not None:
+                listener.layer_started(spec)
+            fitter.submit(solve_matrix(spec, partial(checkpoint.read_matrix, spec), options))
+            for result in fitter.ready():
+                if listener is not None:
+                    listener.layer_done(result)
+                yield result
+        while fitter.pending:
+            result = fitter.next()
+            if listener is not None:
+                listener.layer_done(result)
+            yield result
 
 
 def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...], timings: dict[str, float],
@@ -337,6 +385,22 @@ def choose_jobs(matrices: list[MatrixSpec], options: AnalysisOptions, requested:
     return max(1, min(usable_cores(), large))
 
 
+# A fitting process needs about 0.5 s to start (Python, numpy, scipy.special) on the other core; it
+# pays when the solves take longer than that (this much work, MiniLM-L6 has 1.1e10) and there are
+# enough matrices for their fits to matter.
+FIT_PROCESS_MIN_WORK = 5e9
+FIT_PROCESS_MIN_MATRICES = 8
+
+
+def fits_in_a_process(matrices: list[MatrixSpec], options: AnalysisOptions, requested: int | None) -> bool:
+    """Whether a second process should fit the layers while this one solves them (`requested` jobs
+    None only: --jobs 1 means this process alone)."""
+    if requested is not None or not options.htmp or options.device == "cuda" or usable_cores() < 2:
+        return False
+    work = sum(m.slices * (max(m.shape) * min(m.shape) ** 2 + min(m.shape) ** 3) for m in matrices)
+    return len(matrices) >= FIT_PROCESS_MIN_MATRICES and work >= FIT_PROCESS_MIN_WORK
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -350,7 +414,8 @@ def analyze(path: str | Path, options: AnalysisOptions | None = None,
     """Analyse every matrix of a checkpoint; `keep_eigenvalues` keeps each layer's spectrum (for figures).
 
     `jobs` worker processes analyse layers in parallel (None: as many as the checkpoint's size
-    pays for, see `choose_jobs`; 1: in this process, one layer at a time).
+    pays for, see `choose_jobs`, or for a mid-sized one a fitting process beside this one, see
+    `fits_in_a_process`; 1: in this process, one layer at a time).
     """
     options = options or AnalysisOptions()
     if options.device == "cuda":
@@ -373,7 +438,9 @@ def analyze(path: str | Path, options: AnalysisOptions | None = None,
             results.append(result)
         layers = tuple(results)
     else:
-        layers = tuple(iter_layers(checkpoint, matrices, options, listener, keep_eigenvalues))
+        fit_process = fits_in_a_process(matrices, options, jobs)
+        layers = tuple(iter_layers(checkpoint, matrices, options, listener, keep_eigenvalues, fit_process))
+        workers = 2 if fit_process else 1
     finished = time.perf_counter()
     timings = {
         "open": opened - started,

@@ -85,7 +85,7 @@ def _blas_threads() -> Any:
     return ThreadpoolController()
 
 
-def _one_blas_thread() -> AbstractContextManager[Any]:
+def one_blas_thread() -> AbstractContextManager[Any]:
     """BLAS limited to one thread for as long as the context lasts, then as it was.
 
     Below LARGE_MATRIX_SIZE a second thread buys little (a 384 x 384 eigensolve: 11 ms with one,
@@ -100,14 +100,14 @@ def _one_blas_thread() -> AbstractContextManager[Any]:
 
 def _product_threads(rows: int, M: int) -> AbstractContextManager[Any]:
     """BLAS threads for one block's Gram product below LARGE_MATRIX_SIZE: all of them for a large
-    product while a core is idle, one otherwise (see _one_blas_thread). The product is the same
+    product while a core is idle, one otherwise (see one_blas_thread). The product is the same
     to the last bit either way (OpenBLAS splits the output, not the sums); only its time differs.
     Measured on 2 cores: 13107 x 640 took 0.19 s with two threads and 0.33 s with one when idle,
     and 0.60 s with two against 0.21 s with one (21845 x 384) when other processes kept both busy.
     """
     if rows * M * M >= _THREADED_PRODUCT and _a_core_is_idle():
         return nullcontext()
-    return _one_blas_thread()
+    return one_blas_thread()
 
 
 def _a_core_is_idle() -> bool:
@@ -276,7 +276,7 @@ def spectrum_of(gram: GramMatrix, backend: str = "auto") -> Spectrum:
 
             values = torch.linalg.eigvalsh(torch.from_numpy(gram.values), UPLO=gram.uplo).numpy()
         elif gram.M < LARGE_MATRIX_SIZE:
-            with _one_blas_thread():
+            with one_blas_thread():
                 values = np.linalg.eigvalsh(gram.values, UPLO=gram.uplo)
         else:
             values = np.linalg.eigvalsh(gram.values, UPLO=gram.uplo)

@@ -88,7 +88,7 @@ def test_cli_jobs_flag(large_checkpoint) -> None:  # type: ignore[no-untyped-def
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["summary"]["workers"] == 2
     table = run_htmp("analyze", str(large_checkpoint), "--jobs", "2", "--no-progress")
-    assert "summed over 2 worker processes" in table.stdout
+    assert "summed over 2 processes" in table.stdout
     bad = run_htmp("analyze", str(large_checkpoint), "--jobs", "0")
     assert bad.returncode == 2 and bad.stderr.startswith("htmp: error:")
 

@@ -212,7 +212,7 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         *[f"{layer['name']}: {layer['note']}" for layer in data["layers"]
           if (layer.get("note") or "").startswith("--split-fused")],
         "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in s["timings"].items())
-        + (f" (read, eigen and fit summed over {s['workers']} worker processes)" if s.get("workers", 1) > 1 else ""),
+        + (f" (read, eigen and fit summed over {s['workers']} processes)" if s.get("workers", 1) > 1 else ""),
     ]
     return lines
 
