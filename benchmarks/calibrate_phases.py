@@ -14,7 +14,7 @@ import numpy as np
 
 from htmp_cli.fits.phases import PHASE_LABELS, PHASES
 from htmp_cli.options import AnalysisOptions
-from htmp_cli.pipeline import spectrum_analysis
+from htmp_cli.layers import spectrum_analysis
 from htmp_cli.spectral import eigenvalues
 from htmp_cli.synthetic import phase_layer
 

@@ -319,7 +319,7 @@ def check(
             report = gate.select_layers(saved, options)
         else:
             from htmp_cli.pipeline import analyze as run_analysis
-            from htmp_cli.report.formats import report_to_dict
+            from htmp_cli.results import report_to_dict
 
             report = report_to_dict(run_analysis(path, options, jobs=jobs))
         verdict = gate.evaluate(report, gate_config.rules)
@@ -364,7 +364,7 @@ def _read_report(path: Path, what: str) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise HtmpError(f"{what} {path}: not a readable JSON report ({err})") from None
-    from htmp_cli.report.formats import SCHEMA
+    from htmp_cli.results import SCHEMA
 
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise HtmpError(f"{what} {path}: not an htmp report (expected schema {SCHEMA!r})")
@@ -392,7 +392,7 @@ def _is_report_path(path: str) -> bool:
         data = json.loads(candidate.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
-    from htmp_cli.report.formats import SCHEMA
+    from htmp_cli.results import SCHEMA
 
     return isinstance(data, dict) and data.get("schema") == SCHEMA
 

@@ -34,7 +34,7 @@ class FigureFormat(str, Enum):
 def _analysed(path: str, options, progress: Optional[bool]):  # type: ignore[no-untyped-def]
     """The report dict and each layer's eigenvalues (by index) of a checkpoint, with progress on a terminal."""
     from htmp_cli.pipeline import analyze
-    from htmp_cli.report.formats import report_to_dict
+    from htmp_cli.results import report_to_dict
 
     err_console = Console(stderr=True)
     if err_console.is_terminal if progress is None else progress:

@@ -211,7 +211,7 @@ def diff(
                 reports.append(_read_report(Path(path), what))
             else:
                 from htmp_cli.pipeline import analyze
-                from htmp_cli.report.formats import report_to_dict
+                from htmp_cli.results import report_to_dict
 
                 reports.append(report_to_dict(analyze(path, analysis)))
         result = diff_reports(*reports)

@@ -132,7 +132,7 @@ def _serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; closing stdin ends this
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the results
-    from htmp_cli.pipeline import fit_matrix
+    from htmp_cli.layers import fit_matrix
 
     try:
         options, keep_eigenvalues = pickle.load(requests)

@@ -261,33 +261,14 @@ def parse_config(config: dict[str, Any], where: str) -> GateConfig:
 
 def analysis_options(table: dict[str, Any], where: str) -> dict[str, Any]:
     """AnalysisOptions fields from an [analysis] table, checked by AnalysisOptions itself."""
-    from htmp_cli.fits.phases import PhaseThresholds
     from htmp_cli.options import AnalysisOptions, OptionError
 
-    known = {f for f in AnalysisOptions.__dataclass_fields__}
-    unknown = set(table) - known
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
-    values = dict(table)
-    for key in ("include", "exclude"):
-        if key in values:
-            if not isinstance(values[key], list) or not all(isinstance(v, str) for v in values[key]):
-                raise ConfigError(f"{where}.{key} must be a list of regular expressions")
-            values[key] = tuple(values[key])
+    file, _, name = where.rpartition(": ")
     try:
-        if "thresholds" in values:
-            if not isinstance(values["thresholds"], dict):
-                raise ConfigError(f"{where}.thresholds must be a table")
-            values["thresholds"] = PhaseThresholds.from_mapping(values["thresholds"])
-        for key, value in values.items():
-            expected = type(getattr(AnalysisOptions(), key))
-            if key not in ("thresholds", "include", "exclude") and (type(value) is not expected):
-                kind = {int: "an integer", bool: "true or false", str: "a string"}.get(expected, expected.__name__)
-                raise ConfigError(f"{where}.{key} must be {kind}, got {value!r}")
-        AnalysisOptions(**values)
+        options = AnalysisOptions.from_mapping(table, table=name)
     except OptionError as err:
-        raise ConfigError(f"{where}: {err}") from None
-    return values
+        raise ConfigError(f"{file}: {err}") from None
+    return {key: getattr(options, key) for key in table}
 
 
 def _rule_header(entry: object, where: str, known: set[str]) -> tuple[dict, str, str, str]:

@@ -46,7 +46,7 @@ def _init_worker(path: str, options: AnalysisOptions, keep_eigenvalues: bool, pa
 
 
 def _analyze_one(spec: MatrixSpec):  # type: ignore[no-untyped-def]
-    from htmp_cli.pipeline import analyze_matrix
+    from htmp_cli.layers import analyze_matrix
 
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)

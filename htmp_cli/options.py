@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
 
 from htmp_cli.device import DEVICES
 from htmp_cli.errors import OptionError
@@ -80,6 +82,42 @@ class AnalysisOptions:
                     re.compile(pattern)
                 except re.error as err:
                     raise OptionError(f"{flag} {pattern!r} is not a valid regular expression: {err}") from None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], table: str = "") -> "AnalysisOptions":
+        """Options from a mapping of field names (an [analysis] table, a call's keyword arguments),
+        each checked for its type; an unknown name is an OptionError that names it and its nearest.
+        Messages name a key as `table.key` when a table is given."""
+        known = [f.name for f in fields(cls)]
+
+        def named(key: str) -> str:
+            return f"{table}.{key}" if table else key
+
+        for key in values:
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise OptionError(f"unknown key {named(key)!r} ({hint}known: {', '.join(known)})")
+        checked = dict(values)
+        for key in ("include", "exclude"):
+            if key in checked:
+                patterns = (checked[key],) if isinstance(checked[key], str) else checked[key]
+                if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+                    raise OptionError(f"{named(key)} must be a list of regular expressions, got {checked[key]!r}")
+                checked[key] = tuple(patterns)
+        if "thresholds" in checked and not isinstance(checked["thresholds"], PhaseThresholds):
+            if not isinstance(checked["thresholds"], Mapping):
+                raise OptionError(f"{named('thresholds')} must be a table of phase thresholds, got {checked['thresholds']!r}")
+            checked["thresholds"] = PhaseThresholds.from_mapping(dict(checked["thresholds"]))
+        defaults = cls()
+        for key, value in checked.items():
+            if key in ("thresholds", "include", "exclude"):
+                continue
+            expected = type(getattr(defaults, key))
+            if type(value) is not expected:
+                kind = {int: "an integer", bool: "true or false", str: "a string"}.get(expected, expected.__name__)
+                raise OptionError(f"{named(key)} must be {kind}, got {value!r}")
+        return cls(**checked)
 
     @property
     def matrix_rules(self) -> MatrixRules:

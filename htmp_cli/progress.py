@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from htmp_cli.loaders.matrices import MatrixSpec
-from htmp_cli.pipeline import LayerResult
+from htmp_cli.results import LayerResult
 
 
 def _bars(console: Console, label: TextColumn) -> Progress:

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 from conftest import run_htmp
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.pipeline import analyze
-from htmp_cli.report.formats import report_to_dict
+from htmp_cli.results import report_to_dict
 
 PRECISIONS = ("float64", "float32")
 

@@ -24,7 +24,8 @@ from htmp_cli.fits import htmp as htmp_law
 from htmp_cli.fits.phases import PHASES
 from htmp_cli.pipeline import analyze
 from htmp_cli.report import plots
-from htmp_cli.report.formats import TABLE_COLUMNS, report_to_dict
+from htmp_cli.report.formats import TABLE_COLUMNS
+from htmp_cli.results import report_to_dict
 from htmp_cli.report.html import analysis_html, scan_html, scoped_ids
 from htmp_cli.synthetic import phase_layer
 

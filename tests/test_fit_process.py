@@ -21,7 +21,9 @@ from htmp_cli.fit_process import FitProcess
 from htmp_cli.loaders import open_checkpoint
 from htmp_cli.loaders.matrices import plan_matrices
 from htmp_cli.options import AnalysisOptions
-from htmp_cli.pipeline import fits_in_a_process, iter_layers, solve_matrix
+from htmp_cli.jobs import fits_in_a_process
+from htmp_cli.layers import solve_matrix
+from htmp_cli.pipeline import iter_layers
 
 
 def _without_timings(layer):  # type: ignore[no-untyped-def]
@@ -122,9 +124,9 @@ def _plan(shapes: list[tuple[int, int]]) -> list[SimpleNamespace]:
 
 
 def test_a_fitting_process_is_used_where_it_pays(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import htmp_cli.pipeline as pipeline
+    import htmp_cli.jobs as jobs
 
-    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
+    monkeypatch.setattr(jobs, "usable_cores", lambda: 2)
     options = AnalysisOptions(device="cpu")
     minilm_like = _plan([(384, 384)] * 24 + [(1536, 384)] * 12 + [(30522, 384), (512, 384)])
     assert fits_in_a_process(minilm_like, options, None)
@@ -132,7 +134,7 @@ def test_a_fitting_process_is_used_where_it_pays(monkeypatch) -> None:  # type: 
     assert not fits_in_a_process(minilm_like, replace(options, htmp=False), None)  # the other fits are cheap
     assert not fits_in_a_process(_plan([(300, 120)] * 40), options, None)  # solved before the helper starts
     assert not fits_in_a_process(_plan([(30522, 4096)] * 2), options, None)  # two fits are not worth it
-    monkeypatch.setattr(pipeline, "usable_cores", lambda: 1)
+    monkeypatch.setattr(jobs, "usable_cores", lambda: 1)
     assert not fits_in_a_process(minilm_like, options, None)
 
 

@@ -14,7 +14,7 @@ from htmp_cli.loaders import open_checkpoint
 from htmp_cli.loaders.matrices import MatrixRules, plan_matrices
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.pipeline import analyze
-from htmp_cli.report.formats import report_to_dict
+from htmp_cli.results import report_to_dict
 from tests.conftest import ROOT, run_htmp
 
 

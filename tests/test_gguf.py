@@ -304,7 +304,7 @@ def test_quantised_gguf_is_dequantised_block_by_block(tmp_path: Path, monkeypatc
     from htmp_cli import spectral
     from htmp_cli.loaders.matrices import plan_matrices
     from htmp_cli.options import AnalysisOptions
-    from htmp_cli.pipeline import analyze_matrix
+    from htmp_cli.layers import analyze_matrix
 
     cols = 256
     codes = _random_codes(qtype, rows, cols, seed=2)

@@ -17,7 +17,8 @@ from safetensors.numpy import save_file
 from conftest import run_htmp
 from htmp_cli.errors import OptionError
 from htmp_cli.options import AnalysisOptions
-from htmp_cli.pipeline import PARALLEL_MIN_WORK, analyze, choose_jobs
+from htmp_cli.jobs import PARALLEL_MIN_WORK, choose_jobs
+from htmp_cli.pipeline import analyze
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +68,9 @@ def _plan(shapes: list[tuple[int, int]]) -> list[SimpleNamespace]:
 
 
 def test_jobs_are_chosen_by_the_work(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import htmp_cli.pipeline as pipeline
+    import htmp_cli.jobs as jobs
 
-    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
+    monkeypatch.setattr(jobs, "usable_cores", lambda: 2)
     options = AnalysisOptions(device="cpu")
     minilm_like = _plan([(384, 384)] * 24 + [(1536, 384)] * 12 + [(30522, 384)])
     llama_block = _plan([(4096, 4096)] * 4 + [(11008, 4096)] * 3)

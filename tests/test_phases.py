@@ -12,7 +12,7 @@ from htmp_cli.cli import app
 from htmp_cli.errors import OptionError
 from htmp_cli.fits.phases import PHASES, PhaseThresholds
 from htmp_cli.options import AnalysisOptions
-from htmp_cli.pipeline import spectrum_analysis
+from htmp_cli.layers import spectrum_analysis
 from htmp_cli.spectral import eigenvalues
 from htmp_cli.synthetic import phase_layer
 

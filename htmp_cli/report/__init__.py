@@ -1,1 +1,1 @@
-"""Reporters: views of an AnalysisReport. They know nothing of the mathematics."""
+"""Reporters: views of an Report. They know nothing of the mathematics."""

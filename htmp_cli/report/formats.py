@@ -5,13 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-from dataclasses import asdict
 from typing import Any
 
-from htmp_cli.pipeline import AnalysisReport, LayerResult
-
-SCHEMA = "htmp.report/1"
+from htmp_cli.results import Report, report_to_dict
 
 # The per-layer columns shared by the table, CSV and Markdown views: (label, key in the flat row).
 TABLE_COLUMNS = (
@@ -30,64 +26,6 @@ TABLE_COLUMNS = (
     ("phase", "phase"),
     ("warning", "warning"),
 )
-
-
-def _clean(value: Any) -> Any:
-    """JSON has no NaN or infinity: such a value becomes null (it never reaches a mean)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
-    return {
-        "name": layer.name,
-        "tensor": layer.tensor,
-        "kind": layer.kind,
-        "dtype": layer.dtype,
-        "shape": list(layer.shape),
-        "N": layer.N,
-        "M": layer.M,
-        "Q": layer.Q,
-        "status": layer.status,
-        "reason": layer.reason,
-        "slices": layer.slices,
-        "group": layer.group,
-        "note": layer.note,
-        "precision": layer.precision,
-        "backend": layer.backend,
-        "n_eigenvalues": layer.n_eigenvalues,
-        "n_zero": layer.n_zero,
-        "n_clamped": layer.n_clamped,
-        "power_law": asdict(layer.power_law) if layer.power_law is not None else None,
-        "metrics": asdict(layer.metrics) if layer.metrics is not None else None,
-        "mp": asdict(layer.mp) if layer.mp is not None else None,
-        "htmp": {
-            "direct": asdict(layer.htmp) if layer.htmp is not None else None,
-            "inverse": asdict(layer.htmp_inverse) if layer.htmp_inverse is not None else None,
-            "best": layer.htmp_best.orientation if layer.htmp_best is not None else None,
-        },
-        "phase": asdict(layer.phase) if layer.phase is not None else None,
-        "warnings": list(layer.warnings),
-        "timings": asdict(layer.timings),
-    }
-
-
-def report_to_dict(report: AnalysisReport) -> dict[str, Any]:
-    summary = report.summary
-    return _clean({
-        "schema": SCHEMA,
-        "htmp_version": report.htmp_version,
-        "source": asdict(report.source),
-        "options": report.options.to_dict(),
-        "layers": [layer_to_dict(layer) for layer in report.layers],
-        "skipped": [asdict(s) for s in report.skipped],
-        "summary": asdict(summary),
-    })
 
 
 def flat_layer_row(layer: dict[str, Any]) -> dict[str, Any]:
@@ -136,16 +74,16 @@ def flat_layer_row(layer: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def as_dict(report: AnalysisReport | dict[str, Any]) -> dict[str, Any]:
+def as_dict(report: Report | dict[str, Any]) -> dict[str, Any]:
     """A report in its JSON form: a saved report is one already."""
     return report if isinstance(report, dict) else report_to_dict(report)
 
 
-def to_json(report: AnalysisReport | dict[str, Any]) -> str:
+def to_json(report: Report | dict[str, Any]) -> str:
     return json.dumps(as_dict(report), indent=2) + "\n"
 
 
-def to_csv(report: AnalysisReport | dict[str, Any]) -> str:
+def to_csv(report: Report | dict[str, Any]) -> str:
     rows = [flat_layer_row(layer) for layer in as_dict(report)["layers"]]
     out = io.StringIO()
     fieldnames = list(rows[0]) if rows else list(flat_layer_row(_EMPTY_LAYER))
@@ -169,7 +107,7 @@ def format_number(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def to_markdown(report: AnalysisReport | dict[str, Any]) -> str:
+def to_markdown(report: Report | dict[str, Any]) -> str:
     data = as_dict(report)
     lines = [f"# htmp analysis of `{data['source']['path']}`", ""]
     lines.append("| " + " | ".join(label for label, _ in TABLE_COLUMNS) + " |")

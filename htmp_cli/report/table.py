@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from htmp_cli.pipeline import AnalysisReport
+from htmp_cli.results import Report
 from htmp_cli.report.formats import as_dict, flat_layer_row, format_number, summary_lines
 
 ELLIPSIS = "…"
@@ -204,7 +204,7 @@ def layer_table(data: dict[str, Any], cells: Sequence[dict[str, str]], layout: L
     return table
 
 
-def render_table(report: AnalysisReport | dict[str, Any], console: Console, *, complete: bool = False,
+def render_table(report: Report | dict[str, Any], console: Console, *, complete: bool = False,
                  columns: Sequence[str] | None = None) -> None:
     """Print the layer table, the summary and the skipped tensors.
 

@@ -57,7 +57,7 @@ def analyze_unit(index: int, path: str, options: AnalysisOptions) -> dict[str, A
     from threadpoolctl import threadpool_limits
 
     from htmp_cli.pipeline import analyze
-    from htmp_cli.report.formats import report_to_dict
+    from htmp_cli.results import report_to_dict
 
     os.environ.update(ONE_THREAD_ENV)
     started = time.perf_counter()

@@ -1,0 +1,282 @@
+"""The results of an analysis, and their JSON contract (design.md section 3).
+
+Every command, reporter and client reads results through this module: the per-layer and summary
+types, the schema name, and the one writer and reader of the JSON form.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from htmp_cli.fits.htmp import HTMPFit
+from htmp_cli.fits.metrics import ScaleMetrics
+from htmp_cli.fits.mp import MPFit
+from htmp_cli.errors import HtmpError
+from htmp_cli.fits.phases import PhaseResult
+from htmp_cli.fits.powerlaw import PowerLawFit
+from htmp_cli.loaders.matrices import SkippedTensor
+from htmp_cli.options import AnalysisOptions
+
+
+@dataclass(frozen=True)
+class LayerTimings:
+    read: float
+    eigen: float
+    fit: float
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """Everything htmp knows about one analysed matrix."""
+
+    name: str
+    tensor: str
+    kind: str
+    dtype: str
+    shape: tuple[int, int]
+    N: int
+    M: int
+    status: str  # "success", or "failed" when no spectrum could be computed
+    reason: str | None = None
+    slices: int = 1  # conv kernel positions whose eigenvalues are pooled
+    group: str | None = None  # the expert group (stacked tensor or experts.*. name) of an expert
+    note: str | None = None  # how the matrix was cut from its tensor, when that needs saying
+    precision: str | None = None
+    backend: str | None = None
+    n_eigenvalues: int = 0
+    n_zero: int = 0
+    n_clamped: int = 0
+    power_law: PowerLawFit | None = None
+    metrics: ScaleMetrics | None = None
+    mp: MPFit | None = None
+    htmp: HTMPFit | None = None  # direct orientation: lambda / scale ~ HTMP
+    htmp_inverse: HTMPFit | None = None  # inverse orientation: scale / lambda ~ HTMP
+    phase: PhaseResult | None = None
+    warnings: tuple[str, ...] = ()
+    timings: LayerTimings = field(default_factory=lambda: LayerTimings(0.0, 0.0, 0.0))
+    # The spectrum itself, kept only when asked (figures need it; reports and the JSON do not).
+    eigenvalues: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def Q(self) -> float:
+        return self.N / self.M
+
+    @property
+    def alpha(self) -> float | None:
+        return self.power_law.alpha if self.power_law is not None else None
+
+    @property
+    def kappa(self) -> float | None:
+        """HTMP's kappa in the orientation that fits better (`kappa_orientation`): the one kappa
+        the table, the gate, the summary mean and the DataFrame show."""
+        best = self.htmp_best
+        return best.kappa if best is not None else None
+
+    @property
+    def kappa_orientation(self) -> str | None:
+        best = self.htmp_best
+        return best.orientation if best is not None else None
+
+    @property
+    def htmp_best(self) -> HTMPFit | None:
+        """The HTMP orientation with the smaller KS distance (None if neither fit)."""
+        fits = [f for f in (self.htmp, self.htmp_inverse) if f is not None and f.status == "success"]
+        return min(fits, key=lambda f: f.ks_htmp) if fits else None
+
+
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: str
+    format: str
+    files: tuple[str, ...]
+    size_bytes: int
+    fingerprint: str
+    notes: tuple[str, ...] = ()  # what the loader found and did: folder choice, wrappers removed, ...
+
+
+@dataclass(frozen=True)
+class ExpertGroup:
+    """The experts of one mixture-of-experts layer, summarised together."""
+
+    name: str
+    n_experts: int
+    n_fitted: int
+    alpha_mean: float | None
+    alpha_min: float | None
+    alpha_max: float | None
+    phase_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    n_layers: int
+    n_failed_layers: int
+    n_failed_fits: int
+    n_skipped: int
+    means: dict[str, float | None]  # over successful layers (alpha-based: successful fits only)
+    warning_counts: dict[str, int]
+    phase_counts: dict[str, int]
+    worrying: dict[str, list[str]]  # rank-collapse, random-like and very heavy-tailed layers by name
+    timings: dict[str, float]
+    kind_counts: dict[str, int] = field(default_factory=dict)
+    expert_groups: tuple[ExpertGroup, ...] = ()
+    workers: int = 1  # processes that analysed layers (2 with a fitting process); timings are summed over them
+
+
+@dataclass(frozen=True)
+class Report:
+    htmp_version: str
+    source: SourceInfo
+    options: AnalysisOptions
+    layers: tuple[LayerResult, ...]
+    skipped: tuple[SkippedTensor, ...]
+    summary: ModelSummary
+
+
+
+SCHEMA = "htmp.report/1"
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN or infinity: such a value becomes null (it never reaches a mean)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
+    return {
+        "name": layer.name,
+        "tensor": layer.tensor,
+        "kind": layer.kind,
+        "dtype": layer.dtype,
+        "shape": list(layer.shape),
+        "N": layer.N,
+        "M": layer.M,
+        "Q": layer.Q,
+        "status": layer.status,
+        "reason": layer.reason,
+        "slices": layer.slices,
+        "group": layer.group,
+        "note": layer.note,
+        "precision": layer.precision,
+        "backend": layer.backend,
+        "n_eigenvalues": layer.n_eigenvalues,
+        "n_zero": layer.n_zero,
+        "n_clamped": layer.n_clamped,
+        "power_law": asdict(layer.power_law) if layer.power_law is not None else None,
+        "metrics": asdict(layer.metrics) if layer.metrics is not None else None,
+        "mp": asdict(layer.mp) if layer.mp is not None else None,
+        "htmp": {
+            "direct": asdict(layer.htmp) if layer.htmp is not None else None,
+            "inverse": asdict(layer.htmp_inverse) if layer.htmp_inverse is not None else None,
+            "best": layer.kappa_orientation,
+        },
+        "phase": asdict(layer.phase) if layer.phase is not None else None,
+        "warnings": list(layer.warnings),
+        "timings": asdict(layer.timings),
+    }
+
+
+def report_to_dict(report: Report) -> dict[str, Any]:
+    """The JSON form of a report (design.md section 3): non-finite numbers become null."""
+    return _clean({
+        "schema": SCHEMA,
+        "htmp_version": report.htmp_version,
+        "source": asdict(report.source),
+        "options": report.options.to_dict(),
+        "layers": [layer_to_dict(layer) for layer in report.layers],
+        "skipped": [asdict(s) for s in report.skipped],
+        "summary": asdict(report.summary),
+    })
+
+
+def report_from_dict(data: dict[str, Any]) -> Report:
+    """A report read back from its JSON form; raises HtmpError when it is not one."""
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise HtmpError(f"not an htmp report: expected schema {SCHEMA!r}, found {found!r}")
+    try:
+        return Report(
+            htmp_version=data["htmp_version"],
+            source=_decode(SourceInfo, data["source"]),
+            options=_decode(AnalysisOptions, data["options"]),
+            layers=tuple(_layer_from_dict(layer) for layer in data["layers"]),
+            skipped=tuple(_decode(SkippedTensor, s) for s in data["skipped"]),
+            summary=_decode(ModelSummary, data["summary"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise HtmpError(f"not a readable htmp report: {type(err).__name__}: {err}") from None
+
+
+def _layer_from_dict(data: dict[str, Any]) -> LayerResult:
+    htmp = data.get("htmp") or {}
+    plain = {k: v for k, v in data.items() if k not in ("Q", "htmp")}
+    plain["htmp"] = htmp.get("direct")
+    plain["htmp_inverse"] = htmp.get("inverse")
+    return _decode(LayerResult, plain)
+
+
+def _decode(kind: Any, value: Any) -> Any:
+    """`value`, read from JSON, as an instance of the annotated type `kind` (dataclasses field by field)."""
+    if value is None:
+        return None if _optional(kind) else math.nan  # a non-finite float was written as null
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(kind) if a is not type(None)]
+        return _decode(inner[0], value) if len(inner) == 1 else value
+    if is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        known = {f.name for f in fields(kind) if f.init}
+        unknown = set(value) - known
+        if unknown:
+            raise ValueError(f"{kind.__name__} has no field {sorted(unknown)[0]!r}")
+        return kind(**{name: _decode(hints[name], item) for name, item in value.items()})
+    if origin is tuple:
+        args = typing.get_args(kind)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], item) for item in value)
+        return tuple(_decode(arg, item) for arg, item in zip(args, value))
+    if origin is dict:
+        _, item_kind = typing.get_args(kind)
+        return {key: _decode(item_kind, item) for key, item in value.items()}
+    if origin is list:
+        (item_kind,) = typing.get_args(kind)
+        return [_decode(item_kind, item) for item in value]
+    if kind is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def _optional(kind: Any) -> bool:
+    return kind is Any or (typing.get_origin(kind) in (typing.Union, types.UnionType)
+                           and type(None) in typing.get_args(kind))
+
+
+def read_report(path: str | Path) -> Report:
+    """A report saved by `htmp analyze --format json` (or `Report.to_json`)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise HtmpError(f"{path}: cannot read: {err.strerror or err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise HtmpError(f"{path}: not JSON ({err})") from None
+    try:
+        return report_from_dict(data)
+    except HtmpError as err:
+        raise HtmpError(f"{path}: {err}") from None

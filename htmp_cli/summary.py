@@ -1,0 +1,80 @@
+"""The model summary of an analysis: counts, means over layers, phases, expert groups."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from htmp_cli.fits.phases import PHASE_LABELS
+from htmp_cli.loaders.matrices import SkippedTensor
+from htmp_cli.results import ExpertGroup, LayerResult, ModelSummary
+
+
+def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...], timings: dict[str, float],
+              workers: int = 1) -> ModelSummary:
+    ok = [layer for layer in layers if layer.status == "success"]
+    fitted = [layer for layer in ok if layer.power_law is not None and layer.power_law.ok]
+
+    def mean(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None and math.isfinite(v)]
+        return float(np.mean(present)) if present else None
+
+    means: dict[str, float | None] = {
+        "alpha": mean([layer.power_law.alpha for layer in fitted]),
+        "D": mean([layer.power_law.D for layer in fitted]),
+        "alpha_weighted": mean([layer.metrics.alpha_weighted for layer in fitted]),
+        "log_alpha_norm": mean([layer.metrics.log_alpha_norm for layer in fitted]),
+    }
+    for name in ("log_norm", "log_spectral_norm", "stable_rank", "entropy", "rank_loss", "log_spread"):
+        means[name] = mean([getattr(layer.metrics, name) for layer in ok])
+    means["kappa"] = mean([layer.htmp.kappa for layer in ok if layer.htmp is not None and layer.htmp.status == "success"])
+    means["mp_softrank"] = mean([layer.mp.mp_softrank for layer in ok if layer.mp is not None])
+    warning_counts = {
+        label: sum(label in layer.warnings for layer in layers) for label in ("over-trained", "under-trained")
+    }
+    phase_counts = {phase: sum(layer.phase is not None and layer.phase.phase == phase for layer in ok)
+                    for phase in PHASE_LABELS}
+    worrying = {
+        "rank-collapse": [layer.name for layer in ok if layer.phase.phase == "rank-collapse"],
+        "random-like": [layer.name for layer in ok if layer.phase.phase == "random-like"],
+        "very heavy-tailed": [layer.name for layer in ok if layer.phase.very_heavy],
+    }
+    kind_counts: dict[str, int] = {}
+    for layer in layers:
+        kind_counts[layer.kind] = kind_counts.get(layer.kind, 0) + 1
+    return ModelSummary(
+        kind_counts=kind_counts,
+        expert_groups=expert_groups(layers),
+        n_layers=len(layers),
+        n_failed_layers=len(layers) - len(ok),
+        n_failed_fits=len(ok) - len(fitted),
+        n_skipped=len(skipped),
+        means=means,
+        warning_counts=warning_counts,
+        phase_counts=phase_counts,
+        worrying=worrying,
+        timings=timings,
+        workers=workers,
+    )
+
+
+def expert_groups(layers: tuple[LayerResult, ...]) -> tuple[ExpertGroup, ...]:
+    members: dict[str, list[LayerResult]] = {}
+    for layer in layers:
+        if layer.group is not None:
+            members.setdefault(layer.group, []).append(layer)
+    groups = []
+    for name, group in members.items():
+        alphas = [g.power_law.alpha for g in group if g.status == "success" and g.power_law is not None and g.power_law.ok]
+        phases: dict[str, int] = {}
+        for g in group:
+            if g.phase is not None:
+                phases[g.phase.phase] = phases.get(g.phase.phase, 0) + 1
+        groups.append(ExpertGroup(name=name, n_experts=len(group), n_fitted=len(alphas),
+                                  alpha_mean=float(np.mean(alphas)) if alphas else None,
+                                  alpha_min=min(alphas) if alphas else None, alpha_max=max(alphas) if alphas else None,
+                                  phase_counts=phases))
+    return tuple(groups)
+
+
