@@ -1,3 +1,30 @@
-"""htmp: heavy-tail and random-matrix diagnostics for trained model weights."""
+"""htmp: heavy-tail and random-matrix diagnostics for trained model weights.
+
+`htmp_cli.analyze(source, **options)` returns a Report; `check` and `diff` give the objects that
+`htmp check` and `htmp diff` print. Importing this package imports none of numpy, torch,
+matplotlib or pandas: each name below is loaded when first used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["LayerResult", "Report", "analyze", "check", "diff", "__version__"]
+
+_LAZY = {"analyze": "htmp_cli.api", "check": "htmp_cli.api", "diff": "htmp_cli.api",
+         "Report": "htmp_cli.results", "LayerResult": "htmp_cli.results"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'htmp_cli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

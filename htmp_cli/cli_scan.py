@@ -195,7 +195,7 @@ def diff(
     def body() -> None:
         import json
 
-        from htmp_cli.diff import diff_reports, diff_to_dict
+        from htmp_cli.compare import diff_reports, diff_to_dict
         from htmp_cli.report.diff_view import DEFAULT_METRICS, diff_csv, diff_markdown, render_diff
         from htmp_cli.report.fields import LAYER_METRICS
 

@@ -97,7 +97,7 @@ def fit_matrix(solved: SolvedMatrix, options: AnalysisOptions, keep_eigenvalues:
     rows, cols = spec.shape
     layer = partial(LayerResult, name=spec.name, tensor=spec.tensor, kind=spec.kind, dtype=spec.dtype,
                     shape=spec.shape, N=max(rows, cols), M=min(rows, cols), slices=spec.slices, group=spec.group,
-                    note=spec.note)
+                    note=spec.note, aliases=spec.entry.aliases)
     unfitted = LayerTimings(solved.read_seconds, solved.eigen_seconds, 0.0)
     if spectrum is None:
         return layer(status="failed", reason=solved.failure, timings=unfitted)

@@ -70,10 +70,11 @@ def iter_layers(checkpoint: Checkpoint, matrices: list[MatrixSpec], options: Ana
 
 
 
-def analyze(path: str | Path, options: AnalysisOptions | None = None,
+def analyze(path: str | Path | Checkpoint, options: AnalysisOptions | None = None,
             listener: ProgressListener | None = None, keep_eigenvalues: bool = False,
             jobs: int | None = None) -> Report:
-    """Analyse every matrix of a checkpoint; `keep_eigenvalues` keeps each layer's spectrum (for figures).
+    """Analyse every matrix of a checkpoint (a path, or one opened already: in memory, say);
+    `keep_eigenvalues` keeps each layer's spectrum (for figures).
 
     `jobs` worker processes analyse layers in parallel (None: as many as the checkpoint's size
     pays for, see `choose_jobs`, or for a mid-sized one a fitting process beside this one, see
@@ -83,9 +84,11 @@ def analyze(path: str | Path, options: AnalysisOptions | None = None,
     if options.device == "cuda":
         require_cuda()
     started = time.perf_counter()
-    checkpoint = open_checkpoint(path)
-    matrices, skipped = plan_matrices(checkpoint.tensors, options.matrix_rules)
-    workers = choose_jobs(matrices, options, jobs)
+    checkpoint = path if isinstance(path, Checkpoint) else open_checkpoint(path)
+    matrices, planned_out = plan_matrices(checkpoint.tensors, options.matrix_rules)
+    skipped = planned_out + list(checkpoint.skipped)
+    # Worker processes open the checkpoint again from its files; weights in memory have none.
+    workers = choose_jobs(matrices, options, jobs) if checkpoint.files else 1
     opened = time.perf_counter()
     if listener is not None:
         listener.start(len(matrices))
@@ -93,7 +96,7 @@ def analyze(path: str | Path, options: AnalysisOptions | None = None,
         from htmp_cli.layer_pool import analyze_in_pool
 
         results = []
-        for result in analyze_in_pool(str(path), matrices, options, workers, keep_eigenvalues,
+        for result in analyze_in_pool(str(checkpoint.path if isinstance(path, Checkpoint) else path), matrices, options, workers, keep_eigenvalues,
                                       on_start=listener.layer_started if listener is not None else None):
             if listener is not None:
                 listener.layer_done(result)

@@ -49,6 +49,7 @@ class LayerResult:
     slices: int = 1  # conv kernel positions whose eigenvalues are pooled
     group: str | None = None  # the expert group (stacked tensor or experts.*. name) of an expert
     note: str | None = None  # how the matrix was cut from its tensor, when that needs saying
+    aliases: tuple[str, ...] = ()  # other names of the same tensor (tied weights), analysed once
     precision: str | None = None
     backend: str | None = None
     n_eigenvalues: int = 0
@@ -135,12 +136,81 @@ class ModelSummary:
 
 @dataclass(frozen=True)
 class Report:
+    """The analysis of one checkpoint: its layers, the tensors left out and why, the model summary.
+
+    `to_json` / `Report.from_json` round-trip exactly (the eigenvalues, which the JSON does not
+    hold, aside); `to_dataframe` gives one row per layer; `plot` and `plot_overview` return
+    matplotlib Figures without touching pyplot, the backend or rcParams.
+    """
+
     htmp_version: str
     source: SourceInfo
     options: AnalysisOptions
     layers: tuple[LayerResult, ...]
     skipped: tuple[SkippedTensor, ...]
     summary: ModelSummary
+
+    def layer(self, name: str) -> LayerResult:
+        """The layer of this name (or of one of its aliases); KeyError naming the nearest names."""
+        for layer in self.layers:
+            if layer.name == name or name in layer.aliases:
+                return layer
+        import difflib
+
+        near = difflib.get_close_matches(name, [layer.name for layer in self.layers], n=3)
+        raise KeyError(f"no layer {name!r}" + (f"; did you mean {', '.join(map(repr, near))}?" if near else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON contract (design.md section 3) as plain Python values."""
+        return report_to_dict(self)
+
+    def to_json(self, path: str | Path | None = None, indent: int | None = 2) -> str:
+        """The JSON text; written to `path` as well when one is given."""
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        return report_from_dict(data)
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> Report:
+        """A report from its JSON text or from a file holding it (`htmp analyze -f json -o FILE`)."""
+        if isinstance(text_or_path, str) and text_or_path.lstrip().startswith("{"):
+            try:
+                return report_from_dict(json.loads(text_or_path))
+            except json.JSONDecodeError as err:
+                raise HtmpError(f"not JSON ({err})") from None
+        return read_report(text_or_path)
+
+    def to_dataframe(self) -> Any:
+        """One row per layer, numbers as numbers (pandas, the `pandas` extra); see docs/python.md."""
+        from htmp_cli.report.dataframe import layers_frame
+
+        return layers_frame(self)
+
+    def plot(self, layer: str | LayerResult) -> Any:
+        """The ESD of one layer with its fitted power law, MP and HTMP densities (a matplotlib Figure)."""
+        from htmp_cli.report.plots import esd_figure
+
+        chosen = layer if isinstance(layer, LayerResult) else self.layer(layer)
+        if chosen.eigenvalues is None:
+            raise HtmpError(f"{chosen.name}: this report holds no eigenvalues (a report read from JSON, or one "
+                            "analysed without them): analyse the checkpoint with htmp_cli.analyze to draw its ESD")
+        return esd_figure(layer_to_dict(chosen), chosen.eigenvalues)
+
+    def plot_overview(self) -> Any:
+        """Alpha and kappa per layer in network order, coloured by phase (a matplotlib Figure)."""
+        from htmp_cli.report.plots import overview_figure
+
+        return overview_figure(report_to_dict(self)["layers"], self.source.path)
+
+    def _repr_html_(self) -> str:
+        from htmp_cli.report.notebook import report_html
+
+        return report_html(self)
 
 
 
@@ -173,6 +243,7 @@ def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
         "slices": layer.slices,
         "group": layer.group,
         "note": layer.note,
+        "aliases": list(layer.aliases),
         "precision": layer.precision,
         "backend": layer.backend,
         "n_eigenvalues": layer.n_eigenvalues,

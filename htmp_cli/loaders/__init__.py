@@ -22,7 +22,7 @@ from htmp_cli.errors import CheckpointError
 from htmp_cli.loaders.dtypes import Decoder
 from htmp_cli.loaders.entry import TensorEntry, read_stored
 from htmp_cli.loaders.index import check_weight_map, read_shard_index
-from htmp_cli.loaders.matrices import MatrixSpec, MatrixView
+from htmp_cli.loaders.matrices import MatrixSpec, MatrixView, SkippedTensor
 from htmp_cli.loaders.safetensors import read_header
 
 __all__ = ["Checkpoint", "TensorEntry", "open_checkpoint"]
@@ -53,6 +53,7 @@ class Checkpoint:
     fingerprint: str
     notes: tuple[str, ...] = ()
     reader: Reader = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    skipped: tuple[SkippedTensor, ...] = ()  # left out by the loader itself (a module's buffers), with why
 
     def read(self, entry: TensorEntry) -> np.ndarray:
         """One tensor as a float array of its shape, converted exactly (GGUF blocks: dequantised)."""

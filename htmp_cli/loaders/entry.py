@@ -30,6 +30,7 @@ class TensorEntry:
     offset: int = 0
     nbytes: int = 0
     key: str = ""
+    aliases: tuple[str, ...] = ()  # other names of the same tensor (tied weights of a model in memory)
 
     @property
     def n_elements(self) -> int:

@@ -8,7 +8,7 @@ import io
 from rich.console import Console
 from rich.table import Table
 
-from htmp_cli.diff import ReportDiff, flat_rows
+from htmp_cli.compare import ReportDiff, flat_rows
 
 DEFAULT_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "kappa")
 

@@ -1,0 +1,103 @@
+"""htmp from Python: `analyze`, `check` and `diff`, the objects the commands print.
+
+The keyword options of `analyze` are the command line's analysis flags in snake_case
+(`min_dim=8`, `skip_embeddings=True`, `thresholds={"alpha_heavy": 3.5}`), with the same defaults and
+checks as the flags and `htmp.toml`'s [analysis] table (`AnalysisOptions.from_mapping`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from htmp_cli.errors import HtmpError
+from htmp_cli.options import AnalysisOptions
+from htmp_cli.results import Report
+
+Source = Any  # a path, a torch.nn.Module, a mapping of names to tensors or arrays, or one 2-D array
+
+
+def analyze(source: Source, *, jobs: int | None = None, progress: bool = False, **options: Any) -> Report:
+    """Analyse every weight matrix of `source` and return the Report.
+
+    `source` is anything `htmp analyze` takes (a checkpoint file, a shard index, a folder) or weights
+    in memory: a torch module, a state dict (torch tensors or numpy arrays), or one 2-D array.
+    In-memory weights are never written to disk. `jobs` is `--jobs`; `progress` draws a bar on
+    stderr. Each layer keeps its eigenvalues, so `report.plot(name)` can draw them.
+    """
+    from htmp_cli.pipeline import analyze as run_analysis
+
+    analysis = AnalysisOptions.from_mapping(options)
+    checkpoint = _opened(source)
+    if not progress:
+        return run_analysis(checkpoint, analysis, keep_eigenvalues=True, jobs=jobs)
+    from rich.console import Console
+
+    from htmp_cli.progress import LayerProgress
+
+    with LayerProgress(Console(stderr=True)) as listener:
+        return run_analysis(checkpoint, analysis, listener, keep_eigenvalues=True, jobs=jobs)
+
+
+def check(report_or_source: Report | Source, config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+          baseline: Report | str | os.PathLike[str] | None = None, **options: Any) -> Any:
+    """The `htmp check` verdict (a `gate.Verdict`: `.passed`, `.errors`, `.warnings`, `.violations`).
+
+    `config` is an htmp.toml path or its parsed tables; None applies the built-in rules. A source
+    that is not a Report is analysed first, with the config's [analysis] options and then `options`.
+    `baseline` (a Report or a saved report) adds the drift rules.
+    """
+    from htmp_cli import gate
+
+    if config is None:
+        settings: dict[str, Any] = {}
+    elif isinstance(config, Mapping):
+        settings = dict(config)
+    else:
+        settings = gate.load_config(Path(config))
+    gate_config = gate.parse_config(settings, str(config) if isinstance(config, (str, os.PathLike)) else "config")
+    report = _report(report_or_source, {**gate_config.analysis, **options})
+    verdict = gate.evaluate(report.to_dict(), gate_config.rules)
+    if baseline is not None:
+        rules = gate_config.drift_rules if gate_config.drift_rules is not None else gate.DEFAULT_DRIFT_RULES
+        verdict = gate.combine(verdict, gate.evaluate_drift(report.to_dict(), _report(baseline, {}).to_dict(), rules))
+    return verdict
+
+
+def diff(before: Report | Source, after: Report | Source, **options: Any) -> Any:
+    """The `htmp diff` of two reports, saved reports or sources (a `compare.ReportDiff`)."""
+    from htmp_cli.compare import diff_reports
+
+    return diff_reports(_report(before, options).to_dict(), _report(after, options).to_dict())
+
+
+def _opened(source: Source) -> Any:
+    from htmp_cli.loaders.memory import is_in_memory_source, open_in_memory
+
+    if isinstance(source, (str, os.PathLike)):
+        from htmp_cli.loaders import open_checkpoint
+
+        return open_checkpoint(source)
+    if is_in_memory_source(source):
+        return open_in_memory(source)
+    raise HtmpError(f"cannot analyse a {type(source).__name__}: expected a path, a torch module, "
+                    "a mapping of names to tensors or arrays, or one 2-D array")
+
+
+def _report(value: Report | Source, options: dict[str, Any]) -> Report:
+    """A Report as it is, a saved report read back, anything else analysed."""
+    if isinstance(value, Report):
+        return value
+    if isinstance(value, (str, os.PathLike)) and _is_saved_report(Path(value)):
+        return Report.from_json(Path(value))
+    return analyze(value, **options)
+
+
+def _is_saved_report(path: Path) -> bool:
+    from htmp_cli.loaders import starts_an_htmp_report
+
+    if not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        return starts_an_htmp_report(handle.read(4096))

@@ -1,0 +1,66 @@
+"""A report as a pandas DataFrame: one row per layer, each number in a numeric column.
+
+kappa is HTMP's kappa in the better-fitting orientation (its own column says which), the phase's
+name and its reason are separate columns; docs/python.md lists every column.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from htmp_cli.errors import HtmpError
+
+# (column, pandas dtype): floats are float64 (NaN where a fit failed), counts nullable integers.
+COLUMNS = (
+    ("name", "string"), ("tensor", "string"), ("kind", "string"), ("dtype", "string"), ("shape", "string"),
+    ("N", "Int64"), ("M", "Int64"), ("Q", "float64"), ("slices", "Int64"), ("status", "string"),
+    ("reason", "string"), ("aliases", "string"),
+    ("alpha", "float64"), ("alpha_sigma", "float64"), ("xmin", "float64"), ("xmax", "float64"), ("D", "float64"),
+    ("tail_size", "Int64"), ("fit_status", "string"),
+    ("alpha_weighted", "float64"), ("log_alpha_norm", "float64"), ("norm", "float64"), ("log_norm", "float64"),
+    ("spectral_norm", "float64"), ("log_spectral_norm", "float64"), ("stable_rank", "float64"),
+    ("entropy", "float64"), ("rank_loss", "Int64"), ("log_spread", "float64"),
+    ("n_eigenvalues", "Int64"), ("n_zero", "Int64"),
+    ("mp_sigma2", "float64"), ("mp_softrank", "float64"), ("n_spikes", "Int64"), ("ks_mp", "float64"),
+    ("kappa", "float64"), ("kappa_orientation", "string"), ("kappa_at_bound", "string"), ("ks_htmp", "float64"),
+    ("kappa_direct", "float64"), ("kappa_inverse", "float64"),
+    ("phase", "string"), ("phase_reason", "string"), ("phase_rule", "string"), ("very_heavy", "boolean"),
+    ("warnings", "string"),
+)
+
+
+def layer_row(layer: Any) -> dict[str, Any]:
+    """The row of one LayerResult (None where a value does not exist)."""
+    fit, metrics, mp, phase, best = layer.power_law, layer.metrics, layer.mp, layer.phase, layer.htmp_best
+    return {
+        "name": layer.name, "tensor": layer.tensor, "kind": layer.kind, "dtype": layer.dtype,
+        "shape": "x".join(str(d) for d in layer.shape), "N": layer.N, "M": layer.M, "Q": layer.Q,
+        "slices": layer.slices, "status": layer.status, "reason": layer.reason,
+        "aliases": ", ".join(layer.aliases) or None,
+        "alpha": fit.alpha if fit else None, "alpha_sigma": fit.sigma if fit else None,
+        "xmin": fit.xmin if fit else None, "xmax": fit.xmax if fit else None, "D": fit.D if fit else None,
+        "tail_size": fit.tail_size if fit else None, "fit_status": fit.status if fit else None,
+        **{key: getattr(metrics, key) if metrics else None for key in (
+            "alpha_weighted", "log_alpha_norm", "norm", "log_norm", "spectral_norm", "log_spectral_norm",
+            "stable_rank", "entropy", "rank_loss", "log_spread")},
+        "n_eigenvalues": layer.n_eigenvalues, "n_zero": layer.n_zero,
+        "mp_sigma2": mp.sigma2 if mp else None, "mp_softrank": mp.mp_softrank if mp else None,
+        "n_spikes": mp.n_spikes if mp else None, "ks_mp": mp.ks_all if mp else None,
+        "kappa": layer.kappa, "kappa_orientation": layer.kappa_orientation,
+        "kappa_at_bound": best.at_bound if best else None, "ks_htmp": best.ks_htmp if best else None,
+        "kappa_direct": layer.htmp.kappa if layer.htmp else None,
+        "kappa_inverse": layer.htmp_inverse.kappa if layer.htmp_inverse else None,
+        "phase": phase.phase if phase else None, "phase_reason": phase.summary if phase else None,
+        "phase_rule": phase.rule if phase else None, "very_heavy": phase.very_heavy if phase else None,
+        "warnings": ", ".join(layer.warnings) or None,
+    }
+
+
+def layers_frame(report: Any) -> Any:
+    try:
+        import pandas as pd
+    except ImportError:
+        raise HtmpError("Report.to_dataframe needs pandas: pip install 'htmp-cli[pandas]' (or pandas)") from None
+    rows = [layer_row(layer) for layer in report.layers]
+    frame = pd.DataFrame(rows, columns=[name for name, _ in COLUMNS])
+    return frame.astype({name: kind for name, kind in COLUMNS})
