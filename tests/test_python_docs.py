@@ -1,0 +1,43 @@
+"""docs/python.md, executed as written in a real Jupyter kernel (nbclient): every block runs, the
+Report shows as a table and the figures as images."""
+
+from __future__ import annotations
+
+import re
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.conftest import ROOT
+
+
+def _blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "python.md").read_text(), flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):  # type: ignore[no-untyped-def]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in _blocks()])
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path_factory.mktemp("notebook"))}})
+    client.execute()  # raises CellExecutionError, with the cell and its traceback, if a block fails
+    return notebook
+
+
+def test_every_example_runs_and_a_report_shows_as_a_table(executed) -> None:  # type: ignore[no-untyped-def]
+    outputs = [output for cell in executed.cells for output in cell.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert any("<table" in html and "encoder.layer.0.attention.self.query.weight" in html for html in tables)
+
+
+def test_the_figures_show_as_images(executed) -> None:  # type: ignore[no-untyped-def]
+    cell = next(c for c in executed.cells if c.source.startswith('report.plot("'))
+    assert any("image/png" in o.get("data", {}) for o in cell.outputs), cell.outputs
+
+
+def test_the_dataframe_shows_numbers(executed) -> None:  # type: ignore[no-untyped-def]
+    cell = next(c for c in executed.cells if c.source.startswith("frame = report.to_dataframe()"))
+    html = next(o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {}))
+    assert "kappa_orientation" in html and ("direct" in html or "inverse" in html)
