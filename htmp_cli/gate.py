@@ -582,39 +582,13 @@ def select_layers(report: dict[str, Any], options: AnalysisOptions) -> dict[str,
                                         "reason": reason})
     if not dropped:
         return report
-    skipped = [*report["skipped"], *dropped.values()]
-    return {**report, "layers": kept, "skipped": skipped,
-            "summary": {**report["summary"], **summary_figures(kept, len(skipped))}}
+    from dataclasses import replace
 
+    from htmp_cli.results import Report
+    from htmp_cli.summary import summarize
 
-def summary_figures(layers: list[dict[str, Any]], n_skipped: int) -> dict[str, Any]:
-    """The counts, means, phases and named layers of a summary, from layers in their JSON form
-    (the definitions of pipeline.summarize)."""
-    ok = [layer for layer in layers if layer["status"] == "success"]
-    fitted = [layer for layer in ok if (layer.get("power_law") or {}).get("status") == "success"]
-
-    def mean(chosen: list[dict[str, Any]], read: Callable[[dict], float | None]) -> float | None:
-        values = [float(v) for v in map(read, chosen) if v is not None and math.isfinite(float(v))]
-        return sum(values) / len(values) if values else None
-
-    means: dict[str, float | None] = {name: mean(fitted, LAYER_METRICS[name])
-                                      for name in ("alpha", "D", "alpha_weighted", "log_alpha_norm")}
-    for name in ("log_norm", "log_spectral_norm", "stable_rank", "entropy", "rank_loss", "log_spread"):
-        means[name] = mean(ok, LAYER_METRICS[name])
-    means["kappa"] = mean(ok, lambda layer: (((layer.get("htmp") or {}).get("direct") or {}).get("kappa")
-                                             if ((layer.get("htmp") or {}).get("direct") or {}).get("status") == "success"
-                                             else None))
-    means["mp_softrank"] = mean(ok, lambda layer: (layer.get("mp") or {}).get("mp_softrank"))
-    kinds: dict[str, int] = {}
-    for layer in layers:
-        kinds[layer["kind"]] = kinds.get(layer["kind"], 0) + 1
-    return {
-        "n_layers": len(layers), "n_failed_layers": len(layers) - len(ok), "n_failed_fits": len(ok) - len(fitted),
-        "n_skipped": n_skipped, "means": means, "kind_counts": kinds,
-        "warning_counts": {label: sum(label in layer["warnings"] for layer in layers)
-                           for label in ("over-trained", "under-trained")},
-        "phase_counts": {phase: sum(layer_phases(layer)[:1] == (phase,) for layer in ok) for phase in PHASE_LABELS},
-        "worrying": {"rank-collapse": [layer["name"] for layer in ok if "rank-collapse" in layer_phases(layer)],
-                     "random-like": [layer["name"] for layer in ok if "random-like" in layer_phases(layer)],
-                     VERY_HEAVY: [layer["name"] for layer in ok if VERY_HEAVY in layer_phases(layer)]},
-    }
+    typed = Report.from_dict({**report, "layers": kept, "skipped": [*report["skipped"], *dropped.values()]})
+    # The summary of the layers kept, by the definitions of a fresh analysis (htmp_cli.summary).
+    summary = summarize(typed.layers, typed.skipped, typed.summary.timings, typed.summary.workers)
+    return {**report, "layers": kept, "skipped": [*report["skipped"], *dropped.values()],
+            "summary": replace(typed, summary=summary).to_dict()["summary"]}

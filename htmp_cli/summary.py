@@ -28,7 +28,7 @@ def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...
     }
     for name in ("log_norm", "log_spectral_norm", "stable_rank", "entropy", "rank_loss", "log_spread"):
         means[name] = mean([getattr(layer.metrics, name) for layer in ok])
-    means["kappa"] = mean([layer.htmp.kappa for layer in ok if layer.htmp is not None and layer.htmp.status == "success"])
+    means["kappa"] = mean([layer.kappa for layer in ok])  # the better orientation's, as everywhere
     means["mp_softrank"] = mean([layer.mp.mp_softrank for layer in ok if layer.mp is not None])
     warning_counts = {
         label: sum(label in layer.warnings for layer in layers) for label in ("over-trained", "under-trained")

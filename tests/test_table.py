@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from htmp_cli.report.formats import flat_layer_row, format_number
+from htmp_cli.report.formats import flat_layer_row, format_number, kappa_text
 from htmp_cli.report.table import COLUMNS, ELLIPSIS, plan_layout, shorten_middle, shorten_name, shortened_names
 from tests.conftest import run_htmp
 
@@ -88,7 +88,7 @@ def _check_terminal_table(text: str, report: dict, columns: int) -> None:
         # Every number whole: the exact strings of the JSON values, never a prefix of them.
         assert row["shape"] in cells
         assert format_number(row["alpha"]) in cells
-        assert format_number(row["kappa"]).split()[0] in cells
+        assert kappa_text(row).split()[0] in cells
         assert row["phase"].split(":")[0] in line
     hidden = [c.key for c in COLUMNS if c.label not in header and c.key != "warn"]
     if hidden:
@@ -168,7 +168,7 @@ def test_below_the_required_width_lines_grow_rather_than_numbers_being_cut(minil
     for layer in report["layers"][:5]:
         row = flat_layer_row(layer)
         line = next(line for line in lines if row["shape"] + " " in line and format_number(row["alpha"]) in line)
-        assert format_number(row["kappa"]).split()[0] in line.split()
+        assert kappa_text(row).split()[0] in line.split()
 
 
 def test_ls_piped_keeps_every_name_on_one_line(tmp_path: Path) -> None:

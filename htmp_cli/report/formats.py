@@ -64,14 +64,23 @@ def flat_layer_row(layer: dict[str, Any]) -> dict[str, Any]:
             "alpha_weighted", "log_alpha_norm", "norm", "log_norm", "spectral_norm", "log_spectral_norm",
             "stable_rank", "entropy", "rank_loss", "log_spread")},
         "n_zero": layer["n_zero"],
-        "kappa": (f"{best['kappa']:.3g} {'inv' if best['orientation'] == 'inverse' else 'dir'}"
-                  + (" (bound)" if best.get("at_bound") else "")) if best else None,
+        "kappa": best.get("kappa"),  # the better orientation's (htmp.best): the one kappa everywhere
+        "kappa_orientation": best.get("orientation"),
+        "kappa_at_bound": best.get("at_bound"),
         "kappa_direct": ((htmp.get("direct") or {}).get("kappa")),
         "kappa_inverse": ((htmp.get("inverse") or {}).get("kappa")),
         "phase": phase.get("summary"),
         "phase_name": phase.get("phase"),
         "warning": warning,
     }
+
+
+def kappa_text(row: dict[str, Any]) -> str:
+    """kappa as the table shows it: its value, its orientation, and whether it sits at a bound."""
+    if row["kappa"] is None:
+        return "-"
+    return (f"{row['kappa']:.3g} {'inv' if row['kappa_orientation'] == 'inverse' else 'dir'}"
+            + (" (bound)" if row["kappa_at_bound"] else ""))
 
 
 def as_dict(report: Report | dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +123,8 @@ def to_markdown(report: Report | dict[str, Any]) -> str:
     lines.append("|" + "---|" * len(TABLE_COLUMNS))
     for layer in data["layers"]:
         row = flat_layer_row(layer)
-        cells = [format_number(row[key]).replace("|", "\\|") for _, key in TABLE_COLUMNS]
+        cells = [(kappa_text(row) if key == "kappa" else format_number(row[key])).replace("|", "\\|")
+                 for _, key in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Summary", ""]
     lines += [f"- {line}" for line in summary_lines(data)]

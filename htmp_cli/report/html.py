@@ -12,7 +12,7 @@ from html import escape
 from typing import Any, Iterable
 
 from htmp_cli import __version__
-from htmp_cli.report.formats import TABLE_COLUMNS, flat_layer_row, format_number, summary_lines
+from htmp_cli.report.formats import TABLE_COLUMNS, flat_layer_row, format_number, kappa_text, summary_lines
 from htmp_cli.report.plots import FAILED_STYLE, PHASE_STYLE
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
@@ -252,7 +252,8 @@ def analysis_html(data: dict[str, Any], overview_svg: str | None, esd_svgs: dict
                 cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\"><span class=\"swatch\" "
                              f"style=\"background:{PHASE_STYLE[row['phase_name']][0]}\"></span>{escape(_text(row[key]))}</td>")
             else:
-                cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\">{escape(_text(row[key]))}</td>")
+                text = kappa_text(row) if key == "kappa" else _text(row[key])
+                cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\">{escape(text)}</td>")
         failed = ' class="failed"' if layer["status"] != "success" else ""
         body.append(f"<tr data-index=\"{index}\"{failed}><td>{button}</td>{''.join(cells)}</tr>\n")
     body.append("</tbody></table></div>\n")

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from htmp_cli.results import Report
-from htmp_cli.report.formats import as_dict, flat_layer_row, format_number, summary_lines
+from htmp_cli.report.formats import as_dict, flat_layer_row, format_number, kappa_text, summary_lines
 
 ELLIPSIS = "…"
 MIN_NAME_WIDTH = 16  # a shortened name still shows its block number and its last parts
@@ -124,8 +124,9 @@ def _cells(layer: dict[str, Any]) -> dict[str, str]:
         "name": row["name"], "shape": row["shape"], "phase": phase, "reason": reason, "warn": marker,
         "warning": warning or "-", "tail": format_number(row["tail_size"]), "kind": row["kind"], "dtype": row["dtype"],
     }
-    for key in ("alpha", "kappa", "D", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
+    for key in ("alpha", "D", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
         cells[key] = format_number(row[key])
+    cells["kappa"] = kappa_text(row)
     return cells
 
 
