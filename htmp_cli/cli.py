@@ -364,9 +364,9 @@ def _read_report(path: Path, what: str) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise HtmpError(f"{what} {path}: not a readable JSON report ({err})") from None
-    from htmp_cli.results import SCHEMA
+    from htmp_cli.results import SCHEMA, is_report
 
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+    if not is_report(data):
         raise HtmpError(f"{what} {path}: not an htmp report (expected schema {SCHEMA!r})")
     return data
 
@@ -392,9 +392,9 @@ def _is_report_path(path: str) -> bool:
         data = json.loads(candidate.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
-    from htmp_cli.results import SCHEMA
+    from htmp_cli.results import is_report
 
-    return isinstance(data, dict) and data.get("schema") == SCHEMA
+    return is_report(data)
 
 
 def _write_text(path: Path, text: str, flag: str) -> None:

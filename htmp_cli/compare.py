@@ -1,4 +1,4 @@
-"""The per-layer change of every metric between two reports (htmp.report/1 dicts); no I/O."""
+"""The per-layer change of every metric between two reports (htmp.report/2 dicts); no I/O."""
 
 from __future__ import annotations
 

@@ -214,7 +214,15 @@ class Report:
 
 
 
-SCHEMA = "htmp.report/1"
+SCHEMA = "htmp.report/2"
+# /2 (2026-12-01): layers gained `aliases`; summary.means.kappa is over each layer's better HTMP
+# orientation (in /1, the direct one's). A /1 report reads as /2 with no aliases.
+READABLE_SCHEMAS = ("htmp.report/1", SCHEMA)
+
+
+def is_report(data: object) -> bool:
+    """Whether parsed JSON is an htmp report of a schema this version reads."""
+    return isinstance(data, dict) and data.get("schema") in READABLE_SCHEMAS
 
 
 def _clean(value: Any) -> Any:
@@ -278,9 +286,10 @@ def report_to_dict(report: Report) -> dict[str, Any]:
 
 def report_from_dict(data: dict[str, Any]) -> Report:
     """A report read back from its JSON form; raises HtmpError when it is not one."""
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+    if not is_report(data):
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise HtmpError(f"not an htmp report: expected schema {SCHEMA!r}, found {found!r}")
+        raise HtmpError(f"not an htmp report: expected schema {' or '.join(map(repr, READABLE_SCHEMAS))}, "
+                        f"found {found!r}")
     try:
         return Report(
             htmp_version=data["htmp_version"],

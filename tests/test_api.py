@@ -227,3 +227,17 @@ def test_import_htmp_cli_is_cheap() -> None:
     assert done.returncode == 0, done.stderr
     heavy, version, callable_, seconds = done.stdout.split()
     assert heavy == "[]" and callable_ == "True" and float(seconds) < 0.05
+
+
+def test_a_report_of_the_first_schema_still_reads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    report = htmp_cli.analyze(np.random.default_rng(4).standard_normal((200, 80)))
+    old = report.to_dict()
+    old["schema"] = "htmp.report/1"
+    for layer in old["layers"]:
+        del layer["aliases"]  # /1 had none
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert Report.from_json(tmp_path / "old.json") == report
+    done = run_htmp("report", str(tmp_path / "old.json"), "-o", str(tmp_path / "old.html"))
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(htmp_cli.HtmpError, match="expected schema 'htmp.report/1' or 'htmp.report/2', found 'x/9'"):
+        Report.from_dict({**old, "schema": "x/9"})

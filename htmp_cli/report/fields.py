@@ -1,4 +1,4 @@
-"""Named per-layer figures read from a layer's JSON form (htmp.report/1): one reading for gates and diffs."""
+"""Named per-layer figures read from a layer's JSON form (htmp.report/2): one reading for gates and diffs."""
 
 from __future__ import annotations
 

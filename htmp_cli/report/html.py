@@ -206,7 +206,7 @@ def _sort_value(key: str, row: dict[str, Any], layer: dict[str, Any]) -> str:
 
 
 def analysis_html(data: dict[str, Any], overview_svg: str | None, esd_svgs: dict[int, str]) -> str:
-    """The report of one checkpoint: `data` is its htmp.report/1 dict; figures by layer index."""
+    """The report of one checkpoint: `data` is its htmp.report/2 dict; figures by layer index."""
     source = data["source"]
     summary = data["summary"]
     body = [

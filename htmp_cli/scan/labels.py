@@ -16,7 +16,7 @@ import numpy as np
 
 from htmp_cli.errors import HtmpError
 
-# The model-level figures correlated with labels: the summary means of htmp.report/1.
+# The model-level figures correlated with labels: the summary means of htmp.report/2.
 SUMMARY_METRICS = ("alpha", "alpha_weighted", "log_alpha_norm", "D", "log_norm", "log_spectral_norm",
                    "stable_rank", "entropy", "rank_loss", "log_spread", "kappa", "mp_softrank")
 MIN_PAIRS = 3

@@ -103,7 +103,7 @@ class StoredResult:
     error: str | None
     n_layers: int
     seconds: float
-    report: dict[str, Any] | None  # htmp.report/1, layers included
+    report: dict[str, Any] | None  # htmp.report/2, layers included
 
 
 def _process_stat(pid: int) -> tuple[str, str] | None:
