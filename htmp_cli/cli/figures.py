@@ -10,17 +10,8 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from htmp_cli.cli import (
-    _DEBUG,
-    _PATH_HELP,
-    _PROGRESS,
-    _is_report_path,
-    _read_report,
-    _run_guarded,
-    _write_text,
-    app,
-    with_analysis_flags,
-)
+from htmp_cli.cli.common import app, is_report_path, read_report_dict, run_guarded, write_text
+from htmp_cli.cli.flags import DEBUG, PATH_HELP, PROGRESS, with_analysis_flags
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.outputs import check_writable
@@ -50,10 +41,10 @@ def _analysed(path: str, options, progress: Optional[bool]):  # type: ignore[no-
 
 def _report_or_analysis(path: str, options: AnalysisOptions, progress: Optional[bool]):  # type: ignore[no-untyped-def]
     """A saved report as it is (no spectra), or a fresh analysis with its spectra."""
-    if _is_report_path(path):
+    if is_report_path(path):
         if options != AnalysisOptions():
             raise HtmpError(f"{path} is a saved report, drawn as it was analysed: analysis options apply only to checkpoints")
-        return _read_report(Path(path), "report"), {}
+        return read_report_dict(Path(path), "report"), {}
     return _analysed(path, options, progress)
 
 
@@ -66,13 +57,13 @@ def _file_name(name: str) -> str:
 @with_analysis_flags
 def plot(
     analysis: AnalysisOptions,
-    path: str = typer.Argument(..., metavar="PATH", help=_PATH_HELP + " Or a JSON report (then only the overview can be drawn)."),
+    path: str = typer.Argument(..., metavar="PATH", help=PATH_HELP + " Or a JSON report (then only the overview can be drawn)."),
     layer: list[str] = typer.Option([], "--layer", metavar="REGEX", help="Draw the ESD of the layers whose name "
                                     "matches (repeatable; default: every layer)."),
     out: Path = typer.Option(Path("htmp-plots"), "--out", help="Folder for the figures (created if missing)."),
     format: FigureFormat = typer.Option(FigureFormat.png, "--format", "-f", help="png or svg."),
-    progress: Optional[bool] = _PROGRESS,
-    debug: bool = _DEBUG,
+    progress: Optional[bool] = PROGRESS,
+    debug: bool = DEBUG,
 ) -> None:
     """Figures: each layer's ESD with the fitted power law, MP and HTMP; alpha and kappa per layer for the model."""
 
@@ -115,17 +106,17 @@ def plot(
         elif missing:
             typer.echo("htmp: a JSON report holds no eigenvalues; pass the checkpoint to draw the ESD figures", err=True)
 
-    _run_guarded(debug, body)
+    run_guarded(debug, body)
 
 
 @app.command()
 @with_analysis_flags
 def report(
     analysis: AnalysisOptions,
-    path: str = typer.Argument(..., metavar="PATH", help=_PATH_HELP + " Or a JSON report (then without the ESD figures)."),
+    path: str = typer.Argument(..., metavar="PATH", help=PATH_HELP + " Or a JSON report (then without the ESD figures)."),
     output: Path = typer.Option(Path("htmp-report.html"), "--output", "-o", help="The HTML file to write."),
-    progress: Optional[bool] = _PROGRESS,
-    debug: bool = _DEBUG,
+    progress: Optional[bool] = PROGRESS,
+    debug: bool = DEBUG,
 ) -> None:
     """One self-contained HTML file: summary, phases, overview figure, a sortable and filterable layer table,
     and each layer's ESD figure on demand. It opens from disk in any browser and needs no network."""
@@ -141,10 +132,10 @@ def report(
                        "to have them", err=True)
         overview = plots.svg_markup(plots.overview_figure(data["layers"], f"htmp: {data['source']['path']}"))
         figures = {k: plots.svg_markup(plots.esd_figure(data["layers"][k], values)) for k, values in spectra.items()}
-        _write_text(output, analysis_html(data, overview, figures), "--output")
+        write_text(output, analysis_html(data, overview, figures), "--output")
         typer.echo(f"{output} ({output.stat().st_size:,} bytes, {len(figures)} layer figures)")
 
-    _run_guarded(debug, body)
+    run_guarded(debug, body)
 
 
 def scan_report(path: Path, result: Any, matched: dict[int, dict[str, float | None]], label_columns: tuple[str, ...],
@@ -174,4 +165,4 @@ def scan_report(path: Path, result: Any, matched: dict[int, dict[str, float | No
     failures = [failure_parts(row, root) for row in result.failed]
     html = scan_html("htmp scan report", columns, rows, failures, [asdict(c) for c in found],
                      plots.svg_markup(scatter) if scatter is not None else None, notes)
-    _write_text(path, html, "--report")
+    write_text(path, html, "--report")

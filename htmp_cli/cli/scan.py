@@ -12,23 +12,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from htmp_cli.cli import (
-    _DEBUG,
-    _PROGRESS,
-    ANALYSIS_FLAGS,
-    EXIT_OK,
-    EXIT_SCAN_FAILURES,
-    OutputFormat,
-    _given,
-    _is_report_path,
-    _open_output,
-    _read_report,
-    _run_guarded,
-    _stdout_console,
-    _write_text,
-    app,
-    with_analysis_flags,
-)
+from htmp_cli.cli.common import (EXIT_OK, EXIT_SCAN_FAILURES, app, flag_given, is_report_path, open_output,
+                                 read_report_dict, run_guarded, stdout_console, write_text)
+from htmp_cli.cli.flags import ANALYSIS_FLAGS, DEBUG, PROGRESS, OutputFormat, with_analysis_flags
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
 
@@ -71,8 +57,8 @@ def scan(
     export_rows: ExportRows = typer.Option(ExportRows.checkpoint, "--export-rows", help="One exported row per checkpoint or per layer."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report of the scan "
                                           "(sortable table, failures, correlations and the scatter plot)."),
-    progress: Optional[bool] = _PROGRESS,
-    debug: bool = _DEBUG,
+    progress: Optional[bool] = PROGRESS,
+    debug: bool = DEBUG,
 ) -> None:
     """Analyse many checkpoints in parallel into a resumable store; one row per checkpoint.
 
@@ -124,7 +110,7 @@ def scan(
                      export, export_rows.value, report)
         return EXIT_SCAN_FAILURES if result.failed else EXIT_OK
 
-    raise typer.Exit(_run_guarded(debug, body))
+    raise typer.Exit(run_guarded(debug, body))
 
 
 def _report_scan(result, discovery, label_data, plot_path: Path, export: Optional[Path], export_rows: str,  # type: ignore[no-untyped-def]
@@ -133,7 +119,7 @@ def _report_scan(result, discovery, label_data, plot_path: Path, export: Optiona
     from htmp_cli.scan.export import export as write_export
     from htmp_cli.scan.labels import correlations, match_labels
 
-    console = _stdout_console(piped_width=200)
+    console = stdout_console(piped_width=200)
     root = common_root([row.unit.path for row in result.rows])
     matched: dict[int, dict[str, float | None]] = {}
     unmatched: list[str] = []
@@ -166,7 +152,7 @@ def _report_scan(result, discovery, label_data, plot_path: Path, export: Optiona
             console.print(f"scatter plot of the strongest correlation ({best.label} vs mean {best.metric}): {plot_path}",
                           highlight=False)
     if html_path is not None:
-        from htmp_cli.cli_figures import scan_report
+        from htmp_cli.cli.figures import scan_report
 
         scan_report(html_path, result, matched, label_data.columns if label_data is not None else (), found, scatter)
         console.print(f"HTML report: {html_path}", highlight=False)
@@ -188,7 +174,7 @@ def diff(
                                      "default alpha, alpha_weighted, log_norm, log_spectral_norm, stable_rank, kappa). "
                                      "JSON and CSV always hold every metric."),
     changed_only: bool = typer.Option(False, "--changed-only", help="Show only the layers whose phase changed."),
-    debug: bool = _DEBUG,
+    debug: bool = DEBUG,
 ) -> None:
     """Per-layer change of every metric between two checkpoints or reports; layers that changed phase stand out."""
 
@@ -202,13 +188,13 @@ def diff(
         for name in metric:
             if name not in LAYER_METRICS:
                 raise HtmpError(f"--metric {name!r}: unknown (metrics: {', '.join(LAYER_METRICS)})")
-        given = [name for name, _, _ in ANALYSIS_FLAGS if _given(ctx, name)]
-        if given and _is_report_path(before) and _is_report_path(after):
+        given = [name for name, _, _ in ANALYSIS_FLAGS if flag_given(ctx, name)]
+        if given and is_report_path(before) and is_report_path(after):
             raise HtmpError(f"both inputs are saved reports: --{given[0].replace('_', '-')} applies only to checkpoints")
         reports = []
         for path, what in ((before, "before"), (after, "after")):
-            if _is_report_path(path):
-                reports.append(_read_report(Path(path), what))
+            if is_report_path(path):
+                reports.append(read_report_dict(Path(path), what))
             else:
                 from htmp_cli.pipeline import analyze
                 from htmp_cli.results import report_to_dict
@@ -218,9 +204,9 @@ def diff(
         shown = tuple(metric) or DEFAULT_METRICS
         if format is OutputFormat.table:
             if output is None:
-                render_diff(result, _stdout_console(piped_width=200), shown, changed_only)
+                render_diff(result, stdout_console(piped_width=200), shown, changed_only)
             else:
-                with _open_output(output) as handle:
+                with open_output(output) as handle:
                     render_diff(result, Console(file=handle, width=200, no_color=True), shown, changed_only)
             return
         text = {OutputFormat.json: lambda: json.dumps(diff_to_dict(result), indent=2) + "\n",
@@ -229,6 +215,6 @@ def diff(
         if output is None:
             sys.stdout.write(text)
         else:
-            _write_text(output, text, "--output")
+            write_text(output, text, "--output")
 
-    _run_guarded(debug, body)
+    run_guarded(debug, body)
