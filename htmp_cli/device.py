@@ -73,10 +73,3 @@ def device_for(requested: str, backend: str, M: int) -> str:
     if requested == "cuda":
         return "cuda"
     return "cuda" if M >= LARGE_MATRIX_SIZE and cuda_status() is None else "cpu"
-
-
-def torch_device(name: str):  # type: ignore[no-untyped-def]
-    """The torch device of a device name (one place, so tests can route 'cuda' to the CPU)."""
-    import torch
-
-    return torch.device(name)

@@ -148,6 +148,13 @@ def _needs_rescaling(amax: float, N: int, dtype: np.dtype) -> bool:
     return not (float(info.tiny) / float(info.eps) <= square <= float(info.max) / (4.0 * N))
 
 
+def torch_device(name: str):  # type: ignore[no-untyped-def]
+    """The torch device of a device name (one place, so tests can route 'cuda' to the CPU)."""
+    import torch
+
+    return torch.device(name)
+
+
 def gram_matrix(W: np.ndarray, precision: str = "float64", decode: Decoder | None = None,
                 device: str | None = None) -> GramMatrix:
     """Gram matrix of the smaller side of W (stored values, turned into floats by `decode` if given).
@@ -221,7 +228,6 @@ def _accumulate(W: np.ndarray, precision: str, decode: Decoder | None, device: s
     M, N = (cols, rows) if by_rows else (rows, cols)
     amax = 0.0
     if device is not None:
-        from htmp_cli.device import torch_device
         import torch
 
         target = torch_device(device)

@@ -17,6 +17,7 @@ from safetensors.numpy import save_file
 
 from conftest import run_htmp
 from htmp_cli import device as device_module
+from htmp_cli import spectral as spectral_module
 from htmp_cli.errors import OptionError
 from htmp_cli.loaders.dtypes import decode_bf16
 from htmp_cli.options import AnalysisOptions
@@ -80,7 +81,7 @@ def test_device_cuda_runs_the_torch_engine_for_every_layer(monkeypatch, small_ch
     """--device cuda with the device routed to torch's CPU: every layer goes through the GPU code path
     and agrees with the CPU analysis."""
     monkeypatch.setattr(device_module, "cuda_status", lambda: None)
-    monkeypatch.setattr(device_module, "torch_device", lambda name: torch.device("cpu"))
+    monkeypatch.setattr(spectral_module, "torch_device", lambda name: torch.device("cpu"))
     on_device = analyze(small_checkpoint, AnalysisOptions(device="cuda"), jobs=1)
     on_cpu = analyze(small_checkpoint, AnalysisOptions(device="cpu"), jobs=1)
     assert [layer.backend for layer in on_device.layers] == ["torch-cpu"] * 3
