@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from htmp_cli.report.fields import LAYER_METRICS
+from htmp_cli.results import LAYER_METRICS
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def _number(value: Any) -> float | None:
 
 
 def _read(layer: dict[str, Any], metric: str) -> float | None:
-    return _number(LAYER_METRICS[metric](layer)) if layer["status"] == "success" else None
+    return _number(LAYER_METRICS[metric].of_json(layer)) if layer["status"] == "success" else None
 
 
 def _phase(layer: dict[str, Any]) -> str | None:

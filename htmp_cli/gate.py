@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from htmp_cli.errors import HtmpError
 from htmp_cli.fits.phases import PHASE_LABELS
-from htmp_cli.report.fields import LAYER_METRICS
+from htmp_cli.results import LAYER_METRICS, SUMMARY_MEANS
 
 if TYPE_CHECKING:  # options import the loaders' rules; the gate needs them only for a saved report
     from htmp_cli.options import AnalysisOptions
@@ -403,8 +403,7 @@ def _summary_figures() -> dict[str, Callable[[dict], float | None]]:
         "n_layers": lambda s: s["n_layers"], "n_failed_layers": lambda s: s["n_failed_layers"],
         "n_failed_fits": lambda s: s["n_failed_fits"], "n_skipped": lambda s: s["n_skipped"],
     }
-    for name in ("alpha", "D", "alpha_weighted", "log_alpha_norm", "log_norm", "log_spectral_norm", "stable_rank",
-                 "entropy", "rank_loss", "log_spread", "kappa", "mp_softrank"):
+    for name in SUMMARY_MEANS:
         figures[f"mean_{name}"] = lambda s, name=name: s["means"].get(name)
     return figures
 
@@ -481,7 +480,7 @@ def evaluate(report: dict[str, Any], rules: tuple[Rule, ...]) -> Verdict:
                 violations.append(Violation(rule, None, share, f"{len(hits)} of {len(ok)} layers ({share:.0%}) are "
                                             f"{rule.phase}: {', '.join(hits[:5])}{' ...' if len(hits) > 5 else ''}"))
         elif rule.metric is not None:
-            read = LAYER_METRICS[rule.metric]
+            read = LAYER_METRICS[rule.metric].of_json
             for layer in chosen:
                 value = read(layer) if layer["status"] == "success" else None
                 if value is not None and _out_of_bounds(float(value), rule):
@@ -519,7 +518,7 @@ def evaluate_drift(report: dict[str, Any], baseline: dict[str, Any], rules: tupl
             violations += [Violation(rule, name, None, "not in the baseline") for name in appeared]
             violations += [Violation(rule, name, None, "in the baseline, not here") for name in vanished]
             continue
-        read = LAYER_METRICS[rule.metric]
+        read = LAYER_METRICS[rule.metric].of_json
         common = [layer for layer in _selected(rule, report["layers"]) if layer["name"] in old]
         checked[rule.name] = len(common)
         looked_at[rule.name] = f"{len(common)} layers in both" + (f" matching {rule.layers!r}" if rule.layers else "")

@@ -214,6 +214,72 @@ class Report:
 
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One per-layer number, by the name rules, diffs, scans and the summary use, with its meaning.
+
+    It lives at `section.key` of a layer (`section` None: on the layer itself); where the section
+    is a fit with a status, the number exists only when the fit succeeded.
+    """
+
+    name: str
+    meaning: str
+    section: str | None
+    key: str
+
+    def of(self, layer: LayerResult) -> float | None:
+        if self.name == "kappa":
+            return layer.kappa
+        part = layer if self.section is None else getattr(layer, self.section)
+        if part is None or getattr(part, "status", "success") != "success":
+            return None
+        return getattr(part, self.key)
+
+    def of_json(self, layer: dict[str, Any]) -> float | None:
+        """The same number from a layer's JSON form (a saved report)."""
+        if self.name == "kappa":
+            htmp = layer.get("htmp") or {}
+            return (htmp.get(htmp.get("best") or "") or {}).get("kappa")
+        part = layer if self.section is None else (layer.get(self.section) or {})
+        if part.get("status", "success") != "success":
+            return None
+        return part.get(self.key)
+
+
+def _metrics(*rows: tuple[str, str | None, str, str]) -> dict[str, Metric]:
+    return {name: Metric(name, meaning, section, key) for name, section, key, meaning in rows}
+
+
+# Every per-layer metric, once (docs/python.md and the README's JSON section say the same).
+LAYER_METRICS: dict[str, Metric] = _metrics(
+    ("alpha", "power_law", "alpha", "exponent of the power law fitted to the spectrum's tail"),
+    ("D", "power_law", "D", "KS distance of the tail to its fitted power law"),
+    ("sigma", "power_law", "sigma", "standard error of alpha"),
+    ("xmin", "power_law", "xmin", "where the fitted tail starts"),
+    ("tail_size", "power_law", "tail_size", "eigenvalues in the fitted tail"),
+    ("alpha_weighted", "metrics", "alpha_weighted", "alpha * log10(lambda_max)"),
+    ("log_alpha_norm", "metrics", "log_alpha_norm", "log10 of the sum of lambda^alpha"),
+    ("norm", "metrics", "norm", "sum of the eigenvalues: the squared Frobenius norm"),
+    ("log_norm", "metrics", "log_norm", "log10 of norm"),
+    ("spectral_norm", "metrics", "spectral_norm", "the largest eigenvalue, lambda_max"),
+    ("log_spectral_norm", "metrics", "log_spectral_norm", "log10 of lambda_max"),
+    ("stable_rank", "metrics", "stable_rank", "norm / lambda_max"),
+    ("entropy", "metrics", "entropy", "normalised spectral entropy"),
+    ("rank_loss", "metrics", "rank_loss", "eigenvalues at numerical zero"),
+    ("log_spread", "metrics", "log_spread", "ln(arithmetic / geometric mean) of the non-zero eigenvalues"),
+    ("kappa", "htmp", "kappa", "HTMP's eigenvalue repulsion, of the orientation that fits better"),
+    ("spikes", "mp", "n_spikes", "eigenvalues above the Marchenko-Pastur bulk's Tracy-Widom edge"),
+    ("mp_softrank", "mp", "mp_softrank", "lambda_plus / lambda_max"),
+    ("ks_mp", "mp", "ks_all", "KS distance of every eigenvalue to the fitted Marchenko-Pastur law"),
+    ("n_zero", None, "n_zero", "eigenvalues below the numerical-zero threshold"),
+)
+# The metrics the summary averages; those of the tail fit over the layers whose fit succeeded,
+# the others over every analysed layer (htmp_cli.summary).
+SUMMARY_MEANS = ("alpha", "D", "alpha_weighted", "log_alpha_norm", "log_norm", "log_spectral_norm", "stable_rank",
+                 "entropy", "rank_loss", "log_spread", "kappa", "mp_softrank")
+FIT_MEANS = ("alpha", "D", "alpha_weighted", "log_alpha_norm")
+
+
 SCHEMA = "htmp.report/2"
 # /2 (2026-12-01): layers gained `aliases`; summary.means.kappa is over each layer's better HTMP
 # orientation (in /1, the direct one's). A /1 report reads as /2 with no aliases.

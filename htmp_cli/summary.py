@@ -8,7 +8,7 @@ import numpy as np
 
 from htmp_cli.fits.phases import PHASE_LABELS
 from htmp_cli.loaders.matrices import SkippedTensor
-from htmp_cli.results import ExpertGroup, LayerResult, ModelSummary
+from htmp_cli.results import FIT_MEANS, LAYER_METRICS, SUMMARY_MEANS, ExpertGroup, LayerResult, ModelSummary
 
 
 def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...], timings: dict[str, float],
@@ -20,16 +20,8 @@ def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...
         present = [v for v in values if v is not None and math.isfinite(v)]
         return float(np.mean(present)) if present else None
 
-    means: dict[str, float | None] = {
-        "alpha": mean([layer.power_law.alpha for layer in fitted]),
-        "D": mean([layer.power_law.D for layer in fitted]),
-        "alpha_weighted": mean([layer.metrics.alpha_weighted for layer in fitted]),
-        "log_alpha_norm": mean([layer.metrics.log_alpha_norm for layer in fitted]),
-    }
-    for name in ("log_norm", "log_spectral_norm", "stable_rank", "entropy", "rank_loss", "log_spread"):
-        means[name] = mean([getattr(layer.metrics, name) for layer in ok])
-    means["kappa"] = mean([layer.kappa for layer in ok])  # the better orientation's, as everywhere
-    means["mp_softrank"] = mean([layer.mp.mp_softrank for layer in ok if layer.mp is not None])
+    means = {name: mean([LAYER_METRICS[name].of(layer) for layer in (fitted if name in FIT_MEANS else ok)])
+             for name in SUMMARY_MEANS}
     warning_counts = {
         label: sum(label in layer.warnings for layer in layers) for label in ("over-trained", "under-trained")
     }

@@ -524,7 +524,7 @@ def test_the_html_report_shows_an_undefined_correlation_as_the_terminal_does(tmp
 
 
 def test_a_failure_line_names_the_checkpoint_once(tmp_path: Path) -> None:
-    from htmp_cli.report.scan_view import failure_parts
+    from htmp_cli.scan.view import failure_parts
     from htmp_cli.scan.discovery import ScanUnit
     from htmp_cli.scan.runner import ScanRow
     from htmp_cli.scan.store import StoredResult

@@ -100,7 +100,7 @@ def check(
 
     def body() -> int:
         from htmp_cli import gate
-        from htmp_cli.report.verdict import github_annotations, render_verdict, to_junit, to_markdown
+        from htmp_cli.gate_output import github_annotations, render_verdict, to_junit, to_markdown
 
         config_path = config if config is not None else gate.find_config(Path.cwd())
         settings = gate.load_config(config_path) if config_path is not None else {}

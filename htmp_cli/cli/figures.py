@@ -145,7 +145,7 @@ def scan_report(path: Path, result: Any, matched: dict[int, dict[str, float | No
 
     from htmp_cli.report import plots
     from htmp_cli.report.html import scan_html
-    from htmp_cli.report.scan_view import PHASE_ABBREVIATIONS, common_root, display_path, failure_parts
+    from htmp_cli.scan.view import PHASE_ABBREVIATIONS, common_root, display_path, failure_parts
     from htmp_cli.scan.export import checkpoint_row
     from htmp_cli.scan.labels import SUMMARY_METRICS
 

@@ -115,7 +115,7 @@ def scan(
 
 def _report_scan(result, discovery, label_data, plot_path: Path, export: Optional[Path], export_rows: str,  # type: ignore[no-untyped-def]
                  html_path: Optional[Path]) -> None:
-    from htmp_cli.report.scan_view import common_root, display_path, render_correlations, render_scan
+    from htmp_cli.scan.view import common_root, display_path, render_correlations, render_scan
     from htmp_cli.scan.export import export as write_export
     from htmp_cli.scan.labels import correlations, match_labels
 
@@ -182,8 +182,8 @@ def diff(
         import json
 
         from htmp_cli.compare import diff_reports, diff_to_dict
-        from htmp_cli.report.diff_view import DEFAULT_METRICS, diff_csv, diff_markdown, render_diff
-        from htmp_cli.report.fields import LAYER_METRICS
+        from htmp_cli.compare_output import DEFAULT_METRICS, diff_csv, diff_markdown, render_diff
+        from htmp_cli.results import LAYER_METRICS
 
         for name in metric:
             if name not in LAYER_METRICS:

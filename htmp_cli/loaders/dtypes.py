@@ -19,8 +19,8 @@ QUANTIZED_DTYPES = (
     "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ2_XXS", "IQ2_XS",
     "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "IQ1_M", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4",
 )
-# Known to the safetensors format but not converted by htmp: such tensors are skipped with a reason.
-UNSUPPORTED_DTYPES = ("F8_E8M0", "C64", "F4", "F6_E2M3", "F6_E3M2")
+# Other dtypes the safetensors format knows (F8_E8M0, C64, F4, F6_E2M3, F6_E3M2) are not converted:
+# such tensors are skipped with a reason.
 
 BITS_PER_ELEMENT = {
     "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "F8_E4M3": 8, "F8_E5M2": 8,
@@ -90,9 +90,3 @@ def stored_array(raw: np.ndarray, dtype: str) -> tuple[np.ndarray, Callable[[np.
     if dtype == "F8_E5M2":
         return raw, F8_E5M2_VALUES.take
     raise ValueError(f"dtype {dtype} is not a supported floating-point dtype")
-
-
-def to_float_array(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Convert a uint8 buffer holding little-endian `dtype` values to a numpy float array, exactly."""
-    stored, decode = stored_array(raw, dtype)
-    return stored if decode is None else decode(stored)

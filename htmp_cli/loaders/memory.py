@@ -24,7 +24,6 @@ from htmp_cli.loaders.entry import TensorEntry
 from htmp_cli.loaders.matrices import SkippedTensor
 from htmp_cli.loaders.pytorch import WRAPPER_PREFIXES, dtype_name, stored_from_tensor
 
-MEMORY_FORMATS = ("torch-module", "state-dict", "array")
 _NUMPY_DTYPES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bool": "BOOL", "uint8": "U8", "int8": "I8",
     "uint16": "U16", "int16": "I16", "uint32": "U32", "int32": "I32", "uint64": "U64", "int64": "I64",

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from htmp_cli.errors import HtmpError
+from htmp_cli.results import SUMMARY_MEANS
 
 # The model-level figures correlated with labels: the summary means of htmp.report/2.
-SUMMARY_METRICS = ("alpha", "alpha_weighted", "log_alpha_norm", "D", "log_norm", "log_spectral_norm",
-                   "stable_rank", "entropy", "rank_loss", "log_spread", "kappa", "mp_softrank")
+SUMMARY_METRICS = SUMMARY_MEANS
 MIN_PAIRS = 3
 # Up to this many checkpoints Spearman's p-value is exact (all n! pairings); scipy's t approximation
 # above it. The approximation calls a perfect ranking of 4 checkpoints p = 0; the truth is 1/12.

@@ -201,10 +201,6 @@ class ScanStore:
         with self._transaction():
             self._db.executemany("INSERT OR REPLACE INTO fingerprints VALUES (?, ?, ?)", entries)
 
-    def statuses(self, key: str) -> dict[str, str]:
-        """fingerprint -> status of every stored result under one options key."""
-        return dict(self._db.execute("SELECT fingerprint, status FROM results WHERE options_key = ?", (key,)))
-
     def versions(self, key: str) -> dict[str, ResultVersion]:
         """fingerprint -> version of every stored result under one options key."""
         return {fp: (status, finished, seconds) for fp, status, finished, seconds in self._db.execute(
