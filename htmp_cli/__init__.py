@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["CheckpointError", "HtmpError", "LayerResult", "OptionError", "Report", "analyze", "check", "diff",
-           "__version__"]
+__all__ = ["CheckpointError", "HtmpError", "LayerResult", "OptionError", "Report", "ReportDiff", "Verdict", "analyze",
+           "check", "diff", "__version__"]
 
 _LAZY = {"analyze": "htmp_cli.api", "check": "htmp_cli.api", "diff": "htmp_cli.api",
          "Report": "htmp_cli.results", "LayerResult": "htmp_cli.results",
+         "Verdict": "htmp_cli.gate", "ReportDiff": "htmp_cli.compare",
          "HtmpError": "htmp_cli.errors", "OptionError": "htmp_cli.errors", "CheckpointError": "htmp_cli.errors"}
 
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from htmp_cli.errors import HtmpError
+from htmp_cli.errors import HtmpError, OptionError
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.results import Report
+
+if TYPE_CHECKING:
+    from htmp_cli.compare import ReportDiff
+    from htmp_cli.gate import Verdict
 
 Source = Any  # a path, a torch.nn.Module, a mapping of names to tensors or arrays, or one 2-D array
 
@@ -23,11 +27,14 @@ def analyze(source: Source, *, jobs: int | None = None, progress: bool = False, 
 
     `source` is anything `htmp analyze` takes (a checkpoint file, a shard index, a folder) or weights
     in memory: a torch module, a state dict (torch tensors or numpy arrays), or one 2-D array.
-    In-memory weights are never written to disk. `jobs` is `--jobs`; `progress` draws a bar on
-    stderr. Each layer keeps its eigenvalues, so `report.plot(name)` can draw them.
+    In-memory weights are never written to disk. `jobs` is `--jobs` (weights in memory are solved
+    in this process, their fits in a second one where that pays); `progress` draws a bar on stderr.
+    Each layer keeps its eigenvalues, so `report.plot(name)` can draw them.
     """
     from htmp_cli.pipeline import analyze as run_analysis
 
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise OptionError(f"jobs must be a whole number of at least 1 (or None), got {jobs!r}")
     analysis = AnalysisOptions.from_mapping(options)
     checkpoint = _opened(source)
     if not progress:
@@ -41,12 +48,13 @@ def analyze(source: Source, *, jobs: int | None = None, progress: bool = False, 
 
 
 def check(report_or_source: Report | Source, config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-          baseline: Report | str | os.PathLike[str] | None = None, **options: Any) -> Any:
+          baseline: Report | str | os.PathLike[str] | None = None, **options: Any) -> Verdict:
     """The `htmp check` verdict (a `gate.Verdict`: `.passed`, `.errors`, `.warnings`, `.violations`).
 
     `config` is an htmp.toml path or its parsed tables; None applies the built-in rules. A source
-    that is not a Report is analysed first, with the config's [analysis] options and then `options`.
-    `baseline` (a Report or a saved report) adds the drift rules.
+    that is not a Report is analysed first, with the config's [analysis] options and then `options`
+    (the baseline too); options beside a Report are an error (it was analysed already).
+    `baseline` (a Report, a saved report or a source) adds the drift rules.
     """
     from htmp_cli import gate
 
@@ -57,19 +65,22 @@ def check(report_or_source: Report | Source, config: str | os.PathLike[str] | Ma
     else:
         settings = gate.load_config(Path(config))
     gate_config = gate.parse_config(settings, str(config) if isinstance(config, (str, os.PathLike)) else "config")
-    report = _report(report_or_source, {**gate_config.analysis, **options})
-    verdict = gate.evaluate(report.to_dict(), gate_config.rules)
+    analysis = {**gate_config.analysis, **options}
+    report = _report(report_or_source, analysis, options)
+    # The configuration's selection applies to a report made already, as `htmp check report.json` does.
+    data = gate.select_layers(report.to_dict(), AnalysisOptions.from_mapping(analysis))
+    verdict = gate.evaluate(data, gate_config.rules)
     if baseline is not None:
         rules = gate_config.drift_rules if gate_config.drift_rules is not None else gate.DEFAULT_DRIFT_RULES
-        verdict = gate.combine(verdict, gate.evaluate_drift(report.to_dict(), _report(baseline, {}).to_dict(), rules))
+        verdict = gate.combine(verdict, gate.evaluate_drift(data, _report(baseline, analysis, options).to_dict(), rules))
     return verdict
 
 
-def diff(before: Report | Source, after: Report | Source, **options: Any) -> Any:
-    """The `htmp diff` of two reports, saved reports or sources (a `compare.ReportDiff`)."""
+def diff(before: Report | Source, after: Report | Source, **options: Any) -> ReportDiff:
+    """The `htmp diff` of two reports, saved reports or sources (sources analysed with `options`)."""
     from htmp_cli.compare import diff_reports
 
-    return diff_reports(_report(before, options).to_dict(), _report(after, options).to_dict())
+    return diff_reports(_report(before, options, options).to_dict(), _report(after, options, options).to_dict())
 
 
 def _opened(source: Source) -> Any:
@@ -85,13 +96,18 @@ def _opened(source: Source) -> Any:
                     "a mapping of names to tensors or arrays, or one 2-D array")
 
 
-def _report(value: Report | Source, options: dict[str, Any]) -> Report:
-    """A Report as it is, a saved report read back, anything else analysed."""
+def _report(value: Report | Source, analysis: dict[str, Any], given: dict[str, Any]) -> Report:
+    """A Report as it is, a saved report read back, anything else analysed with `analysis`; options
+    `given` by the caller cannot change a report made already, so they are refused beside one."""
+    saved = isinstance(value, (str, os.PathLike)) and _is_saved_report(Path(value))
+    if (isinstance(value, Report) or saved) and given:
+        raise OptionError(f"{', '.join(sorted(given))}: analysis options apply to sources, not to a report "
+                          "analysed already")
     if isinstance(value, Report):
         return value
-    if isinstance(value, (str, os.PathLike)) and _is_saved_report(Path(value)):
+    if saved:
         return Report.from_json(Path(value))
-    return analyze(value, **options)
+    return analyze(value, **analysis)
 
 
 def _is_saved_report(path: Path) -> bool:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import numbers
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
+
+import numpy as np
 
 from htmp_cli.device import DEVICES
 from htmp_cli.errors import OptionError
@@ -114,7 +117,12 @@ class AnalysisOptions:
             if key in ("thresholds", "include", "exclude"):
                 continue
             expected = type(getattr(defaults, key))
-            if type(value) is not expected:
+            # numpy's integers and booleans are as good as Python's; a bool is not an integer here
+            if expected is int and isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+                checked[key] = int(value)
+            elif expected is bool and isinstance(value, (bool, np.bool_)):
+                checked[key] = bool(value)
+            elif type(value) is not expected:
                 kind = {int: "an integer", bool: "true or false", str: "a string"}.get(expected, expected.__name__)
                 raise OptionError(f"{named(key)} must be {kind}, got {value!r}")
         return cls(**checked)

@@ -176,9 +176,12 @@ class Report:
         return report_from_dict(data)
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path) -> Report:
-        """A report from its JSON text or from a file holding it (`htmp analyze -f json -o FILE`)."""
-        if isinstance(text_or_path, str) and text_or_path.lstrip().startswith("{"):
+    def from_json(cls, text_or_path: str | bytes | Path) -> Report:
+        """A report from its JSON text (a str or bytes starting with '{') or from a file holding it
+        (a Path, or a str that is not JSON text: `htmp analyze -f json -o FILE`)."""
+        if isinstance(text_or_path, bytes):
+            text_or_path = text_or_path.decode("utf-8")
+        if isinstance(text_or_path, str) and text_or_path.lstrip()[:1] in ("{", "["):
             try:
                 return report_from_dict(json.loads(text_or_path))
             except json.JSONDecodeError as err:

@@ -118,8 +118,12 @@ def test_unreadable_sources_are_clear_errors() -> None:
         htmp_cli.analyze(torch.nn.Linear(64, 64, device="meta"))
     with pytest.raises(CheckpointError, match="must be 2-D"):
         htmp_cli.analyze(np.zeros((4, 5, 6)))
-    with pytest.raises(CheckpointError, match="entry 'b' is a str"):
-        htmp_cli.analyze({"a": np.eye(20), "b": "text"})
+    with pytest.raises(CheckpointError, match="two tensors are both named 'a.b'"):
+        htmp_cli.analyze({"a.b": np.eye(20), "a": {"b": np.eye(30)}})
+    with pytest.raises(CheckpointError, match="w: a sparse_coo tensor"):
+        htmp_cli.analyze({"w": torch.eye(20).to_sparse()})
+    with pytest.raises(OptionError, match="jobs must be a whole number"):
+        htmp_cli.analyze(np.eye(20), jobs=0)
     with pytest.raises(htmp_cli.HtmpError, match="cannot analyse a int"):
         htmp_cli.analyze(3)
     with pytest.raises(CheckpointError, match="no such file"):
@@ -241,3 +245,32 @@ def test_a_report_of_the_first_schema_still_reads(tmp_path) -> None:  # type: ig
     assert done.returncode == 0, done.stderr
     with pytest.raises(htmp_cli.HtmpError, match="expected schema 'htmp.report/1' or 'htmp.report/2', found 'x/9'"):
         Report.from_dict({**old, "schema": "x/9"})
+
+
+def test_state_dicts_are_read_as_files_are() -> None:
+    """A checkpoint dict as torch.load returns it: the wrapper unwrapped, what is not a tensor ignored."""
+    weights = {"layer.weight": torch.randn(120, 40), "layer.bias": torch.randn(120)}
+    report = htmp_cli.analyze({"state_dict": weights, "epoch": 3, "lr": None})
+    assert [layer.name for layer in report.layers] == ["layer.weight"]
+    assert any("'state_dict' entry" in note for note in report.source.notes)
+    empty = htmp_cli.analyze({"a": np.empty((0, 20)), "b": np.empty((0, 20))})
+    assert not empty.layers and {s.name for s in empty.skipped} == {"a", "b"}  # never "tied"
+
+
+def test_numpy_numbers_are_options_too() -> None:
+    weights = {"w": np.random.default_rng(5).standard_normal((90, 9))}
+    assert [layer.name for layer in htmp_cli.analyze(weights, min_dim=np.int64(8), htmp=np.bool_(False)).layers] == ["w"]
+    with pytest.raises(OptionError, match="min_dim must be an integer, got True"):
+        htmp_cli.analyze(weights, min_dim=True)
+
+
+def test_options_beside_a_report_are_refused_and_the_baseline_gets_the_same_options() -> None:
+    weights = {"a": np.random.default_rng(6).standard_normal((200, 60)), "b": np.random.default_rng(7).standard_normal((90, 9))}
+    report = htmp_cli.analyze(weights, min_dim=8)
+    with pytest.raises(OptionError, match="min_dim: analysis options apply to sources"):
+        htmp_cli.check(report, min_dim=8)
+    with pytest.raises(OptionError, match="apply to sources"):
+        htmp_cli.diff(report, weights, min_dim=8)
+    verdict = htmp_cli.check(weights, baseline=weights, min_dim=8)
+    assert not [v for v in verdict.violations if "baseline" in v.message]
+    assert Report.from_json(report.to_json().encode()) == report

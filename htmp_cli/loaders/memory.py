@@ -11,6 +11,7 @@ listed as skipped.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from htmp_cli.loaders import Checkpoint
 from htmp_cli.loaders.dtypes import Decoder
 from htmp_cli.loaders.entry import TensorEntry
 from htmp_cli.loaders.matrices import SkippedTensor
-from htmp_cli.loaders.pytorch import WRAPPER_PREFIXES, dtype_name, stored_from_tensor
+from htmp_cli.loaders.pytorch import WRAPPER_PREFIXES, dtype_name, stored_from_tensor, unwrap_state_dict
 
 _NUMPY_DTYPES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bool": "BOOL", "uint8": "U8", "int8": "I8",
@@ -48,8 +49,10 @@ def open_in_memory(source: Any) -> Checkpoint:
         named = list(source.named_parameters(remove_duplicate=False))
         buffers = list(source.named_buffers(remove_duplicate=False))
     elif isinstance(source, Mapping):
-        fmt, what = "state-dict", f"<state dict of {len(source)} entries>"
-        named, buffers = _flatten(source), []
+        # As for a file: wrappers ({"state_dict": ...}) unwrapped, what is not a tensor ignored, with notes.
+        flat, _, unwrap_notes = unwrap_state_dict(source, _tensor_types())
+        named, buffers = list(flat.items()), []
+        fmt, what = "state-dict", f"<state dict of {len(named)} tensors>"
     elif _is_array(source):
         if len(source.shape) != 2:
             raise CheckpointError(f"an array of shape {tuple(source.shape)}: one matrix must be 2-D "
@@ -59,7 +62,7 @@ def open_in_memory(source: Any) -> Checkpoint:
     else:
         raise CheckpointError(f"cannot analyse a {type(source).__name__}: expected a path, a torch module, "
                               "a mapping of names to tensors or arrays, or one 2-D array")
-    notes: list[str] = []
+    notes: list[str] = list(unwrap_notes) if fmt == "state-dict" else []
     names = _unwrapped([name for name, _ in named] + [name for name, _ in buffers], notes)
     tensors: dict[str, Any] = {}
     entries: list[TensorEntry] = []
@@ -101,17 +104,9 @@ def _is_array(value: object) -> bool:
                                              and hasattr(value, "shape") and hasattr(value, "detach"))
 
 
-def _flatten(mapping: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.extend(_flatten(value, name + "."))
-        elif _is_array(value):
-            out.append((name, value))
-        else:
-            raise CheckpointError(f"state dict entry {name!r} is a {type(value).__name__}, not a tensor or an array")
-    return out
+def _tensor_types() -> tuple[type, ...]:
+    torch = sys.modules.get("torch")  # a state dict of torch tensors means torch is imported already
+    return (np.ndarray, torch.Tensor) if torch is not None else (np.ndarray,)
 
 
 def _unwrapped(names: list[str], notes: list[str]) -> list[str]:
@@ -126,10 +121,19 @@ def _check_readable(name: str, tensor: Any) -> None:
     if getattr(tensor, "is_meta", False):
         raise CheckpointError(f"{name}: the tensor is on the meta device and holds no values "
                               "(load the weights into the model first)")
+    layout = str(getattr(tensor, "layout", "torch.strided"))
+    if layout != "torch.strided":
+        raise CheckpointError(f"{name}: a {layout.removeprefix('torch.')} tensor; htmp reads dense tensors "
+                              "(pass tensor.to_dense())")
+    if getattr(tensor, "is_quantized", False):
+        raise CheckpointError(f"{name}: a quantized torch tensor; pass tensor.dequantize()")
 
 
 def _identity(tensor: Any) -> tuple:
-    """Equal for two names of one tensor (the same memory, shape, strides and dtype)."""
+    """Equal for two names of one tensor (the same memory, shape, strides and dtype); an empty
+    tensor has no memory of its own and is nobody's twin."""
+    if (tensor.size if isinstance(tensor, np.ndarray) else tensor.numel()) == 0:
+        return ("empty", id(tensor))
     if isinstance(tensor, np.ndarray):
         return ("numpy", tensor.__array_interface__["data"][0], tensor.shape, tensor.strides, str(tensor.dtype))
     return ("torch", str(tensor.device), tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()),
@@ -147,6 +151,8 @@ def _stored(tensor: Any) -> tuple[np.ndarray, Decoder | None]:
         return tensor, None
     if tensor.device.type != "cpu":
         tensor = tensor.detach().cpu()  # numpy reads host memory only
+    if tensor.is_conj() or tensor.is_neg():
+        tensor = tensor.resolve_conj().resolve_neg()
     return stored_from_tensor(tensor)
 
 

@@ -179,6 +179,8 @@ def _flatten(node: Mapping, prefix: str, out: dict[str, Any], ignored: list[str]
     for key, value in node.items():
         name = f"{prefix}{key}"
         if isinstance(value, tensor_type):
+            if name in out:  # {"a.b": x, "a": {"b": y}}: one of them would be lost
+                raise CheckpointError(f"two tensors are both named {name!r} once nested names are joined with '.'")
             out[name] = value
         elif isinstance(value, Mapping):
             _flatten(value, name + ".", out, ignored, tensor_type)
