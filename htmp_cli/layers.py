@@ -17,6 +17,7 @@ from htmp_cli.fits.mp import MIN_EIGENVALUES, MPFit, fit_mp
 from htmp_cli.fits.phases import PhaseResult, classify
 from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
 from htmp_cli.loaders.matrices import MatrixSpec
+from htmp_cli.loaders.pytorch import stored_from_tensor
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.results import LayerResult, LayerTimings
 from htmp_cli.spectral import Decoder, NonFiniteMatrixError, Spectrum, gram_matrix, pool_spectra, spectrum_of
@@ -72,6 +73,11 @@ def solve_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder 
     t0 = time.perf_counter()
     device = device_for(options.device, options.backend, min(spec.shape))
     torch_device = None if device == "cpu" else device  # the CPU's own path is numpy and scipy
+    if not isinstance(W, np.ndarray):  # a model's tensor on a GPU: computed there unless told otherwise
+        if options.device == "cpu" or options.backend == "numpy":
+            W, decode = stored_from_tensor(W.detach().cpu())
+        else:
+            torch_device = str(W.device)
     try:
         if W.ndim == 3:  # conv kernel slices, one spectrum each, pooled
             spectrum = pool_spectra([spectrum_of(gram_matrix(W[k], options.precision, decode, torch_device),

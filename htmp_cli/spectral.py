@@ -191,6 +191,9 @@ def _largest_magnitude(W: np.ndarray, decode: Decoder | None) -> float:
 def _blocks(W: np.ndarray, precision: str, decode: Decoder | None, scale: float) -> Iterator[tuple[np.ndarray, float]]:
     """Row blocks of a tall W (column blocks of a wide one) in the working precision, with each
     block's largest magnitude before scaling; raises NonFiniteMatrixError at the first NaN or Inf."""
+    if not isinstance(W, np.ndarray):  # a torch tensor where it lives (a GPU): never copied to the host
+        yield from _torch_blocks(W, precision, scale)
+        return
     dtype = _dtype(precision)
     rows, cols = W.shape
     by_rows = rows >= cols
@@ -221,6 +224,33 @@ def _blocks(W: np.ndarray, precision: str, decode: Decoder | None, scale: float)
         del block
 
 
+def _torch_blocks(W: Any, precision: str, scale: float) -> Iterator[tuple[Any, float]]:
+    """`_blocks` of a torch tensor, computed by torch on the tensor's own device."""
+    import torch
+
+    dtype = torch.float64 if precision == "float64" else torch.float32
+    rows, cols = W.shape
+    by_rows = rows >= cols
+    M, N = (cols, rows) if by_rows else (rows, cols)
+    step = max(1, _BLOCK_BYTES // (M * (8 if precision == "float64" else 4)))
+    for start in range(0, N, step):
+        part = (W[start : start + step] if by_rows else W[:, start : start + step]).detach()
+        if scale != 1.0:
+            block = part.to(torch.float64) * scale
+            peak = float(block.abs().max()) / scale
+            block = block.to(dtype)
+        else:
+            block = part.to(dtype).contiguous()
+            peak = max(float(block.max()), -float(block.min()))
+        if not math.isfinite(peak):
+            if bool(torch.isfinite(part).all()):
+                raise _OutOfRange(float(W.detach().to(torch.float64).abs().max()))
+            raise NonFiniteMatrixError("matrix contains NaN or Inf entries")
+        del part
+        yield block, peak
+        del block
+
+
 def _accumulate(W: np.ndarray, precision: str, decode: Decoder | None, device: str | None, scale: float) -> GramMatrix:
     dtype = _dtype(precision)
     rows, cols = W.shape
@@ -234,7 +264,7 @@ def _accumulate(W: np.ndarray, precision: str, decode: Decoder | None, device: s
         gram = torch.zeros((M, M), dtype=torch.float64 if dtype == np.float64 else torch.float32, device=target)
         for block, peak in _blocks(W, precision, decode, scale):
             amax = max(amax, peak)
-            part = torch.from_numpy(block).to(target)
+            part = (block if isinstance(block, torch.Tensor) else torch.from_numpy(block)).to(target)
             if by_rows:
                 gram.addmm_(part.T, part)
             else:

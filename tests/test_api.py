@@ -274,3 +274,33 @@ def test_options_beside_a_report_are_refused_and_the_baseline_gets_the_same_opti
     verdict = htmp_cli.check(weights, baseline=weights, min_dim=8)
     assert not [v for v in verdict.violations if "baseline" in v.message]
     assert Report.from_json(report.to_json().encode()) == report
+
+
+@pytest.mark.parametrize("shape", [(300, 100), (40, 24, 3, 3)])
+def test_a_tensor_off_the_host_is_solved_by_torch_where_it_lives(shape) -> None:  # type: ignore[no-untyped-def]
+    """The path of a tensor on a GPU (the memory loader hands it over as it is), run on torch's CPU
+    device: the solve takes the torch tensor itself, unless --device cpu asks for the host."""
+    from pathlib import Path
+
+    from htmp_cli.layers import solve_matrix
+    from htmp_cli.loaders.entry import TensorEntry
+    from htmp_cli.loaders.matrices import plan_matrices
+    from htmp_cli.loaders.pytorch import stored_from_tensor
+    from htmp_cli.options import AnalysisOptions
+
+    torch.manual_seed(3)
+    tensor = torch.randn(*shape, dtype=torch.bfloat16)
+    (spec,), _ = plan_matrices([TensorEntry(name="w", dtype="BF16", shape=shape, file=Path("<memory>"))])
+    view = spec.view.apply
+    on_device = solve_matrix(spec, lambda: (view(tensor), None), AnalysisOptions())
+    stored, decode = stored_from_tensor(tensor)
+    on_host = solve_matrix(spec, lambda: (view(stored), decode), AnalysisOptions())
+    assert on_device.spectrum.backend == "torch-cpu" and on_host.spectrum.backend == "numpy"
+    np.testing.assert_allclose(on_device.spectrum.eigenvalues, on_host.spectrum.eigenvalues, rtol=1e-10,
+                               atol=1e-12 * on_host.spectrum.lambda_max)
+    asked = solve_matrix(spec, lambda: (view(tensor), None), AnalysisOptions(device="cpu"))
+    assert asked.spectrum.backend == "numpy" and np.array_equal(asked.spectrum.eigenvalues, on_host.spectrum.eigenvalues)
+    broken = tensor.clone()
+    broken.view(-1)[7] = float("nan")
+    failed = solve_matrix(spec, lambda: (view(broken), None), AnalysisOptions())
+    assert failed.spectrum is None and "NaN" in failed.failure

@@ -64,7 +64,8 @@ class MatrixView:
             return W.reshape(W.shape[0], -1)
         if self.how == "pooled":
             # (out, in, k...) -> (k, out, in): slice j is W[:, :, j] for a flattened kernel position j.
-            return np.moveaxis(W.reshape(W.shape[0], W.shape[1], -1), -1, 0)
+            flat = W.reshape(W.shape[0], W.shape[1], -1)
+            return np.moveaxis(flat, -1, 0) if isinstance(flat, np.ndarray) else flat.movedim(-1, 0)
         raise ValueError(f"unknown matrix view {self.how!r}")
 
 

@@ -2,7 +2,7 @@
 
 Nothing is written to disk: the checkpoint's reader hands out the tensors themselves (a CPU torch
 tensor as a numpy view of its storage, bf16 and float8 with their exact decoders, as the file
-loaders do). Names lose the wrappers' prefixes as in files (DataParallel's and DDP's `module.`,
+loaders do; a tensor on a GPU as it is, to be solved there). Names lose the wrappers' prefixes as in files (DataParallel's and DDP's `module.`,
 torch.compile's `_orig_mod.`). One tensor under several names (tied weights) is analysed once,
 under its first name, with the others as its aliases. A module's buffers are not weights: they are
 listed as skipped.
@@ -146,11 +146,13 @@ def _dtype(tensor: Any) -> str:
     return dtype_name(tensor)
 
 
-def _stored(tensor: Any) -> tuple[np.ndarray, Decoder | None]:
+def _stored(tensor: Any) -> tuple[Any, Decoder | None]:
+    """A CPU tensor as a numpy view of its storage; a tensor on an accelerator as it is, for the
+    solve to compute where it lives (htmp_cli.layers)."""
     if isinstance(tensor, np.ndarray):
         return tensor, None
     if tensor.device.type != "cpu":
-        tensor = tensor.detach().cpu()  # numpy reads host memory only
+        return tensor.detach(), None
     if tensor.is_conj() or tensor.is_neg():
         tensor = tensor.resolve_conj().resolve_neg()
     return stored_from_tensor(tensor)
