@@ -20,7 +20,8 @@ from htmp_cli.loaders.matrices import MatrixSpec
 from htmp_cli.loaders.pytorch import stored_from_tensor
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.results import LayerResult, LayerTimings
-from htmp_cli.spectral import Decoder, NonFiniteMatrixError, Spectrum, gram_matrix, pool_spectra, spectrum_of
+from htmp_cli.spectral import (Decoder, NonFiniteMatrixError, Spectrum, gram_matrix, is_torch_tensor, pool_spectra,
+                               spectrum_of)
 
 # WeightWatcher's names for the two ends of the alpha scale (math.md section 2).
 ALPHA_OVER_TRAINED = 2.0
@@ -73,7 +74,7 @@ def solve_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder 
     t0 = time.perf_counter()
     device = device_for(options.device, options.backend, min(spec.shape))
     torch_device = None if device == "cpu" else device  # the CPU's own path is numpy and scipy
-    if not isinstance(W, np.ndarray):  # a model's tensor on a GPU: computed there unless told otherwise
+    if is_torch_tensor(W):  # a model's tensor on a GPU: computed there unless told otherwise
         if options.device == "cpu" or options.backend == "numpy":
             W, decode = stored_from_tensor(W.detach().cpu())
         else:

@@ -191,7 +191,7 @@ def _largest_magnitude(W: np.ndarray, decode: Decoder | None) -> float:
 def _blocks(W: np.ndarray, precision: str, decode: Decoder | None, scale: float) -> Iterator[tuple[np.ndarray, float]]:
     """Row blocks of a tall W (column blocks of a wide one) in the working precision, with each
     block's largest magnitude before scaling; raises NonFiniteMatrixError at the first NaN or Inf."""
-    if not isinstance(W, np.ndarray):  # a torch tensor where it lives (a GPU): never copied to the host
+    if is_torch_tensor(W):  # a tensor where it lives (a GPU): never copied to the host
         yield from _torch_blocks(W, precision, scale)
         return
     dtype = _dtype(precision)
@@ -222,6 +222,11 @@ def _blocks(W: np.ndarray, precision: str, decode: Decoder | None, scale: float)
         del part
         yield block, peak
         del block
+
+
+def is_torch_tensor(value: object) -> bool:
+    """Whether `value` is a torch tensor (told without importing torch)."""
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "device")
 
 
 def _torch_blocks(W: Any, precision: str, scale: float) -> Iterator[tuple[Any, float]]:

@@ -65,7 +65,7 @@ class MatrixView:
         if self.how == "pooled":
             # (out, in, k...) -> (k, out, in): slice j is W[:, :, j] for a flattened kernel position j.
             flat = W.reshape(W.shape[0], W.shape[1], -1)
-            return np.moveaxis(flat, -1, 0) if isinstance(flat, np.ndarray) else flat.movedim(-1, 0)
+            return flat.movedim(-1, 0) if hasattr(flat, "movedim") else np.moveaxis(flat, -1, 0)
         raise ValueError(f"unknown matrix view {self.how!r}")
 
 
