@@ -80,7 +80,7 @@ def diff(before: Report | Source, after: Report | Source, **options: Any) -> Rep
     """The `htmp diff` of two reports, saved reports or sources (sources analysed with `options`)."""
     from htmp_cli.compare import diff_reports
 
-    return diff_reports(_report(before, options, options).to_dict(), _report(after, options, options).to_dict())
+    return diff_reports(_report(before, options, options), _report(after, options, options))
 
 
 def _opened(source: Source) -> Any:

@@ -1,4 +1,4 @@
-"""The per-layer change of every metric between two reports (htmp.report/2 dicts); no I/O."""
+"""The per-layer change of every metric between two Reports; no I/O."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from htmp_cli.results import LAYER_METRICS
+from htmp_cli.results import LAYER_METRICS, LayerResult, Report
 
 
 @dataclass(frozen=True)
@@ -63,25 +63,25 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _read(layer: dict[str, Any], metric: str) -> float | None:
-    return _number(LAYER_METRICS[metric].of_json(layer)) if layer["status"] == "success" else None
+def _read(layer: LayerResult, metric: str) -> float | None:
+    return _number(LAYER_METRICS[metric].of(layer)) if layer.status == "success" else None
 
 
-def _phase(layer: dict[str, Any]) -> str | None:
-    return (layer.get("phase") or {}).get("phase") if layer["status"] == "success" else None
+def _phase(layer: LayerResult) -> str | None:
+    return layer.phase.phase if layer.status == "success" and layer.phase is not None else None
 
 
-def diff_reports(before: dict[str, Any], after: dict[str, Any]) -> ReportDiff:
-    old = {layer["name"]: layer for layer in before["layers"]}
-    new = {layer["name"]: layer for layer in after["layers"]}
+def diff_reports(before: Report, after: Report) -> ReportDiff:
+    old = {layer.name: layer for layer in before.layers}
+    new = {layer.name: layer for layer in after.layers}
     changes = tuple(
         LayerChange(name=name, phase_before=_phase(old[name]), phase_after=_phase(layer),
-                    status_before=old[name]["status"], status_after=layer["status"],
+                    status_before=old[name].status, status_after=layer.status,
                     metrics={metric: MetricChange(_read(old[name], metric), _read(layer, metric)) for metric in LAYER_METRICS})
         for name, layer in new.items() if name in old)
-    means_before, means_after = before["summary"]["means"], after["summary"]["means"]
+    means_before, means_after = before.summary.means, after.summary.means
     return ReportDiff(
-        before=before["source"]["path"], after=after["source"]["path"], layers=changes,
+        before=before.source.path, after=after.source.path, layers=changes,
         only_before=tuple(name for name in old if name not in new),
         only_after=tuple(name for name in new if name not in old),
         summary={name: MetricChange(_number(means_before.get(name)), _number(means_after.get(name)))

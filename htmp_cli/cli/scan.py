@@ -194,12 +194,13 @@ def diff(
         reports = []
         for path, what in ((before, "before"), (after, "after")):
             if is_report_path(path):
-                reports.append(read_report_dict(Path(path), what))
+                from htmp_cli.results import Report
+
+                reports.append(Report.from_dict(read_report_dict(Path(path), what)))
             else:
                 from htmp_cli.pipeline import analyze
-                from htmp_cli.results import report_to_dict
 
-                reports.append(report_to_dict(analyze(path, analysis)))
+                reports.append(analyze(path, analysis))
         result = diff_reports(*reports)
         shown = tuple(metric) or DEFAULT_METRICS
         if format is OutputFormat.table:
