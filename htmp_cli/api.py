@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from htmp_cli.errors import HtmpError, OptionError
 from htmp_cli.options import AnalysisOptions
-from htmp_cli.results import Report
+from htmp_cli.results import Report, is_report_file
 
 if TYPE_CHECKING:
     from htmp_cli.compare import ReportDiff
@@ -99,7 +99,7 @@ def _opened(source: Source) -> Any:
 def _report(value: Report | Source, analysis: dict[str, Any], given: dict[str, Any]) -> Report:
     """A Report as it is, a saved report read back, anything else analysed with `analysis`; options
     `given` by the caller cannot change a report made already, so they are refused beside one."""
-    saved = isinstance(value, (str, os.PathLike)) and _is_saved_report(Path(value))
+    saved = isinstance(value, (str, os.PathLike)) and is_report_file(value)
     if (isinstance(value, Report) or saved) and given:
         raise OptionError(f"{', '.join(sorted(given))}: analysis options apply to sources, not to a report "
                           "analysed already")
@@ -108,12 +108,3 @@ def _report(value: Report | Source, analysis: dict[str, Any], given: dict[str, A
     if saved:
         return Report.from_json(Path(value))
     return analyze(value, **analysis)
-
-
-def _is_saved_report(path: Path) -> bool:
-    from htmp_cli.loaders import starts_an_htmp_report
-
-    if not path.is_file():
-        return False
-    with open(path, "rb") as handle:
-        return starts_an_htmp_report(handle.read(4096))

@@ -41,8 +41,6 @@ class SpectrumAnalysis:
     warnings: tuple[str, ...]
 
 
-
-
 def _as_float32(block: np.ndarray) -> np.ndarray:
     return block.astype(np.float32)
 

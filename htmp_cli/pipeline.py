@@ -29,8 +29,6 @@ class ProgressListener(Protocol):
     def layer_done(self, result: LayerResult) -> None: ...
 
 
-
-
 def iter_layers(checkpoint: Checkpoint, matrices: list[MatrixSpec], options: AnalysisOptions,
                 listener: ProgressListener | None = None, keep_eigenvalues: bool = False,
                 fit_process: bool = False) -> Iterator[LayerResult]:
@@ -68,8 +66,6 @@ def iter_layers(checkpoint: Checkpoint, matrices: list[MatrixSpec], options: Ana
             yield result
 
 
-
-
 def analyze(path: str | Path | Checkpoint, options: AnalysisOptions | None = None,
             listener: ProgressListener | None = None, keep_eigenvalues: bool = False,
             jobs: int | None = None) -> Report:
@@ -96,7 +92,8 @@ def analyze(path: str | Path | Checkpoint, options: AnalysisOptions | None = Non
         from htmp_cli.layer_pool import analyze_in_pool
 
         results = []
-        for result in analyze_in_pool(str(checkpoint.path if isinstance(path, Checkpoint) else path), matrices, options, workers, keep_eigenvalues,
+        reopened = checkpoint.path if isinstance(path, Checkpoint) else path  # what each worker opens
+        for result in analyze_in_pool(str(reopened), matrices, options, workers, keep_eigenvalues,
                                       on_start=listener.layer_started if listener is not None else None):
             if listener is not None:
                 listener.layer_done(result)

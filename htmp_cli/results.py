@@ -6,6 +6,7 @@ types, the schema name, and the one writer and reader of the JSON form.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import types
@@ -91,8 +92,6 @@ class LayerResult:
         """The HTMP orientation with the smaller KS distance (None if neither fit)."""
         fits = [f for f in (self.htmp, self.htmp_inverse) if f is not None and f.status == "success"]
         return min(fits, key=lambda f: f.ks_htmp) if fits else None
-
-
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,6 @@ class Report:
         from htmp_cli.report.notebook import report_html
 
         return report_html(self)
-
 
 
 @dataclass(frozen=True)
@@ -389,8 +387,7 @@ def _decode(kind: Any, value: Any) -> Any:
         inner = [a for a in typing.get_args(kind) if a is not type(None)]
         return _decode(inner[0], value) if len(inner) == 1 else value
     if is_dataclass(kind):
-        hints = typing.get_type_hints(kind)
-        known = {f.name for f in fields(kind) if f.init}
+        hints, known = _fields_of(kind)
         unknown = set(value) - known
         if unknown:
             raise ValueError(f"{kind.__name__} has no field {sorted(unknown)[0]!r}")
@@ -411,9 +408,38 @@ def _decode(kind: Any, value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def _fields_of(kind: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """A dataclass's resolved annotations and its init fields (resolved once: every layer reads them)."""
+    return typing.get_type_hints(kind), frozenset(f.name for f in fields(kind) if f.init)
+
+
 def _optional(kind: Any) -> bool:
     return kind is Any or (typing.get_origin(kind) in (typing.Union, types.UnionType)
                            and type(None) in typing.get_args(kind))
+
+
+def is_report_file(path: str | Path) -> bool:
+    """A file written by `htmp analyze --format json` (or `Report.to_json`), told by its first bytes;
+    any other JSON is left to the loaders, which say what it looks like."""
+    candidate = Path(path)
+    if candidate.name.endswith(".index.json") or not candidate.is_file():
+        return False
+    try:
+        with open(candidate, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    from htmp_cli.loaders import starts_an_htmp_report
+
+    if starts_an_htmp_report(head):
+        return True
+    if candidate.suffix != ".json" or head.lstrip()[:1] != b"{":
+        return False
+    try:  # a report whose keys were reordered (json.dump(sort_keys=True)) puts its schema last
+        return is_report(json.loads(candidate.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
 
 
 def read_report(path: str | Path) -> Report:

@@ -41,3 +41,12 @@ def test_the_dataframe_shows_numbers(executed) -> None:  # type: ignore[no-untyp
     cell = next(c for c in executed.cells if c.source.startswith("frame = report.to_dataframe()"))
     html = next(o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {}))
     assert "kappa_orientation" in html and ("direct" in html or "inverse" in html)
+
+
+def test_the_readme_example_runs_in_a_fresh_interpreter(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    (block,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    done = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr

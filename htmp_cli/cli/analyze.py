@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from htmp_cli.cli.common import (EXIT_GATE_FAILED, EXIT_OK, StdoutConsole, app, flag_given, is_report_path, open_output,
+from htmp_cli.cli.common import (EXIT_GATE_FAILED, EXIT_OK, StdoutConsole, app, flag_given, open_output,
                                  read_report_dict, run_guarded, stdout_console, write_text)
 from htmp_cli.cli.flags import (CONV, DEBUG, DEVICE, EXCLUDE, FIT, INCLUDE, JOBS, MIN_DIM, PATH_HELP,
                                 PRECISION, PROGRESS, SKIP_EMBEDDINGS, SPLIT_FUSED, ConvMode, Device,
@@ -20,6 +20,7 @@ from htmp_cli.cli.flags import (CONV, DEBUG, DEVICE, EXCLUDE, FIT, INCLUDE, JOBS
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.outputs import check_writable
+from htmp_cli.results import is_report_file
 
 @app.command()
 @with_analysis_flags
@@ -48,7 +49,7 @@ def analyze(
             raise HtmpError("--columns applies to --format table")
         if output is not None:
             check_writable(output, "--output")
-        if is_report_path(path):
+        if is_report_file(path):
             # A saved report is shown as saved: nothing to compute, and no option can change it.
             if analysis != AnalysisOptions():
                 raise HtmpError(f"{path} is a saved report, shown as it was analysed: analysis options apply "
@@ -115,7 +116,7 @@ def check(
             if target is not None:
                 check_writable(target, flag)
         earlier = read_report_dict(baseline, "--baseline") if baseline is not None else None
-        if is_report_path(path):
+        if is_report_file(path):
             fixed = [name for name in given if name not in gate.SELECTION_OPTIONS]
             if fixed:
                 raise HtmpError(f"{path} is a saved report: --{fixed[0].replace('_', '-')} applies only when htmp check "

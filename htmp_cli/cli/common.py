@@ -106,32 +106,6 @@ def read_report_dict(path: Path, what: str) -> dict:
     return data
 
 
-def is_report_path(path: str) -> bool:
-    """A file written by htmp analyze --format json, by its first bytes (any other JSON is left to the
-    loaders, which say what it looks like)."""
-    candidate = Path(path)
-    if candidate.name.endswith(".index.json") or not candidate.is_file():
-        return False
-    try:
-        with open(candidate, "rb") as handle:
-            head = handle.read(4096)
-    except OSError:
-        return False
-    from htmp_cli.loaders import starts_an_htmp_report
-
-    if starts_an_htmp_report(head):
-        return True
-    if candidate.suffix != ".json" or head.lstrip()[:1] != b"{":
-        return False
-    try:  # a report whose keys were reordered (json.dump(sort_keys=True)) puts its schema last
-        data = json.loads(candidate.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    from htmp_cli.results import is_report
-
-    return is_report(data)
-
-
 def write_text(path: Path, text: str, flag: str) -> None:
     try:
         path.write_text(text, encoding="utf-8")

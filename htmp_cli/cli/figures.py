@@ -10,11 +10,12 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from htmp_cli.cli.common import app, is_report_path, read_report_dict, run_guarded, write_text
+from htmp_cli.cli.common import app, read_report_dict, run_guarded, write_text
 from htmp_cli.cli.flags import DEBUG, PATH_HELP, PROGRESS, with_analysis_flags
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.outputs import check_writable
+from htmp_cli.results import is_report_file
 
 
 class FigureFormat(str, Enum):
@@ -41,7 +42,7 @@ def _analysed(path: str, options, progress: Optional[bool]):  # type: ignore[no-
 
 def _report_or_analysis(path: str, options: AnalysisOptions, progress: Optional[bool]):  # type: ignore[no-untyped-def]
     """A saved report as it is (no spectra), or a fresh analysis with its spectra."""
-    if is_report_path(path):
+    if is_report_file(path):
         if options != AnalysisOptions():
             raise HtmpError(f"{path} is a saved report, drawn as it was analysed: analysis options apply only to checkpoints")
         return read_report_dict(Path(path), "report"), {}

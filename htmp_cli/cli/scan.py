@@ -12,11 +12,12 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from htmp_cli.cli.common import (EXIT_OK, EXIT_SCAN_FAILURES, app, flag_given, is_report_path, open_output,
+from htmp_cli.cli.common import (EXIT_OK, EXIT_SCAN_FAILURES, app, flag_given, open_output,
                                  read_report_dict, run_guarded, stdout_console, write_text)
 from htmp_cli.cli.flags import ANALYSIS_FLAGS, DEBUG, PROGRESS, OutputFormat, with_analysis_flags
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
+from htmp_cli.results import is_report_file
 
 
 class ExportRows(str, Enum):
@@ -189,11 +190,11 @@ def diff(
             if name not in LAYER_METRICS:
                 raise HtmpError(f"--metric {name!r}: unknown (metrics: {', '.join(LAYER_METRICS)})")
         given = [name for name, _, _ in ANALYSIS_FLAGS if flag_given(ctx, name)]
-        if given and is_report_path(before) and is_report_path(after):
+        if given and is_report_file(before) and is_report_file(after):
             raise HtmpError(f"both inputs are saved reports: --{given[0].replace('_', '-')} applies only to checkpoints")
         reports = []
         for path, what in ((before, "before"), (after, "after")):
-            if is_report_path(path):
+            if is_report_file(path):
                 from htmp_cli.results import Report
 
                 reports.append(Report.from_dict(read_report_dict(Path(path), what)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from htmp_cli.loaders import Checkpoint
 from htmp_cli.loaders.dtypes import Decoder
 from htmp_cli.loaders.entry import TensorEntry
 from htmp_cli.loaders.matrices import SkippedTensor
-from htmp_cli.loaders.pytorch import WRAPPER_PREFIXES, dtype_name, stored_from_tensor, unwrap_state_dict
+from htmp_cli.loaders.pytorch import dtype_name, stored_from_tensor, strip_wrapper_prefixes, unwrap_state_dict
 
 _NUMPY_DTYPES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bool": "BOOL", "uint8": "U8", "int8": "I8",
@@ -48,39 +49,38 @@ def open_in_memory(source: Any) -> Checkpoint:
         fmt, what = "torch-module", f"<torch module {type(source).__name__}>"
         named = list(source.named_parameters(remove_duplicate=False))
         buffers = list(source.named_buffers(remove_duplicate=False))
+        stripped, notes = strip_wrapper_prefixes([name for name, _ in named + buffers])
+        named = list(zip(stripped[:len(named)], (t for _, t in named)))
+        buffers = list(zip(stripped[len(named):], (t for _, t in buffers)))
     elif isinstance(source, Mapping):
         # As for a file: wrappers ({"state_dict": ...}) unwrapped, what is not a tensor ignored, with notes.
-        flat, _, unwrap_notes = unwrap_state_dict(source, _tensor_types())
-        named, buffers = list(flat.items()), []
+        flat, unwrapped_names, notes = unwrap_state_dict(source, _tensor_types())
+        named, buffers = [(unwrapped_names[key], tensor) for key, tensor in flat.items()], []
         fmt, what = "state-dict", f"<state dict of {len(named)} tensors>"
     elif _is_array(source):
         if len(source.shape) != 2:
             raise CheckpointError(f"an array of shape {tuple(source.shape)}: one matrix must be 2-D "
                                   "(pass a mapping of names to tensors for more)")
         fmt, what = "array", f"<{type(source).__module__.split('.')[0]} array {'x'.join(map(str, source.shape))}>"
-        named, buffers = [("matrix", source)], []
+        named, buffers, notes = [("matrix", source)], [], []
     else:
         raise CheckpointError(f"cannot analyse a {type(source).__name__}: expected a path, a torch module, "
                               "a mapping of names to tensors or arrays, or one 2-D array")
-    notes: list[str] = list(unwrap_notes) if fmt == "state-dict" else []
-    names = _unwrapped([name for name, _ in named] + [name for name, _ in buffers], notes)
     tensors: dict[str, Any] = {}
     entries: list[TensorEntry] = []
     first_name_of: dict[tuple, int] = {}
-    for (key, tensor), name in zip(named, names):
+    for name, tensor in named:
         _check_readable(name, tensor)
         identity = _identity(tensor)
         if identity in first_name_of:
             index = first_name_of[identity]
-            entry = entries[index]
-            entries[index] = TensorEntry(name=entry.name, dtype=entry.dtype, shape=entry.shape, file=entry.file,
-                                         key=entry.key, aliases=entry.aliases + (name,))
+            entries[index] = replace(entries[index], aliases=entries[index].aliases + (name,))
             continue
         first_name_of[identity] = len(entries)
         tensors[name] = tensor
         entries.append(TensorEntry(name=name, dtype=_dtype(tensor), shape=tuple(int(d) for d in tensor.shape),
                                    file=Path(what), key=name))
-    for (_, tensor), name in zip(buffers, names[len(named):]):
+    for name, tensor in buffers:
         skipped.append(SkippedTensor(name=name, shape=tuple(int(d) for d in tensor.shape), dtype=_dtype(tensor),
                                      reason="a buffer of the module (running statistics, masks), not a weight"))
     aliased = sum(len(e.aliases) for e in entries)
@@ -107,14 +107,6 @@ def _is_array(value: object) -> bool:
 def _tensor_types() -> tuple[type, ...]:
     torch = sys.modules.get("torch")  # a state dict of torch tensors means torch is imported already
     return (np.ndarray, torch.Tensor) if torch is not None else (np.ndarray,)
-
-
-def _unwrapped(names: list[str], notes: list[str]) -> list[str]:
-    for prefix in WRAPPER_PREFIXES:
-        if names and all(name.startswith(prefix) for name in names):
-            names = [name[len(prefix):] for name in names]
-            notes.append(f"removed the {prefix!r} prefix from every name")
-    return names
 
 
 def _check_readable(name: str, tensor: Any) -> None:

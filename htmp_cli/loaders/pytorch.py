@@ -167,12 +167,18 @@ def unwrap_state_dict(loaded: Any, tensor_type: type) -> tuple[dict[str, Any], d
     if ignored:
         shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
         notes.append(f"{len(ignored)} entries that are not tensors ignored: {shown}")
-    names = {key: key for key in flat}
+    stripped, prefix_notes = strip_wrapper_prefixes(list(flat))
+    return flat, dict(zip(flat, stripped)), notes + prefix_notes
+
+
+def strip_wrapper_prefixes(names: list[str]) -> tuple[list[str], list[str]]:
+    """The names without the prefix a wrapper gave every one of them, and a note for each prefix removed."""
+    notes = []
     for prefix in WRAPPER_PREFIXES:
-        if names and all(name.startswith(prefix) for name in names.values()):
-            names = {key: name[len(prefix):] for key, name in names.items()}
+        if names and all(name.startswith(prefix) for name in names):
+            names = [name[len(prefix):] for name in names]
             notes.append(f"removed the {prefix!r} prefix from every name")
-    return flat, names, notes
+    return names, notes
 
 
 def _flatten(node: Mapping, prefix: str, out: dict[str, Any], ignored: list[str], tensor_type: type) -> None:
