@@ -1,7 +1,7 @@
 """htmp: heavy-tail and random-matrix diagnostics for trained model weights.
 
 `htmp_cli.analyze(source, **options)` returns a Report; `check` and `diff` give the objects that
-`htmp check` and `htmp diff` print. Importing this package imports none of numpy, torch,
+`htmp check` and `htmp diff` print; `Monitor` watches a model's spectra while it trains. Importing this package imports none of numpy, torch,
 matplotlib or pandas: each name below is loaded when first used.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["CheckpointError", "HtmpError", "LayerResult", "OptionError", "Report", "ReportDiff", "Verdict", "analyze",
-           "check", "diff", "__version__"]
+__all__ = ["CheckpointError", "HtmpError", "LayerResult", "Monitor", "OptionError", "Report", "ReportDiff",
+           "StepReport", "Verdict", "analyze", "check", "diff", "__version__"]
 
 _LAZY = {"analyze": "htmp_cli.api", "check": "htmp_cli.api", "diff": "htmp_cli.api",
          "Report": "htmp_cli.results", "LayerResult": "htmp_cli.results",
-         "Verdict": "htmp_cli.gate", "ReportDiff": "htmp_cli.compare",
+         "Monitor": "htmp_cli.monitor", "StepReport": "htmp_cli.monitor", "Verdict": "htmp_cli.gate", "ReportDiff": "htmp_cli.compare",
          "HtmpError": "htmp_cli.errors", "OptionError": "htmp_cli.errors", "CheckpointError": "htmp_cli.errors"}
 
 

@@ -68,11 +68,11 @@ def check(report_or_source: Report | Source, config: str | os.PathLike[str] | Ma
     analysis = {**gate_config.analysis, **options}
     report = _report(report_or_source, analysis, options)
     # The configuration's selection applies to a report made already, as `htmp check report.json` does.
-    data = gate.select_layers(report.to_dict(), AnalysisOptions.from_mapping(analysis))
-    verdict = gate.evaluate(data, gate_config.rules)
+    selected = gate.select_layers(report, AnalysisOptions.from_mapping(analysis))
+    verdict = gate.evaluate(selected, gate_config.rules)
     if baseline is not None:
         rules = gate_config.drift_rules if gate_config.drift_rules is not None else gate.DEFAULT_DRIFT_RULES
-        verdict = gate.combine(verdict, gate.evaluate_drift(data, _report(baseline, analysis, options).to_dict(), rules))
+        verdict = gate.combine(verdict, gate.evaluate_drift(selected, _report(baseline, analysis, options), rules))
     return verdict
 
 

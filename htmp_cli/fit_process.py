@@ -57,7 +57,13 @@ class FitProcess:
 
     def submit(self, solved: Any) -> None:
         """Queue one solved matrix; its LayerResult comes back, in order, from `ready` or `next`."""
-        self._send(solved)
+        self._send(("fit", solved))
+        self._pending += 1
+
+    def submit_matrix(self, spec: Any, stored: Any, decode: Any) -> None:
+        """Queue one matrix to be solved there too (its stored values, a numpy array, and their
+        decoder, as `Checkpoint.read_matrix` gives them); its LayerResult comes back as `submit`'s."""
+        self._send(("solve", spec, stored, decode))
         self._pending += 1
 
     @property
@@ -132,13 +138,21 @@ def _serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; closing stdin ends this
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the results
-    from htmp_cli.layers import fit_matrix
+    from htmp_cli.layers import fit_matrix, solve_matrix
 
     try:
         options, keep_eigenvalues = pickle.load(requests)
         while True:
-            solved = pickle.load(requests)
+            request = pickle.load(requests)
             try:
+                if request[0] == "solve":
+                    _, spec, stored, decode = request
+                    # The solve holds the only reference, so the weights go once the Gram matrix exists.
+                    held = [stored]
+                    del stored, request
+                    solved = solve_matrix(spec, lambda: (held.pop(), decode), options)
+                else:
+                    solved = request[1]
                 reply: tuple[str, object] = ("result", fit_matrix(solved, options, keep_eigenvalues))
             except Exception:  # a bug in a fit: the parent raises it, with this process's traceback
                 reply = ("error", RuntimeError(f"in the fitting process:\n{traceback.format_exc()}"))
@@ -150,3 +164,7 @@ def _serve() -> None:
 
 if __name__ == "__main__":
     _serve()
+    # Not the interpreter's teardown (0.1 s with scipy loaded, which the parent would wait for):
+    # every result is written and flushed, and nothing else here holds state worth cleaning up.
+    sys.stderr.flush()
+    os._exit(0)

@@ -7,8 +7,8 @@ explicit file, on top of the built-in defaults unless the configuration turns th
 is validated before anything is computed: an unknown key, a wrong type or an impossible bound is a
 ConfigError naming the key.
 
-The gate reads the JSON form of a report (`report_to_dict`), so a report written earlier by
-`htmp analyze --format json` is checked exactly as a fresh analysis is.
+The gate reads typed Reports (htmp_cli.results), so a report written earlier by
+`htmp analyze --format json` and read back is checked exactly as a fresh analysis is.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from htmp_cli.errors import HtmpError
 from htmp_cli.fits.phases import PHASE_LABELS
-from htmp_cli.results import LAYER_METRICS, SUMMARY_MEANS
-
-if TYPE_CHECKING:  # options import the loaders' rules; the gate needs them only for a saved report
-    from htmp_cli.options import AnalysisOptions
+from htmp_cli.loaders.matrices import SkippedTensor, selection_reason, too_small
+from htmp_cli.options import AnalysisOptions, OptionError
+from htmp_cli.results import LAYER_METRICS, SUMMARY_MEANS, LayerResult, ModelSummary, Report
+from htmp_cli.summary import summarize
 
 SEVERITIES = ("error", "warning")
 SCOPES = ("all", "hidden")
@@ -42,27 +42,27 @@ HIDDEN_MIN_EIGENVALUES = 32
 _POOLER = re.compile(r"(^|[._])pooler([._]|$)", re.IGNORECASE)
 
 
-def layer_role(layer: dict[str, Any]) -> str:
-    """"hidden", or why a layer (in its JSON form) is not: embedding, output head, pooler, too few eigenvalues."""
-    if layer["kind"] == "embedding":
+def layer_role(layer: LayerResult) -> str:
+    """"hidden", or why a layer is not: embedding, output head, pooler, too few eigenvalues."""
+    if layer.kind == "embedding":
         return "embedding"
-    if layer["kind"] == "head":
+    if layer.kind == "head":
         return "output head"
-    if _POOLER.search(layer["name"]):
+    if _POOLER.search(layer.name):
         return "pooler"
     # A pooled conv kernel has M eigenvalues per slice: its count, not its side, is the evidence.
-    count = layer.get("n_eigenvalues") or min(layer["N"], layer["M"]) * layer.get("slices", 1)
+    count = layer.n_eigenvalues or min(layer.N, layer.M) * layer.slices
     if count < HIDDEN_MIN_EIGENVALUES:
         return f"under {HIDDEN_MIN_EIGENVALUES} eigenvalues"
     return "hidden"
 
 
-def layer_phases(layer: dict[str, Any]) -> tuple[str, ...]:
+def layer_phases(layer: LayerResult) -> tuple[str, ...]:
     """The phase names a rule can match for a layer: its phase, and "very heavy-tailed" where it is."""
-    phase = layer.get("phase") or {}
-    if not phase:
+    phase = layer.phase
+    if phase is None:
         return ()
-    return (phase["phase"], VERY_HEAVY) if phase.get("very_heavy") else (phase["phase"],)
+    return (phase.phase, VERY_HEAVY) if phase.very_heavy else (phase.phase,)
 
 
 class ConfigError(HtmpError):
@@ -261,8 +261,6 @@ def parse_config(config: dict[str, Any], where: str) -> GateConfig:
 
 def analysis_options(table: dict[str, Any], where: str) -> dict[str, Any]:
     """AnalysisOptions fields from an [analysis] table, checked by AnalysisOptions itself."""
-    from htmp_cli.options import AnalysisOptions, OptionError
-
     file, _, name = where.rpartition(": ")
     try:
         options = AnalysisOptions.from_mapping(table, table=name)
@@ -398,30 +396,30 @@ def parse_rule(entry: object, where: str) -> Rule:
 
 # --- evaluation -----------------------------------------------------------------------------------
 
-def _summary_figures() -> dict[str, Callable[[dict], float | None]]:
-    figures: dict[str, Callable[[dict], float | None]] = {
-        "n_layers": lambda s: s["n_layers"], "n_failed_layers": lambda s: s["n_failed_layers"],
-        "n_failed_fits": lambda s: s["n_failed_fits"], "n_skipped": lambda s: s["n_skipped"],
+def _summary_figures() -> dict[str, Callable[[ModelSummary], float | None]]:
+    figures: dict[str, Callable[[ModelSummary], float | None]] = {
+        "n_layers": lambda s: s.n_layers, "n_failed_layers": lambda s: s.n_failed_layers,
+        "n_failed_fits": lambda s: s.n_failed_fits, "n_skipped": lambda s: s.n_skipped,
     }
     for name in SUMMARY_MEANS:
-        figures[f"mean_{name}"] = lambda s, name=name: s["means"].get(name)
+        figures[f"mean_{name}"] = lambda s, name=name: s.means.get(name)
     return figures
 
 
 SUMMARY_FIGURES = _summary_figures()
 
 
-def _selected(rule: Rule | DriftRule, layers: list[dict]) -> list[dict]:
-    chosen = layers
+def _selected(rule: Rule | DriftRule, layers: tuple[LayerResult, ...]) -> list[LayerResult]:
+    chosen = list(layers)
     if rule.layers is not None:
         pattern = re.compile(rule.layers)
-        chosen = [layer for layer in chosen if pattern.search(layer["name"])]
+        chosen = [layer for layer in chosen if pattern.search(layer.name)]
     if isinstance(rule, Rule) and rule.scope == "hidden":
         chosen = [layer for layer in chosen if layer_role(layer) == "hidden"]
     return chosen
 
 
-def _looked_at(rule: Rule, layers: list[dict], chosen: list[dict]) -> str:
+def _looked_at(rule: Rule, layers: tuple[LayerResult, ...], chosen: list[LayerResult]) -> str:
     if rule.summary is not None:
         return "the model summary"
     words = f"{len(chosen)} {'hidden ' if rule.scope == 'hidden' else ''}layer{'' if len(chosen) == 1 else 's'}"
@@ -432,7 +430,7 @@ def _looked_at(rule: Rule, layers: list[dict], chosen: list[dict]) -> str:
         pattern = re.compile(rule.layers) if rule.layers is not None else None
         for layer in layers:
             role = layer_role(layer)
-            if role != "hidden" and (pattern is None or pattern.search(layer["name"])):
+            if role != "hidden" and (pattern is None or pattern.search(layer.name)):
                 left[role] = left.get(role, 0) + 1
         if left:
             # a fixed order (embedding, output head, pooler, tiny), whatever the checkpoint's order
@@ -446,17 +444,26 @@ def _out_of_bounds(value: float, rule: Rule) -> bool:
     return (rule.min is not None and value < rule.min) or (rule.max is not None and value > rule.max)
 
 
-def evaluate(report: dict[str, Any], rules: tuple[Rule, ...]) -> Verdict:
-    """Apply rules to a report in its JSON form."""
+def _finite(value: float | None) -> float | None:
+    """A figure a bound can judge: NaN and infinity, which the JSON form writes as null, are no
+    evidence either way, in a fresh analysis as in a saved one."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _metric(name: str, layer: LayerResult) -> float | None:
+    return _finite(LAYER_METRICS[name].of(layer)) if layer.status == "success" else None
+
+
+def evaluate(report: Report, rules: tuple[Rule, ...]) -> Verdict:
+    """Apply rules to a report."""
     violations: list[Violation] = []
     checked: dict[str, int] = {}
     looked_at: dict[str, str] = {}
-    layers = report["layers"]
+    layers = report.layers
     if not layers:
-        skipped = report.get("skipped") or []
         rules = (NOTHING_ANALYSED, *rules)
-        violations.append(Violation(NOTHING_ANALYSED, None, 0.0,
-                                    f"nothing was checked: no matrix was analysed ({len(skipped)} tensors skipped)"))
+        violations.append(Violation(NOTHING_ANALYSED, None, 0.0, "nothing was checked: no matrix was analysed "
+                                    f"({len(report.skipped)} tensors skipped)"))
     for rule in rules:
         if rule is NOTHING_ANALYSED:
             checked[rule.name], looked_at[rule.name] = 0, "the whole checkpoint"
@@ -465,30 +472,29 @@ def evaluate(report: dict[str, Any], rules: tuple[Rule, ...]) -> Verdict:
         checked[rule.name] = len(chosen)
         looked_at[rule.name] = _looked_at(rule, layers, chosen)
         if rule.failed:
-            violations += [Violation(rule, layer["name"], layer.get("reason"), f"analysis failed: {layer.get('reason')}")
-                           for layer in chosen if layer["status"] != "success"]
+            violations += [Violation(rule, layer.name, layer.reason, f"analysis failed: {layer.reason}")
+                           for layer in chosen if layer.status != "success"]
         elif rule.forbid_phases:
             for layer in chosen:
                 hit = next((p for p in layer_phases(layer) if p in rule.forbid_phases), None)
-                if hit is not None:
-                    violations.append(Violation(rule, layer["name"], hit, (layer.get("phase") or {}).get("summary") or hit))
+                if hit is not None and layer.phase is not None:
+                    violations.append(Violation(rule, layer.name, hit, layer.phase.summary or hit))
         elif rule.phase is not None:
-            ok = [layer for layer in chosen if layer["status"] == "success"]
-            hits = [layer["name"] for layer in ok if rule.phase in layer_phases(layer)]
+            ok = [layer for layer in chosen if layer.status == "success"]
+            hits = [layer.name for layer in ok if rule.phase in layer_phases(layer)]
             share = len(hits) / len(ok) if ok else 0.0
             if share > rule.max_share:
                 violations.append(Violation(rule, None, share, f"{len(hits)} of {len(ok)} layers ({share:.0%}) are "
                                             f"{rule.phase}: {', '.join(hits[:5])}{' ...' if len(hits) > 5 else ''}"))
         elif rule.metric is not None:
-            read = LAYER_METRICS[rule.metric].of_json
             for layer in chosen:
-                value = read(layer) if layer["status"] == "success" else None
-                if value is not None and _out_of_bounds(float(value), rule):
-                    violations.append(Violation(rule, layer["name"], float(value), f"{rule.metric} = {float(value):.4g}"))
+                value = _metric(rule.metric, layer)
+                if value is not None and _out_of_bounds(value, rule):
+                    violations.append(Violation(rule, layer.name, value, f"{rule.metric} = {value:.4g}"))
         else:
-            value = SUMMARY_FIGURES[rule.summary](report["summary"])
-            if value is not None and _out_of_bounds(float(value), rule):
-                violations.append(Violation(rule, None, float(value), f"{rule.summary} = {float(value):.4g}"))
+            value = _finite(SUMMARY_FIGURES[rule.summary](report.summary))
+            if value is not None and _out_of_bounds(value, rule):
+                violations.append(Violation(rule, None, value, f"{rule.summary} = {value:.4g}"))
     idle = [r.name for r in rules if r.scope == "hidden" and r.summary is None]
     if layers and idle and not any(layer_role(layer) == "hidden" for layer in layers):
         rules = (*rules, NO_HIDDEN_LAYERS)
@@ -498,10 +504,10 @@ def evaluate(report: dict[str, Any], rules: tuple[Rule, ...]) -> Verdict:
     return Verdict(rules=rules, violations=tuple(violations), checked_layers=checked, looked_at=looked_at)
 
 
-def evaluate_drift(report: dict[str, Any], baseline: dict[str, Any], rules: tuple[DriftRule, ...]) -> Verdict:
+def evaluate_drift(report: Report, baseline: Report, rules: tuple[DriftRule, ...]) -> Verdict:
     """Compare a report with a baseline report of the same architecture, layer by layer."""
-    old = {layer["name"]: layer for layer in baseline["layers"]}
-    new = {layer["name"]: layer for layer in report["layers"]}
+    old = {layer.name: layer for layer in baseline.layers}
+    new = {layer.name: layer for layer in report.layers}
     if not new:  # nothing analysed: `evaluate` fails the check and says so; no drift to measure
         return Verdict(rules=(), violations=())
     if not set(old) & set(new):
@@ -518,22 +524,19 @@ def evaluate_drift(report: dict[str, Any], baseline: dict[str, Any], rules: tupl
             violations += [Violation(rule, name, None, "not in the baseline") for name in appeared]
             violations += [Violation(rule, name, None, "in the baseline, not here") for name in vanished]
             continue
-        read = LAYER_METRICS[rule.metric].of_json
-        common = [layer for layer in _selected(rule, report["layers"]) if layer["name"] in old]
+        common = [layer for layer in _selected(rule, report.layers) if layer.name in old]
         checked[rule.name] = len(common)
         looked_at[rule.name] = f"{len(common)} layers in both" + (f" matching {rule.layers!r}" if rule.layers else "")
         for layer in common:
-            before = old[layer["name"]]
-            a = read(before) if before["status"] == "success" else None
-            b = read(layer) if layer["status"] == "success" else None
+            a, b = _metric(rule.metric, old[layer.name]), _metric(rule.metric, layer)
             if a is None or b is None:
                 continue
-            change = float(b) - float(a)
+            change = b - a
             too_far = (rule.max_abs is not None and abs(change) > rule.max_abs) or (
-                rule.max_rel is not None and abs(change) > rule.max_rel * abs(float(a)))
+                rule.max_rel is not None and abs(change) > rule.max_rel * abs(a))
             if too_far:
-                violations.append(Violation(rule, layer["name"], change,
-                                            f"{rule.metric} {float(a):.4g} -> {float(b):.4g} ({change:+.4g})"))
+                violations.append(Violation(rule, layer.name, change,
+                                            f"{rule.metric} {a:.4g} -> {b:.4g} ({change:+.4g})"))
     return Verdict(rules=rules, violations=tuple(violations), checked_layers=checked, looked_at=looked_at)
 
 
@@ -550,44 +553,35 @@ def combine(*verdicts: Verdict) -> Verdict:
 SELECTION_OPTIONS = ("min_dim", "skip_embeddings", "include", "exclude")
 
 
-def _selection_reason(layer: dict[str, Any], include: list[re.Pattern], exclude: list[re.Pattern],
+def _selection_reason(layer: LayerResult, include: list[re.Pattern], exclude: list[re.Pattern],
                       options: AnalysisOptions) -> str | None:
     """The loader's own reasons (htmp_cli.loaders.matrices), applied to a layer already analysed."""
-    from htmp_cli.loaders.matrices import selection_reason, too_small
-
-    reason = selection_reason(layer.get("tensor") or layer["name"], include, exclude)
+    reason = selection_reason(layer.tensor or layer.name, include, exclude)
     if reason is not None:
         return reason
-    if options.skip_embeddings and layer["kind"] in ("embedding", "head"):
-        return f"{'embedding' if layer['kind'] == 'embedding' else 'output head'} left out by --skip-embeddings"
-    return too_small(tuple(layer["shape"]), options.min_dim)
+    if options.skip_embeddings and layer.kind in ("embedding", "head"):
+        return f"{'embedding' if layer.kind == 'embedding' else 'output head'} left out by --skip-embeddings"
+    return too_small(layer.shape, options.min_dim)
 
 
-def select_layers(report: dict[str, Any], options: AnalysisOptions) -> dict[str, Any]:
+def select_layers(report: Report, options: AnalysisOptions) -> Report:
     """A saved report as if analysed with `options`' selection (SELECTION_OPTIONS): the layers left
-    out join `skipped` with the reason, and the summary figures rules read are recomputed, so that
-    checking the report gives the verdict that checking the checkpoint gives."""
+    out join `skipped` with the reason, and the summary is recomputed, so that checking the report
+    gives the verdict that checking the checkpoint gives."""
     include = [re.compile(p) for p in options.include]
     exclude = [re.compile(p) for p in options.exclude]
-    kept: list[dict[str, Any]] = []
-    dropped: dict[str, dict[str, Any]] = {}  # by tensor: the parts of one tensor are one skipped entry
-    for layer in report["layers"]:
+    kept: list[LayerResult] = []
+    dropped: dict[str, SkippedTensor] = {}  # by tensor: the parts of one tensor are one skipped entry
+    for layer in report.layers:
         reason = _selection_reason(layer, include, exclude, options)
         if reason is None:
             kept.append(layer)
         else:
-            tensor = layer.get("tensor") or layer["name"]
-            dropped.setdefault(tensor, {"name": tensor, "shape": layer["shape"], "dtype": layer["dtype"],
-                                        "reason": reason})
+            tensor = layer.tensor or layer.name
+            dropped.setdefault(tensor, SkippedTensor(name=tensor, shape=layer.shape, dtype=layer.dtype, reason=reason))
     if not dropped:
         return report
-    from dataclasses import replace
-
-    from htmp_cli.results import Report
-    from htmp_cli.summary import summarize
-
-    typed = Report.from_dict({**report, "layers": kept, "skipped": [*report["skipped"], *dropped.values()]})
+    layers, skipped = tuple(kept), (*report.skipped, *dropped.values())
     # The summary of the layers kept, by the definitions of a fresh analysis (htmp_cli.summary).
-    summary = summarize(typed.layers, typed.skipped, typed.summary.timings, typed.summary.workers)
-    return {**report, "layers": kept, "skipped": [*report["skipped"], *dropped.values()],
-            "summary": replace(typed, summary=summary).to_dict()["summary"]}
+    summary = summarize(layers, skipped, report.summary.timings, report.summary.workers)
+    return replace(report, layers=layers, skipped=skipped, summary=summary)

@@ -11,7 +11,7 @@ import json
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,13 +201,13 @@ class Report:
         if chosen.eigenvalues is None:
             raise HtmpError(f"{chosen.name}: this report holds no eigenvalues (a report read from JSON, or one "
                             "analysed without them): analyse the checkpoint with htmp_cli.analyze to draw its ESD")
-        return esd_figure(layer_to_dict(chosen), chosen.eigenvalues)
+        return esd_figure(chosen)
 
     def plot_overview(self) -> Any:
         """Alpha and kappa per layer in network order, coloured by phase (a matplotlib Figure)."""
         from htmp_cli.report.plots import overview_figure
 
-        return overview_figure(report_to_dict(self)["layers"], self.source.path)
+        return overview_figure(self.layers, self.source.path)
 
     def _repr_html_(self) -> str:
         from htmp_cli.report.notebook import report_html
@@ -283,7 +283,7 @@ FIT_MEANS = ("alpha", "D", "alpha_weighted", "log_alpha_norm")
 
 SCHEMA = "htmp.report/2"
 # /2 (2026-12-01): layers gained `aliases`; summary.means.kappa is over each layer's better HTMP
-# orientation (in /1, the direct one's). A /1 report reads as /2 with no aliases.
+# orientation (in /1, the direct one's). A /1 report reads as /2: no aliases, its mean kappa recomputed.
 READABLE_SCHEMAS = ("htmp.report/1", SCHEMA)
 
 
@@ -304,7 +304,8 @@ def _clean(value: Any) -> Any:
 
 
 def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
-    return {
+    """One layer's JSON form (non-finite numbers become null), as a report's `layers` hold it."""
+    return _clean({
         "name": layer.name,
         "tensor": layer.tensor,
         "kind": layer.kind,
@@ -335,7 +336,7 @@ def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
         "phase": asdict(layer.phase) if layer.phase is not None else None,
         "warnings": list(layer.warnings),
         "timings": asdict(layer.timings),
-    }
+    })
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:
@@ -358,19 +359,34 @@ def report_from_dict(data: dict[str, Any]) -> Report:
         raise HtmpError(f"not an htmp report: expected schema {' or '.join(map(repr, READABLE_SCHEMAS))}, "
                         f"found {found!r}")
     try:
+        layers = tuple(layer_from_dict(layer) for layer in data["layers"])
+        summary = _decode(ModelSummary, data["summary"])
+        if data["schema"] == "htmp.report/1":  # its mean kappa was the direct orientation's: now the /2 one
+            summary = replace(summary, means={**summary.means, "kappa": mean_metric("kappa", layers)})
         return Report(
             htmp_version=data["htmp_version"],
             source=_decode(SourceInfo, data["source"]),
             options=_decode(AnalysisOptions, data["options"]),
-            layers=tuple(_layer_from_dict(layer) for layer in data["layers"]),
+            layers=layers,
             skipped=tuple(_decode(SkippedTensor, s) for s in data["skipped"]),
-            summary=_decode(ModelSummary, data["summary"]),
+            summary=summary,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise HtmpError(f"not a readable htmp report: {type(err).__name__}: {err}") from None
 
 
-def _layer_from_dict(data: dict[str, Any]) -> LayerResult:
+def mean_metric(name: str, layers: tuple[LayerResult, ...]) -> float | None:
+    """A summary mean (SUMMARY_MEANS): over the successful layers, or for the FIT_MEANS over those
+    whose tail fit succeeded, of the finite values; None where there are none."""
+    chosen = [layer for layer in layers if layer.status == "success"]
+    if name in FIT_MEANS:
+        chosen = [layer for layer in chosen if layer.power_law is not None and layer.power_law.ok]
+    present = [v for v in (LAYER_METRICS[name].of(layer) for layer in chosen) if v is not None and math.isfinite(v)]
+    return float(np.mean(present)) if present else None
+
+
+def layer_from_dict(data: dict[str, Any]) -> LayerResult:
+    """One layer read back from its JSON form (the inverse of layer_to_dict)."""
     htmp = data.get("htmp") or {}
     plain = {k: v for k, v in data.items() if k not in ("Q", "htmp")}
     plain["htmp"] = htmp.get("direct")

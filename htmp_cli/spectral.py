@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
@@ -94,7 +95,13 @@ def one_blas_thread() -> AbstractContextManager[Any]:
     spectra took 2.5 s of eigensolves with two OpenBLAS threads on a loaded 2-core machine and
     0.45 s with one (2026-12-01). The thread count also changes eigvalsh's last digits (3e-15
     relative), so one thread keeps small spectra the same on every machine.
+
+    The limit is process-wide (OpenBLAS has one thread count), so only the main thread sets it:
+    an analysis in another thread (a training monitor's, a caller's) must not change the threads
+    of the code running beside it, and runs with BLAS as the process has it.
     """
+    if threading.current_thread() is not threading.main_thread():
+        return nullcontext()
     return _blas_threads().limit(limits=1, user_api="blas")
 
 

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from htmp_cli.fits.phases import PHASE_LABELS
 from htmp_cli.loaders.matrices import SkippedTensor
-from htmp_cli.results import FIT_MEANS, LAYER_METRICS, SUMMARY_MEANS, ExpertGroup, LayerResult, ModelSummary
+from htmp_cli.results import SUMMARY_MEANS, ExpertGroup, LayerResult, ModelSummary, mean_metric
 
 
 def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...], timings: dict[str, float],
               workers: int = 1) -> ModelSummary:
     ok = [layer for layer in layers if layer.status == "success"]
     fitted = [layer for layer in ok if layer.power_law is not None and layer.power_law.ok]
-
-    def mean(values: list[float | None]) -> float | None:
-        present = [v for v in values if v is not None and math.isfinite(v)]
-        return float(np.mean(present)) if present else None
-
-    means = {name: mean([LAYER_METRICS[name].of(layer) for layer in (fitted if name in FIT_MEANS else ok)])
-             for name in SUMMARY_MEANS}
+    means = {name: mean_metric(name, layers) for name in SUMMARY_MEANS}
     warning_counts = {
         label: sum(label in layer.warnings for layer in layers) for label in ("over-trained", "under-trained")
     }

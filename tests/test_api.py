@@ -239,6 +239,7 @@ def test_a_report_of_the_first_schema_still_reads(tmp_path) -> None:  # type: ig
     old["schema"] = "htmp.report/1"
     for layer in old["layers"]:
         del layer["aliases"]  # /1 had none
+    old["summary"]["means"]["kappa"] = 123.0  # /1's mean kappa was the direct orientation's: not kept
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert Report.from_json(tmp_path / "old.json") == report
     done = run_htmp("report", str(tmp_path / "old.json"), "-o", str(tmp_path / "old.html"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -155,10 +156,9 @@ def test_a_check_that_analysed_nothing_fails_saying_so(checkpoints: dict[str, Pa
 
 def test_a_saved_report_gets_the_selection_of_the_configuration(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     """analyze to JSON, then check the JSON: the verdict (and summary) of checking the checkpoint."""
-    import json
-
     from htmp_cli.gate import select_layers
     from htmp_cli.options import AnalysisOptions
+    from htmp_cli.results import Report
 
     report = tmp_path / "report.json"
     assert run_htmp("analyze", str(checkpoints["random-like"]), "-f", "json", "-o", str(report)).returncode == 0
@@ -169,17 +169,19 @@ def test_a_saved_report_gets_the_selection_of_the_configuration(checkpoints: dic
     assert from_report.stdout == from_checkpoint.stdout
     flagged = run_htmp("check", str(report), "--exclude", "layers\\.[12]\\.", cwd=tmp_path)  # replaces the configured one
     assert flagged.returncode == 1 and "layers.3.weight" in flagged.stdout and "2 hidden layers" in flagged.stdout
-    saved = json.loads(report.read_text())
-    fresh = json.loads(run_htmp("analyze", str(checkpoints["random-like"]), "--exclude", "layers\\.[12]\\.",
-                                "-f", "json").stdout)
+    saved = Report.from_json(report)
+    fresh = Report.from_json(run_htmp("analyze", str(checkpoints["random-like"]), "--exclude", "layers\\.[12]\\.",
+                                      "-f", "json").stdout)
     selected = select_layers(saved, AnalysisOptions(exclude=("layers\\.[12]\\.",)))
-    assert [layer["name"] for layer in selected["layers"]] == [layer["name"] for layer in fresh["layers"]]
-    assert selected["skipped"] == fresh["skipped"]
+    assert [layer.name for layer in selected.layers] == [layer.name for layer in fresh.layers]
+    assert selected.skipped == fresh.skipped
     for key in ("n_layers", "n_failed_layers", "n_failed_fits", "n_skipped", "warning_counts", "phase_counts",
                 "worrying", "kind_counts"):
-        assert selected["summary"][key] == fresh["summary"][key], key
-    for name, value in fresh["summary"]["means"].items():
-        assert selected["summary"]["means"][name] == pytest.approx(value, rel=1e-12), name
+        assert getattr(selected.summary, key) == getattr(fresh.summary, key), key
+    for name, value in fresh.summary.means.items():
+        assert selected.summary.means[name] == pytest.approx(value, rel=1e-12), name
+    # The selection is a report like any other: its JSON form reads back as it is.
+    assert Report.from_dict(selected.to_dict()) == selected
 
 
 def test_configuration_from_pyproject_upward_with_patterns_severity_and_reason(checkpoints: dict[str, Path],
@@ -350,16 +352,47 @@ def test_nothing_analysed_with_a_baseline_still_says_nothing_was_checked(checkpo
 
 
 def test_a_saved_report_under_min_dim_and_skip_embeddings_matches_a_fresh_analysis(tmp_path: Path) -> None:
-    import json
-
     from htmp_cli.gate import select_layers
     from htmp_cli.options import AnalysisOptions
+    from htmp_cli.results import Report
 
     path = tmp_path / "roles.safetensors"
     _roles_checkpoint(path)
-    saved = json.loads(run_htmp("analyze", str(path), "-f", "json").stdout)
-    fresh = json.loads(run_htmp("analyze", str(path), "--min-dim", "30", "--skip-embeddings", "-f", "json").stdout)
+    saved = Report.from_json(run_htmp("analyze", str(path), "-f", "json").stdout)
+    fresh = Report.from_json(run_htmp("analyze", str(path), "--min-dim", "30", "--skip-embeddings", "-f", "json").stdout)
     selected = select_layers(saved, AnalysisOptions(min_dim=30, skip_embeddings=True))
-    assert [layer["name"] for layer in selected["layers"]] == [layer["name"] for layer in fresh["layers"]]
-    assert sorted(map(str, selected["skipped"])) == sorted(map(str, fresh["skipped"]))
-    assert selected["summary"]["phase_counts"] == fresh["summary"]["phase_counts"]
+    assert [layer.name for layer in selected.layers] == [layer.name for layer in fresh.layers]
+    assert sorted(map(repr, selected.skipped)) == sorted(map(repr, fresh.skipped))
+    assert selected.summary.phase_counts == fresh.summary.phase_counts
+
+
+def test_the_gate_reads_typed_reports_and_a_non_finite_metric_is_no_evidence() -> None:
+    """A fresh Report holds NaN and infinity where its JSON form holds null: a bound judges neither,
+    in either form; a drift rule reads a baseline of the first schema as it reads a fresh one."""
+    from dataclasses import replace
+
+    import htmp_cli
+    from htmp_cli.gate import DEFAULT_DRIFT_RULES, Rule, evaluate, evaluate_drift
+    from htmp_cli.results import Report
+
+    report = htmp_cli.analyze({f"layers.{k}.weight": phase_layer("bulk+spikes", 400, 200, np.random.default_rng(k))
+                               for k in range(2)})
+    first, second = report.layers
+    assert first.power_law is not None and first.power_law.ok
+    bound = Rule(name="alpha-at-most-0", metric="alpha", max=0.0)
+    assert [v.layer for v in evaluate(report, (bound,)).violations] == ["layers.0.weight", "layers.1.weight"]
+    odd = replace(report, layers=(replace(first, power_law=replace(first.power_law, alpha=math.inf)), second))
+    for form in (odd, Report.from_dict(odd.to_dict())):
+        verdict = evaluate(form, (bound,))
+        assert [v.layer for v in verdict.violations] == ["layers.1.weight"] and verdict.checked_layers == {bound.name: 2}
+    old = report.to_dict()
+    old["schema"] = "htmp.report/1"
+    for layer in old["layers"]:
+        del layer["aliases"]  # /1 had none
+    drift = evaluate_drift(report, Report.from_dict(old), DEFAULT_DRIFT_RULES)
+    assert drift.violations == () and drift.checked_layers == {"alpha-drift": 2, "layers-changed": 2}
+    shifted = replace(report, layers=(replace(first, power_law=replace(first.power_law, alpha=first.alpha + 1.5)),
+                                      second))
+    moved = evaluate_drift(shifted, Report.from_dict(old), DEFAULT_DRIFT_RULES)
+    assert [(v.rule.name, v.layer, v.value) for v in moved.violations] == [
+        ("alpha-drift", "layers.0.weight", pytest.approx(1.5))]

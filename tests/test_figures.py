@@ -4,6 +4,7 @@ no network)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -25,8 +26,8 @@ from htmp_cli.fits.phases import PHASES
 from htmp_cli.pipeline import analyze
 from htmp_cli.report import plots
 from htmp_cli.report.formats import TABLE_COLUMNS
-from htmp_cli.results import report_to_dict
 from htmp_cli.report.html import analysis_html, scan_html, scoped_ids
+from htmp_cli.results import Report
 from htmp_cli.synthetic import phase_layer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -43,9 +44,8 @@ def phases_checkpoint(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def analysed(phases_checkpoint: Path):  # type: ignore[no-untyped-def]
-    report = analyze(phases_checkpoint, keep_eigenvalues=True)
-    return report_to_dict(report), [layer.eigenvalues for layer in report.layers]
+def analysed(phases_checkpoint: Path) -> Report:
+    return analyze(phases_checkpoint, keep_eigenvalues=True)
 
 
 def _texts(fig) -> list:  # type: ignore[no-untyped-def]
@@ -71,28 +71,27 @@ def _overlapping_texts(fig) -> list[tuple[str, str]]:  # type: ignore[no-untyped
             if box_a.overlaps(box_b) and box_a.intersection(box_a, box_b).width > 1 and box_a.intersection(box_a, box_b).height > 1]
 
 
-def test_every_phase_gets_an_esd_figure_with_its_fits_and_markers(analysed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    data, spectra = analysed
-    assert len(data["layers"]) == len(PHASES)
-    for layer, values in zip(data["layers"], spectra):
-        fig = plots.esd_figure(layer, values)
+def test_every_phase_gets_an_esd_figure_with_its_fits_and_markers(analysed: Report, tmp_path: Path) -> None:
+    assert len(analysed.layers) == len(PHASES)
+    for layer in analysed.layers:
+        fig = plots.esd_figure(layer)
         ax = fig.axes[0]
         assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
         gids = {line.get_gid() for line in ax.lines}
-        assert {"power-law", "xmin", "mp", "mp-edge", "htmp"} <= gids, (layer["name"], gids)
+        assert {"power-law", "xmin", "mp", "mp-edge", "htmp"} <= gids, (layer.name, gids)
         assert any(p.get_gid() == "esd-histogram" for p in ax.patches)
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
         assert any(t.startswith("power law, alpha") for t in legend) and any(t.startswith("HTMP, kappa") for t in legend)
         assert any(t.startswith("xmin") for t in legend) and any("l+" in t for t in legend)
         title = ax.get_title()
-        assert layer["name"] in title and "alpha" in title and "kappa" in title and layer["phase"]["phase"] in title
+        assert layer.name in title and "alpha" in title and "kappa" in title and layer.phase.phase in title
         assert ax.get_xlabel() and ax.get_ylabel()
         assert not _overlapping_texts(fig), _overlapping_texts(fig)
         # The xmin marker sits at the fitted xmin, the edge at l+.
         by_gid = {line.get_gid(): line for line in ax.lines}
-        assert by_gid["xmin"].get_xdata()[0] == pytest.approx(layer["power_law"]["xmin"])
-        assert by_gid["mp-edge"].get_xdata()[0] == pytest.approx(layer["mp"]["lambda_plus"])
-        png, svg = tmp_path / f"{layer['name']}.png", tmp_path / f"{layer['name']}.svg"
+        assert by_gid["xmin"].get_xdata()[0] == pytest.approx(layer.power_law.xmin)
+        assert by_gid["mp-edge"].get_xdata()[0] == pytest.approx(layer.mp.lambda_plus)
+        png, svg = tmp_path / f"{layer.name}.png", tmp_path / f"{layer.name}.svg"
         plots.save(fig, png)
         plots.save(fig, svg)
         assert png.read_bytes()[:8] == PNG_MAGIC
@@ -115,23 +114,23 @@ def _id_references(svg: str) -> list[str]:
     return re.findall(r"url\(#([^)]+)\)", svg) + re.findall(r'href="#([^"]+)"', svg)
 
 
-def test_the_overview_draws_alpha_and_kappa_per_layer_with_the_bands(analysed) -> None:  # type: ignore[no-untyped-def]
-    data, _ = analysed
-    fig = plots.overview_figure(data["layers"], "phases")
+def test_the_overview_draws_alpha_and_kappa_per_layer_with_the_bands(analysed: Report) -> None:
+    layers = analysed.layers
+    fig = plots.overview_figure(layers, "phases")
     left, right = fig.axes
     alpha_points = [c for c in left.collections if (c.get_gid() or "").startswith("alpha-")]
     kappa_points = [c for c in right.collections if (c.get_gid() or "").startswith("kappa-")]
     assert len(alpha_points) == len(kappa_points) == len(PHASES)
     for point in alpha_points:
         k = int(point.get_gid().split("-")[1])
-        assert point.get_offsets()[0][0] == k and point.get_offsets()[0][1] == pytest.approx(data["layers"][k]["power_law"]["alpha"])
+        assert point.get_offsets()[0][0] == k and point.get_offsets()[0][1] == pytest.approx(layers[k].power_law.alpha)
     # The lines' ids differ from the points' (alpha-K for layer K): ids must be unique in an SVG.
     assert {line.get_gid() for line in left.lines} >= {"alpha-line-2", "alpha-line-6"}
     assert right.get_yscale() == "log" and "kappa" in right.get_ylabel() and "alpha" in left.get_ylabel()
     legend = {t.get_text() for t in fig.legends[0].get_texts()}
-    assert legend == {layer["phase"]["phase"] for layer in data["layers"]} | {
+    assert legend == {layer.phase.phase for layer in layers} | {
         "alpha = 2 (below: very heavy-tailed)", "alpha = 6 (above: under-trained)"}
-    assert [t.get_text() for t in left.get_xticklabels()] == [layer["name"] for layer in data["layers"]]
+    assert [t.get_text() for t in left.get_xticklabels()] == [layer.name for layer in layers]
     assert not _overlapping_texts(fig), _overlapping_texts(fig)
 
 
@@ -177,15 +176,14 @@ def test_styles_survive_greyscale_and_colour_blindness() -> None:
     assert len({colour for colour, _ in styles}) == len({marker for _, marker in styles}) == len(styles)
 
 
-def test_figures_leave_the_callers_matplotlib_settings_alone(analysed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_figures_leave_the_callers_matplotlib_settings_alone(analysed: Report, tmp_path: Path) -> None:
     import matplotlib
     import matplotlib.pyplot as plt
 
-    data, spectra = analysed
     with matplotlib.rc_context({"font.size": 13.0, "svg.fonttype": "path", "svg.hashsalt": None}):
         before = {key: matplotlib.rcParams[key] for key in ("font.size", "axes.titlesize", "svg.fonttype", "svg.hashsalt")}
         figures = plt.get_fignums()
-        fig = plots.esd_figure(data["layers"][0], spectra[0])
+        fig = plots.esd_figure(analysed.layers[0])
         plots.save(fig, tmp_path / "esd.png")
         svg = plots.svg_markup(fig)
         scatter = plots.correlation_figure([1.0, 2.0, 3.0], [3.0, 1.0, 2.0], ["a", "b", "c"], "alpha", "acc", 0.5, 0.3)
@@ -385,17 +383,18 @@ def test_the_layer_table_of_minilm_fits_a_1280_px_window(minilm_path: Path, tmp_
     """MiniLM-L6's real layers (names, shapes, phase summaries, warnings); then the same with one
     name far too long for its column, which is cut with an ellipsis in the middle."""
     _chromium()
-    data = report_to_dict(analyze(minilm_path))
-    assert len(data["layers"]) == 39
+    report = analyze(minilm_path)
+    assert len(report.layers) == 39
     # Stand-in figures: the table is what is measured, and each row still gets its ESD button.
-    stub = {k: '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>' for k in range(len(data["layers"]))}
+    stub = {k: '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>' for k in range(len(report.layers))}
     real = tmp_path / "minilm.html"
-    real.write_text(analysis_html(data, None, stub))
-    minilm_names = [layer["name"] for layer in data["layers"]]
+    real.write_text(analysis_html(report, None, stub))
+    minilm_names = [layer.name for layer in report.layers]
     long_name = "model.language_model.decoder.transformer_blocks.layers.17.self_attention_with_rotary_embeddings.query_key_value.weight"
-    data["layers"][1] = {**data["layers"][1], "name": long_name}
+    layers = list(report.layers)
+    layers[1] = dataclasses.replace(layers[1], name=long_name)
     long = tmp_path / "long.html"
-    long.write_text(analysis_html(data, None, stub))
+    long.write_text(analysis_html(dataclasses.replace(report, layers=tuple(layers)), None, stub))
     with Browser(tmp_path / "profile", width=1280, height=900) as browser:
         browser.open(real.as_uri())
         _check_the_table_fits(browser)

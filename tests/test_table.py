@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import struct
@@ -17,6 +16,7 @@ import pytest
 
 from htmp_cli.report.formats import flat_layer_row, format_number, kappa_text
 from htmp_cli.report.table import COLUMNS, ELLIPSIS, plan_layout, shorten_middle, shorten_name, shortened_names
+from htmp_cli.results import Report, read_report
 from tests.conftest import run_htmp
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -47,10 +47,10 @@ def run_in_terminal(args: list[str], columns: int, cwd: Path | None = None) -> s
 
 
 @pytest.fixture(scope="module")
-def minilm_report(minilm_path: Path, tmp_path_factory) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
+def minilm_report(minilm_path: Path, tmp_path_factory) -> tuple[Path, Report]:  # type: ignore[no-untyped-def]
     path = tmp_path_factory.mktemp("table") / "minilm.json"
     assert run_htmp("analyze", str(minilm_path), "-f", "json", "-o", str(path)).returncode == 0
-    return path, json.loads(path.read_text())
+    return path, read_report(path)
 
 
 def _rows(text: str) -> list[str]:
@@ -68,19 +68,19 @@ def _header(lines: list[str]) -> list[str]:
     return header.split()
 
 
-def _check_terminal_table(text: str, report: dict, columns: int) -> None:
+def _check_terminal_table(text: str, report: Report, columns: int) -> None:
     lines = _rows(text)
     assert max(len(line) for line in lines) <= columns, max(lines, key=len)
     header = _header(lines)
     assert header[:5] == ["name", "shape", "alpha", "kappa", "phase"]
     assert "!" in header or "warning" in header
     start = next(k for k, line in enumerate(lines) if line.startswith("name ")) + 2  # past the rule
-    rows = lines[start:start + len(report["layers"])]
+    rows = lines[start:start + len(report.layers)]
     shown = [line.split(" ")[0] for line in rows]
     assert len(set(shown)) == len(shown), "two layers look alike"
-    for layer, line, name in zip(report["layers"], rows, shown):
+    for layer, line, name in zip(report.layers, rows, shown):
         row = flat_layer_row(layer)
-        full = layer["name"]
+        full = layer.name
         if name != full:  # shortened: never to nothing, the last part and every block number kept
             assert len(name) >= 12 and full.removesuffix(".weight").endswith(name.split(".")[-1]), (full, name)
             assert re.findall(r"\d+", full) == re.findall(r"\d+", name), (full, name)
@@ -99,31 +99,31 @@ def _check_terminal_table(text: str, report: dict, columns: int) -> None:
 
 
 @pytest.mark.parametrize("columns", [80, 100, 120, 200])
-def test_the_table_fits_the_terminal_it_lands_in(minilm_report: tuple[Path, dict], columns: int) -> None:
+def test_the_table_fits_the_terminal_it_lands_in(minilm_report: tuple[Path, Report], columns: int) -> None:
     path, report = minilm_report
     text = run_in_terminal(["analyze", str(path)], columns)
     _check_terminal_table(text, report, columns)
 
 
-def test_a_fresh_analysis_in_a_120_column_terminal(minilm_path: Path, minilm_report: tuple[Path, dict]) -> None:
+def test_a_fresh_analysis_in_a_120_column_terminal(minilm_path: Path, minilm_report: tuple[Path, Report]) -> None:
     text = run_in_terminal(["analyze", str(minilm_path)], 120)
     _check_terminal_table(text, minilm_report[1], 120)
 
 
-def _check_complete(text: str, report: dict) -> None:
+def _check_complete(text: str, report: Report) -> None:
     lines = _rows(text)
     header = _header(lines)
     assert header == [c.label for c in COLUMNS if c.key != "warn"]
     assert ELLIPSIS not in text and "left out" not in text
-    for layer in report["layers"]:
-        line = _row_of(lines, layer["name"])
+    for layer in report.layers:
+        line = _row_of(lines, layer.name)
         row = flat_layer_row(layer)
         assert row["phase"].partition(": ")[2] in line  # the reason, whole
         for key in ("alpha", "D", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
             assert format_number(row[key]) in line.split()
 
 
-def test_piped_and_written_to_a_file_the_table_is_complete(minilm_report: tuple[Path, dict], tmp_path: Path) -> None:
+def test_piped_and_written_to_a_file_the_table_is_complete(minilm_report: tuple[Path, Report], tmp_path: Path) -> None:
     path, report = minilm_report
     piped = run_htmp("analyze", str(path), env={"COLUMNS": "80"})
     assert piped.returncode == 0
@@ -135,7 +135,7 @@ def test_piped_and_written_to_a_file_the_table_is_complete(minilm_report: tuple[
     _check_complete(wide, report)
 
 
-def test_columns_chooses_the_columns(minilm_report: tuple[Path, dict]) -> None:
+def test_columns_chooses_the_columns(minilm_report: tuple[Path, Report]) -> None:
     path, report = minilm_report
     text = run_in_terminal(["analyze", str(path), "--columns", "name,stable_rank,phase"], 100)
     assert _header(_rows(text)) == ["name", "stable_rank", "phase"]
@@ -161,11 +161,11 @@ def test_names_shorten_keeping_what_tells_layers_apart_never_to_nothing() -> Non
     assert layout.name_width == 16 and layout.left_out  # squeezed to the minimum, the rest named
 
 
-def test_below_the_required_width_lines_grow_rather_than_numbers_being_cut(minilm_report: tuple[Path, dict]) -> None:
+def test_below_the_required_width_lines_grow_rather_than_numbers_being_cut(minilm_report: tuple[Path, Report]) -> None:
     path, report = minilm_report
     text = run_in_terminal(["analyze", str(path)], 50)
     lines = text.splitlines()
-    for layer in report["layers"][:5]:
+    for layer in report.layers[:5]:
         row = flat_layer_row(layer)
         line = next(line for line in lines if row["shape"] + " " in line and format_number(row["alpha"]) in line)
         assert kappa_text(row).split()[0] in line.split()
@@ -184,3 +184,40 @@ def test_ls_piped_keeps_every_name_on_one_line(tmp_path: Path) -> None:
         assert sum(name in line for line in result.stdout.splitlines()) == 1
     help_text = run_htmp("ls", "--help").stdout
     assert "<table|json>" in help_text and "csv" not in help_text
+
+
+def test_a_number_the_json_holds_as_null_shows_as_missing_in_every_view() -> None:
+    """A NaN in a fresh report is null in its JSON and NaN again when read back: every view shows
+    it as missing, the same for the fresh report and the saved one."""
+    import csv
+    import dataclasses
+    import io
+    import math
+
+    import numpy as np
+    from rich.console import Console
+
+    import htmp_cli
+    from htmp_cli.report.formats import to_csv, to_markdown
+    from htmp_cli.report.table import render_table
+
+    report = htmp_cli.analyze(np.random.default_rng(8).standard_normal((200, 80)))
+    layer = report.layers[0]
+    broken = dataclasses.replace(layer, metrics=dataclasses.replace(layer.metrics, stable_rank=math.nan))
+    fresh = dataclasses.replace(report, layers=(broken,),
+                                summary=dataclasses.replace(report.summary, means={**report.summary.means, "alpha": math.nan}))
+    saved = Report.from_json(fresh.to_json())
+    assert math.isnan(saved.layers[0].metrics.stable_rank)
+
+    def table(r: Report) -> str:
+        out = io.StringIO()
+        render_table(r, Console(file=out, width=200, no_color=True), complete=True)
+        return out.getvalue()
+
+    for view in (to_csv, to_markdown, table):
+        assert view(fresh) == view(saved), view.__name__
+        assert "nan" not in view(fresh), view.__name__
+    (row,) = csv.DictReader(io.StringIO(to_csv(fresh)))
+    assert row["stable_rank"] == ""
+    assert "mean alpha -," in to_markdown(fresh)
+    assert flat_layer_row(saved.layers[0])["stable_rank"] is None and format_number(None) == "-"

@@ -13,14 +13,14 @@ from rich.console import Console
 from rich.table import Table
 
 from htmp_cli.cli.common import (EXIT_GATE_FAILED, EXIT_OK, StdoutConsole, app, flag_given, open_output,
-                                 read_report_dict, run_guarded, stdout_console, write_text)
+                                 read_report_dict, read_report_file, run_guarded, stdout_console, write_text)
 from htmp_cli.cli.flags import (CONV, DEBUG, DEVICE, EXCLUDE, FIT, INCLUDE, JOBS, MIN_DIM, PATH_HELP,
                                 PRECISION, PROGRESS, SKIP_EMBEDDINGS, SPLIT_FUSED, ConvMode, Device,
                                 FitMethod, ListFormat, OutputFormat, Precision, selection_fields, with_analysis_flags)
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.outputs import check_writable
-from htmp_cli.results import is_report_file
+from htmp_cli.results import Report, is_report_file
 
 @app.command()
 @with_analysis_flags
@@ -54,7 +54,7 @@ def analyze(
             if analysis != AnalysisOptions():
                 raise HtmpError(f"{path} is a saved report, shown as it was analysed: analysis options apply "
                                 "only to checkpoints")
-            emit(read_report_dict(Path(path), "report"), format, output, wide=wide, columns=chosen)
+            emit(read_report_file(Path(path), "report"), format, output, wide=wide, columns=chosen)
             return
 
         err_console = Console(stderr=True)
@@ -99,6 +99,13 @@ def check(
     Analysis options come from the configuration's [analysis] table; flags given here override them.
     """
 
+    def saved_report(file: Path, what: str) -> Report:
+        data = read_report_dict(file, what)
+        try:
+            return Report.from_dict(data)
+        except HtmpError as err:  # the right schema, not the right shape: still one line naming the file
+            raise HtmpError(f"{what} {file}: {err}") from None
+
     def body() -> int:
         from htmp_cli import gate
         from htmp_cli.gate_output import github_annotations, render_verdict, to_junit, to_markdown
@@ -115,26 +122,25 @@ def check(
         for target, flag in ((junit, "--junit"), (summary, "--summary")):
             if target is not None:
                 check_writable(target, flag)
-        earlier = read_report_dict(baseline, "--baseline") if baseline is not None else None
+        earlier = saved_report(baseline, "--baseline") if baseline is not None else None
         if is_report_file(path):
             fixed = [name for name in given if name not in gate.SELECTION_OPTIONS]
             if fixed:
                 raise HtmpError(f"{path} is a saved report: --{fixed[0].replace('_', '-')} applies only when htmp check "
                                 "analyses a checkpoint (the selection options --include, --exclude, --skip-embeddings "
                                 "and --min-dim apply to reports too)")
-            saved = read_report_dict(Path(path), "report")
+            saved = saved_report(Path(path), "report")
             _note_fixed_options(saved, gate_config.analysis, path)
             report = gate.select_layers(saved, options)
         else:
             from htmp_cli.pipeline import analyze as run_analysis
-            from htmp_cli.results import report_to_dict
 
-            report = report_to_dict(run_analysis(path, options, jobs=jobs))
+            report = run_analysis(path, options, jobs=jobs)
         verdict = gate.evaluate(report, gate_config.rules)
         if earlier is not None:
             drift_rules = gate_config.drift_rules if gate_config.drift_rules is not None else gate.DEFAULT_DRIFT_RULES
             verdict = gate.combine(verdict, gate.evaluate_drift(report, earlier, drift_rules))
-        source = report["source"]["path"]
+        source = report.source.path
         render_verdict(verdict, source, stdout_console(piped_width=160))
         if junit is not None:
             write_text(junit, to_junit(verdict, source), "--junit")
@@ -149,11 +155,11 @@ def check(
     raise typer.Exit(code)
 
 
-def _note_fixed_options(saved: dict, configured: dict, path: str) -> None:
+def _note_fixed_options(saved: Report, configured: dict, path: str) -> None:
     """A configured option that shapes spectra cannot change a saved report: say so rather than ignore it."""
     from htmp_cli import gate
 
-    recorded = saved.get("options") or {}
+    recorded = saved.options.to_dict()
     for name, value in configured.items():
         value = value.to_dict() if hasattr(value, "to_dict") else list(value) if isinstance(value, tuple) else value
         if name not in gate.SELECTION_OPTIONS and name in recorded and recorded[name] != value:
@@ -161,8 +167,8 @@ def _note_fixed_options(saved: dict, configured: dict, path: str) -> None:
                        f"{value!r} applies only when htmp check analyses a checkpoint", err=True)
 
 
-def emit(report, format: OutputFormat, output: Optional[Path], wide: bool = False,  # type: ignore[no-untyped-def]
-          columns: Optional[tuple[str, ...]] = None) -> None:
+def emit(report: Report, format: OutputFormat, output: Optional[Path], wide: bool = False,
+         columns: Optional[tuple[str, ...]] = None) -> None:
     from htmp_cli.report import formats
 
     if format is OutputFormat.table:

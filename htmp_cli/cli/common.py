@@ -11,13 +11,16 @@ import json
 import os
 import sys
 from pathlib import Path
-
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from htmp_cli import __version__
 from htmp_cli.errors import HtmpError
+
+if TYPE_CHECKING:
+    from htmp_cli.results import Report
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_SCAN_FAILURES = 0, 1, 2, 3
 
@@ -104,6 +107,17 @@ def read_report_dict(path: Path, what: str) -> dict:
     if not is_report(data):
         raise HtmpError(f"{what} {path}: not an htmp report (expected schema {SCHEMA!r})")
     return data
+
+
+def read_report_file(path: Path, what: str) -> Report:
+    """A saved report (`what` is the flag or word that named it), with read_report_dict's one-line errors."""
+    from htmp_cli.results import Report
+
+    data = read_report_dict(path, what)
+    try:
+        return Report.from_dict(data)
+    except HtmpError as err:  # the right schema, not the right shape: still one line naming the file
+        raise HtmpError(f"{what} {path}: {err}") from None
 
 
 def write_text(path: Path, text: str, flag: str) -> None:

@@ -10,12 +10,12 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from htmp_cli.cli.common import app, read_report_dict, run_guarded, write_text
+from htmp_cli.cli.common import app, read_report_file, run_guarded, write_text
 from htmp_cli.cli.flags import DEBUG, PATH_HELP, PROGRESS, with_analysis_flags
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.outputs import check_writable
-from htmp_cli.results import is_report_file
+from htmp_cli.results import LayerResult, Report, is_report_file
 
 
 class FigureFormat(str, Enum):
@@ -23,30 +23,31 @@ class FigureFormat(str, Enum):
     svg = "svg"
 
 
-def _analysed(path: str, options, progress: Optional[bool]):  # type: ignore[no-untyped-def]
-    """The report dict and each layer's eigenvalues (by index) of a checkpoint, with progress on a terminal."""
+def _analysed(path: str, options: AnalysisOptions, progress: Optional[bool]) -> Report:
+    """The report of a checkpoint with each layer's eigenvalues, with progress on a terminal."""
     from htmp_cli.pipeline import analyze
-    from htmp_cli.results import report_to_dict
 
     err_console = Console(stderr=True)
     if err_console.is_terminal if progress is None else progress:
         from htmp_cli.progress import LayerProgress
 
         with LayerProgress(err_console) as listener:
-            report = analyze(path, options, listener, keep_eigenvalues=True)
-    else:
-        report = analyze(path, options, keep_eigenvalues=True)
-    spectra = {k: layer.eigenvalues for k, layer in enumerate(report.layers) if layer.eigenvalues is not None}
-    return report_to_dict(report), spectra
+            return analyze(path, options, listener, keep_eigenvalues=True)
+    return analyze(path, options, keep_eigenvalues=True)
 
 
-def _report_or_analysis(path: str, options: AnalysisOptions, progress: Optional[bool]):  # type: ignore[no-untyped-def]
-    """A saved report as it is (no spectra), or a fresh analysis with its spectra."""
+def _report_or_analysis(path: str, options: AnalysisOptions, progress: Optional[bool]) -> Report:
+    """A saved report as it is (no eigenvalues), or a fresh analysis with them."""
     if is_report_file(path):
         if options != AnalysisOptions():
             raise HtmpError(f"{path} is a saved report, drawn as it was analysed: analysis options apply only to checkpoints")
-        return read_report_dict(Path(path), "report"), {}
+        return read_report_file(Path(path), "report")
     return _analysed(path, options, progress)
+
+
+def _with_spectra(report: Report) -> dict[int, LayerResult]:
+    """The layers whose eigenvalues were kept, by index: a failed layer and a saved report have none."""
+    return {k: layer for k, layer in enumerate(report.layers) if layer.eigenvalues is not None}
 
 
 def _file_name(name: str) -> str:
@@ -78,27 +79,28 @@ def plot(
             except re.error as err:
                 raise HtmpError(f"--layer {pattern!r} is not a valid regular expression: {err}") from None
         check_writable(out, "--out", folder=True)
-        data, spectra = _report_or_analysis(path, analysis, progress)
-        chosen = [k for k, entry in enumerate(data["layers"]) if not patterns or any(p.search(entry["name"]) for p in patterns)]
+        report = _report_or_analysis(path, analysis, progress)
+        spectra = _with_spectra(report)
+        chosen = [k for k, entry in enumerate(report.layers) if not patterns or any(p.search(entry.name) for p in patterns)]
         if patterns and not chosen:
             raise HtmpError(f"--layer: no layer matches {', '.join(layer)} (layers: "
-                            f"{', '.join(entry['name'] for entry in data['layers'][:6])}{' ...' if len(data['layers']) > 6 else ''})")
+                            f"{', '.join(entry.name for entry in report.layers[:6])}{' ...' if len(report.layers) > 6 else ''})")
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise HtmpError(f"--out {out}: cannot create the folder: {err.strerror or err}") from None
         written = []
         overview = out / f"overview.{format.value}"
-        plots.save(plots.overview_figure(data["layers"], f"htmp: {data['source']['path']}"), overview, "--out")
+        plots.save(plots.overview_figure(report.layers, f"htmp: {report.source.path}"), overview, "--out")
         written.append(overview)
         missing = []
         for k in chosen:
-            entry = data["layers"][k]
+            entry = report.layers[k]
             if k not in spectra:
-                missing.append(entry["name"])
+                missing.append(entry.name)
                 continue
-            target = out / f"esd-{k:03d}-{_file_name(entry['name'])}.{format.value}"
-            plots.save(plots.esd_figure(entry, spectra[k]), target, "--out")
+            target = out / f"esd-{k:03d}-{_file_name(entry.name)}.{format.value}"
+            plots.save(plots.esd_figure(entry), target, "--out")
             written.append(target)
         for target in written:
             typer.echo(str(target))
@@ -127,13 +129,14 @@ def report(
         from htmp_cli.report.html import analysis_html
 
         check_writable(output, "--output")
-        data, spectra = _report_or_analysis(path, analysis, progress)
-        if not spectra and data["layers"]:
+        report = _report_or_analysis(path, analysis, progress)
+        spectra = _with_spectra(report)
+        if not spectra and report.layers:
             typer.echo("htmp: a JSON report holds no eigenvalues: the page has no ESD figures; pass the checkpoint "
                        "to have them", err=True)
-        overview = plots.svg_markup(plots.overview_figure(data["layers"], f"htmp: {data['source']['path']}"))
-        figures = {k: plots.svg_markup(plots.esd_figure(data["layers"][k], values)) for k, values in spectra.items()}
-        write_text(output, analysis_html(data, overview, figures), "--output")
+        overview = plots.svg_markup(plots.overview_figure(report.layers, f"htmp: {report.source.path}"))
+        figures = {k: plots.svg_markup(plots.esd_figure(entry)) for k, entry in spectra.items()}
+        write_text(output, analysis_html(report, overview, figures), "--output")
         typer.echo(f"{output} ({output.stat().st_size:,} bytes, {len(figures)} layer figures)")
 
     run_guarded(debug, body)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from htmp_cli.errors import HtmpError
+from htmp_cli.results import LayerResult, Report
 
 # (column, pandas dtype): floats are float64 (NaN where a fit failed), counts nullable integers.
 COLUMNS = (
@@ -29,7 +30,7 @@ COLUMNS = (
 )
 
 
-def layer_row(layer: Any) -> dict[str, Any]:
+def layer_row(layer: LayerResult) -> dict[str, Any]:
     """The row of one LayerResult (None where a value does not exist)."""
     fit, metrics, mp, phase, best = layer.power_law, layer.metrics, layer.mp, layer.phase, layer.htmp_best
     return {
@@ -56,11 +57,26 @@ def layer_row(layer: Any) -> dict[str, Any]:
     }
 
 
-def layers_frame(report: Any) -> Any:
-    try:
-        import pandas as pd
-    except ImportError:
-        raise HtmpError("Report.to_dataframe needs pandas: pip install 'htmp-cli[pandas]' (or pandas)") from None
+def layers_frame(report: Report) -> Any:
+    pd = _pandas("Report.to_dataframe")
     rows = [layer_row(layer) for layer in report.layers]
     frame = pd.DataFrame(rows, columns=[name for name, _ in COLUMNS])
     return frame.astype({name: kind for name, kind in COLUMNS})
+
+
+def history_frame(rows: list[tuple[int, float, LayerResult]]) -> Any:
+    """(step, time, LayerResult) rows as a frame: `step` and `time` (seconds since the epoch), then
+    the columns of `layers_frame`."""
+    pd = _pandas("Monitor.history")
+    columns = (("step", "Int64"), ("time", "float64"), *COLUMNS)
+    frame = pd.DataFrame([{"step": step, "time": taken, **layer_row(layer)} for step, taken, layer in rows],
+                         columns=[name for name, _ in columns])
+    return frame.astype(dict(columns))
+
+
+def _pandas(what: str) -> Any:
+    try:
+        import pandas as pd
+    except ImportError:
+        raise HtmpError(f"{what} needs pandas: pip install 'htmp-cli[pandas]' (or pandas)") from None
+    return pd

@@ -1,13 +1,15 @@
-"""The JSON contract (design.md section 3) and the CSV and Markdown views derived from it."""
+"""The JSON contract (design.md section 3) and the CSV and Markdown views of a Report."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from typing import Any
+import math
+from typing import Any, Sequence
 
-from htmp_cli.results import Report, report_to_dict
+from htmp_cli.loaders.matrices import SkippedTensor
+from htmp_cli.results import ExpertGroup, LayerResult, Report, layer_from_dict
 
 # The per-layer columns shared by the table, CSV and Markdown views: (label, key in the flat row).
 TABLE_COLUMNS = (
@@ -28,51 +30,58 @@ TABLE_COLUMNS = (
 )
 
 
-def flat_layer_row(layer: dict[str, Any]) -> dict[str, Any]:
-    """One flat record per layer (from its JSON form), for CSV, Markdown and the terminal table."""
-    fit = layer["power_law"] or {}
-    metrics = layer["metrics"] or {}
-    htmp = layer.get("htmp") or {}
-    best = htmp.get(htmp.get("best") or "", None) or {}
-    phase = layer.get("phase") or {}
-    if layer["status"] != "success":
-        warning = f"failed: {layer['reason']}"
-    elif fit.get("status") == "failed":
-        warning = f"fit failed: {fit.get('reason')}"
+def finite(value: Any) -> Any:
+    """A non-finite float as None, as the JSON holds it (results.report_to_dict): every view shows
+    what the JSON says, and a report read back holds NaN where its JSON held null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def flat_layer_row(layer: LayerResult | dict[str, Any]) -> dict[str, Any]:
+    """One flat record per layer, for CSV, Markdown, HTML and the terminal table."""
+    if isinstance(layer, dict):
+        # A layer in its JSON form: scan/export.py still holds its stored layers so. Goes when the
+        # scan reads Reports.
+        layer = layer_from_dict(layer)
+    fit, metrics, best, phase = layer.power_law, layer.metrics, layer.htmp_best, layer.phase
+    if layer.status != "success":
+        warning = f"failed: {layer.reason}"
+    elif fit is not None and fit.status == "failed":
+        warning = f"fit failed: {fit.reason}"
     else:
-        warning = ", ".join(layer["warnings"])
-    if layer.get("note") and layer["note"].startswith("--split-fused"):
+        warning = ", ".join(layer.warnings)
+    if layer.note and layer.note.startswith("--split-fused"):
         warning = ", ".join(filter(None, [warning, "not split"]))
-    return {
-        "name": layer["name"],
-        "tensor": layer["tensor"],
-        "kind": layer["kind"],
-        "dtype": layer["dtype"],
-        "shape": "x".join(str(d) for d in layer["shape"]) + (f" x{layer['slices']}" if layer.get("slices", 1) > 1 else ""),
-        "N": layer["N"],
-        "M": layer["M"],
-        "Q": layer["Q"],
-        "status": layer["status"],
-        "alpha": fit.get("alpha"),
-        "sigma": fit.get("sigma"),
-        "xmin": fit.get("xmin"),
-        "xmax": fit.get("xmax"),
-        "D": fit.get("D"),
-        "tail_size": fit.get("tail_size"),
-        "fit_status": fit.get("status"),
-        **{key: metrics.get(key) for key in (
+    row = {
+        "name": layer.name,
+        "tensor": layer.tensor,
+        "kind": layer.kind,
+        "dtype": layer.dtype,
+        "shape": "x".join(str(d) for d in layer.shape) + (f" x{layer.slices}" if layer.slices > 1 else ""),
+        "N": layer.N,
+        "M": layer.M,
+        "Q": layer.Q,
+        "status": layer.status,
+        "alpha": fit.alpha if fit else None,
+        "sigma": fit.sigma if fit else None,
+        "xmin": fit.xmin if fit else None,
+        "xmax": fit.xmax if fit else None,
+        "D": fit.D if fit else None,
+        "tail_size": fit.tail_size if fit else None,
+        "fit_status": fit.status if fit else None,
+        **{key: getattr(metrics, key) if metrics else None for key in (
             "alpha_weighted", "log_alpha_norm", "norm", "log_norm", "spectral_norm", "log_spectral_norm",
             "stable_rank", "entropy", "rank_loss", "log_spread")},
-        "n_zero": layer["n_zero"],
-        "kappa": best.get("kappa"),  # the better orientation's (htmp.best): the one kappa everywhere
-        "kappa_orientation": best.get("orientation"),
-        "kappa_at_bound": best.get("at_bound"),
-        "kappa_direct": ((htmp.get("direct") or {}).get("kappa")),
-        "kappa_inverse": ((htmp.get("inverse") or {}).get("kappa")),
-        "phase": phase.get("summary"),
-        "phase_name": phase.get("phase"),
+        "n_zero": layer.n_zero,
+        "kappa": best.kappa if best else None,  # the better orientation's: the one kappa everywhere
+        "kappa_orientation": best.orientation if best else None,
+        "kappa_at_bound": best.at_bound if best else None,
+        "kappa_direct": layer.htmp.kappa if layer.htmp else None,
+        "kappa_inverse": layer.htmp_inverse.kappa if layer.htmp_inverse else None,
+        "phase": phase.summary if phase else None,
+        "phase_name": phase.phase if phase else None,
         "warning": warning,
     }
+    return {key: finite(value) for key, value in row.items()}
 
 
 def kappa_text(row: dict[str, Any]) -> str:
@@ -83,20 +92,15 @@ def kappa_text(row: dict[str, Any]) -> str:
             + (" (bound)" if row["kappa_at_bound"] else ""))
 
 
-def as_dict(report: Report | dict[str, Any]) -> dict[str, Any]:
-    """A report in its JSON form: a saved report is one already."""
-    return report if isinstance(report, dict) else report_to_dict(report)
+def to_json(report: Report) -> str:
+    return json.dumps(report.to_dict(), indent=2) + "\n"
 
 
-def to_json(report: Report | dict[str, Any]) -> str:
-    return json.dumps(as_dict(report), indent=2) + "\n"
-
-
-def to_csv(report: Report | dict[str, Any]) -> str:
-    rows = [flat_layer_row(layer) for layer in as_dict(report)["layers"]]
+def to_csv(report: Report) -> str:
+    rows = [flat_layer_row(layer) for layer in report.layers]
     out = io.StringIO()
-    fieldnames = list(rows[0]) if rows else list(flat_layer_row(_EMPTY_LAYER))
-    writer = csv.DictWriter(out, fieldnames=fieldnames, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else list(flat_layer_row(_EMPTY_LAYER)),
+                            lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
@@ -116,72 +120,69 @@ def format_number(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def to_markdown(report: Report | dict[str, Any]) -> str:
-    data = as_dict(report)
-    lines = [f"# htmp analysis of `{data['source']['path']}`", ""]
+def skipped_shape(skipped: SkippedTensor) -> str:
+    return "x".join(str(d) for d in skipped.shape) or "scalar"
+
+
+def to_markdown(report: Report) -> str:
+    lines = [f"# htmp analysis of `{report.source.path}`", ""]
     lines.append("| " + " | ".join(label for label, _ in TABLE_COLUMNS) + " |")
     lines.append("|" + "---|" * len(TABLE_COLUMNS))
-    for layer in data["layers"]:
+    for layer in report.layers:
         row = flat_layer_row(layer)
         cells = [(kappa_text(row) if key == "kappa" else format_number(row[key])).replace("|", "\\|")
                  for _, key in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Summary", ""]
-    lines += [f"- {line}" for line in summary_lines(data)]
-    if data["skipped"]:
+    lines += [f"- {line}" for line in summary_lines(report)]
+    if report.skipped:
         lines += ["", "## Skipped tensors", "", "| tensor | shape | dtype | reason |", "|---|---|---|---|"]
-        for s in data["skipped"]:
-            shape = "x".join(str(d) for d in s["shape"]) or "scalar"
-            lines.append(f"| {s['name']} | {shape} | {s['dtype']} | {s['reason']} |")
+        for s in report.skipped:
+            lines.append(f"| {s.name} | {skipped_shape(s)} | {s.dtype} | {s.reason} |")
     return "\n".join(lines) + "\n"
 
 
-def summary_lines(data: dict[str, Any]) -> list[str]:
-    """The model summary as short human-readable lines (shared by the table and Markdown views)."""
-    s = data["summary"]
-    means = s["means"]
-    source = data["source"]
-    kinds = ", ".join(f"{kind} {count}" for kind, count in (s.get("kind_counts") or {}).items())
+def summary_lines(report: Report) -> list[str]:
+    """The model summary as short human-readable lines (shared by the table, Markdown and HTML views)."""
+    s, source = report.summary, report.source
+    means = {name: finite(value) for name, value in s.means.items()}
+    kinds = ", ".join(f"{kind} {count}" for kind, count in s.kind_counts.items())
     lines = [
-        f"{source['format']}, {source['size_bytes']:,} bytes" + (f"; {'; '.join(source['notes'])}" if source.get("notes") else ""),
-        f"{s['n_layers']} matrices analysed ({kinds or 'none'}), {s['n_skipped']} tensors skipped, "
-        f"{s['n_failed_layers']} failed layers, {s['n_failed_fits']} failed tail fits",
+        f"{source.format}, {source.size_bytes:,} bytes" + (f"; {'; '.join(source.notes)}" if source.notes else ""),
+        f"{s.n_layers} matrices analysed ({kinds or 'none'}), {s.n_skipped} tensors skipped, "
+        f"{s.n_failed_layers} failed layers, {s.n_failed_fits} failed tail fits",
         "mean alpha " + format_number(means["alpha"]) + ", mean D " + format_number(means["D"])
         + ", mean alpha_weighted " + format_number(means["alpha_weighted"])
         + ", mean log_norm " + format_number(means["log_norm"])
         + ", mean log_spectral_norm " + format_number(means["log_spectral_norm"])
         + ", mean stable_rank " + format_number(means["stable_rank"]),
-        f"alpha < 2 (over-trained): {s['warning_counts']['over-trained']}, "
-        f"alpha > 6 (under-trained): {s['warning_counts']['under-trained']}",
-        "phases: " + ", ".join(f"{name} {count}" for name, count in s["phase_counts"].items()),
-        *[f"{label}: {', '.join(names)}" for label, names in s["worrying"].items() if names],
-        *[f"{label}: {', '.join(names)}" for label, names in _failures(data["layers"]).items() if names],
-        *[_group_line(group) for group in s.get("expert_groups") or []],
-        *[f"{layer['name']}: {layer['note']}" for layer in data["layers"]
-          if (layer.get("note") or "").startswith("--split-fused")],
-        "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in s["timings"].items())
-        + (f" (read, eigen and fit summed over {s['workers']} processes)" if s.get("workers", 1) > 1 else ""),
+        f"alpha < 2 (over-trained): {s.warning_counts['over-trained']}, "
+        f"alpha > 6 (under-trained): {s.warning_counts['under-trained']}",
+        "phases: " + ", ".join(f"{name} {count}" for name, count in s.phase_counts.items()),
+        *[f"{label}: {', '.join(names)}" for label, names in s.worrying.items() if names],
+        *[f"{label}: {', '.join(names)}" for label, names in _failures(report.layers).items() if names],
+        *[_group_line(group) for group in s.expert_groups],
+        *[f"{layer.name}: {layer.note}" for layer in report.layers if (layer.note or "").startswith("--split-fused")],
+        "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in s.timings.items())
+        + (f" (read, eigen and fit summed over {s.workers} processes)" if s.workers > 1 else ""),
     ]
     return lines
 
 
-def _failures(layers: list[dict[str, Any]]) -> dict[str, list[str]]:
+def _failures(layers: Sequence[LayerResult]) -> dict[str, list[str]]:
     return {
-        "failed layers": [layer["name"] for layer in layers if layer["status"] != "success"],
-        "failed tail fits": [layer["name"] for layer in layers if layer["status"] == "success"
-                             and (layer.get("power_law") or {}).get("status") == "failed"],
+        "failed layers": [layer.name for layer in layers if layer.status != "success"],
+        "failed tail fits": [layer.name for layer in layers if layer.status == "success"
+                             and layer.power_law is not None and layer.power_law.status == "failed"],
     }
 
 
-def _group_line(group: dict[str, Any]) -> str:
-    phases = ", ".join(f"{name} {count}" for name, count in group["phase_counts"].items())
-    alpha = (f"alpha mean {format_number(group['alpha_mean'])} (min {format_number(group['alpha_min'])}, "
-             f"max {format_number(group['alpha_max'])})") if group["n_fitted"] else "no tail fits"
-    return f"experts {group['name']}: {group['n_experts']} experts, {alpha}; phases: {phases or '-'}"
+def _group_line(group: ExpertGroup) -> str:
+    phases = ", ".join(f"{name} {count}" for name, count in group.phase_counts.items())
+    alpha = (f"alpha mean {format_number(finite(group.alpha_mean))} (min {format_number(finite(group.alpha_min))}, "
+             f"max {format_number(finite(group.alpha_max))})") if group.n_fitted else "no tail fits"
+    return f"experts {group.name}: {group.n_experts} experts, {alpha}; phases: {phases or '-'}"
 
 
-_EMPTY_LAYER = {
-    "name": "", "tensor": "", "kind": "", "dtype": "", "shape": [], "N": 0, "M": 0, "Q": 0.0,
-    "status": "", "reason": None, "slices": 1, "note": None, "n_zero": 0, "power_law": None, "metrics": None, "warnings": [],
-    "htmp": None, "phase": None,
-}
+# For the CSV header of a report with no layers: only its keys are read (M = 1 keeps Q defined).
+_EMPTY_LAYER = LayerResult(name="", tensor="", kind="", dtype="", shape=(0, 0), N=0, M=1, status="")

@@ -12,8 +12,10 @@ from html import escape
 from typing import Any, Iterable
 
 from htmp_cli import __version__
-from htmp_cli.report.formats import TABLE_COLUMNS, flat_layer_row, format_number, kappa_text, summary_lines
+from htmp_cli.report.formats import (TABLE_COLUMNS, flat_layer_row, format_number, kappa_text, skipped_shape,
+                                     summary_lines)
 from htmp_cli.report.plots import FAILED_STYLE, PHASE_STYLE
+from htmp_cli.results import Report
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 
@@ -197,25 +199,16 @@ _NUMERIC_KEYS = {"alpha", "D", "tail_size", "alpha_weighted", "log_norm", "log_s
 _MAIN_KEYS = {"name", "shape", "alpha", "kappa", "phase", "warning"}
 
 
-def _sort_value(key: str, row: dict[str, Any], layer: dict[str, Any]) -> str:
-    if key == "kappa":
-        htmp = layer.get("htmp") or {}
-        best = htmp.get(htmp.get("best") or "") or {}
-        return "" if best.get("kappa") is None else repr(best["kappa"])
-    return _sort_key(row[key])
-
-
-def analysis_html(data: dict[str, Any], overview_svg: str | None, esd_svgs: dict[int, str]) -> str:
-    """The report of one checkpoint: `data` is its htmp.report/2 dict; figures by layer index."""
-    source = data["source"]
-    summary = data["summary"]
+def analysis_html(report: Report, overview_svg: str | None, esd_svgs: dict[int, str]) -> str:
+    """The page of one checkpoint's report, with its figures (SVG markup; the layers' by index)."""
+    source = report.source
     body = [
-        f"<h1>htmp report: {escape(source['path'])}</h1>\n",
-        f"<p class=\"meta\">{escape(source['format'])}, {source['size_bytes']:,} bytes, fingerprint "
-        f"{escape(source['fingerprint'])}; htmp {escape(data['htmp_version'])}</p>\n",
+        f"<h1>htmp report: {escape(source.path)}</h1>\n",
+        f"<p class=\"meta\">{escape(source.format)}, {source.size_bytes:,} bytes, fingerprint "
+        f"{escape(source.fingerprint)}; htmp {escape(report.htmp_version)}</p>\n",
         "<h2>Summary</h2>\n<ul class=\"summary\">",
-        *[f"\n<li>{escape(line)}</li>" for line in summary_lines(data)],
-        "</ul>\n<h2>Phases</h2>\n", _phase_table(summary["phase_counts"]),
+        *[f"\n<li>{escape(line)}</li>" for line in summary_lines(report)],
+        "</ul>\n<h2>Phases</h2>\n", _phase_table(report.summary.phase_counts),
     ]
     if overview_svg:
         body += ["\n<h2>Alpha and kappa per layer</h2>\n<div class=\"figure\" id=\"overview\">",
@@ -237,14 +230,14 @@ def analysis_html(data: dict[str, Any], overview_svg: str | None, esd_svgs: dict
         body.append(f"<th class=\"{classes}\" data-key=\"{escape(key)}\" "
                     f"data-type=\"{'num' if key in _NUMERIC_KEYS else 'text'}\">{escape(label)}</th>")
     body.append("</tr></thead><tbody>\n")
-    for index, layer in enumerate(data["layers"]):
+    for index, layer in enumerate(report.layers):
         row = flat_layer_row(layer)
-        button = (f"<button data-figure=\"esd-{index}\" data-name=\"{escape(layer['name'])}\">ESD</button>"
+        button = (f"<button data-figure=\"esd-{index}\" data-name=\"{escape(layer.name)}\">ESD</button>"
                   if index in esd_svgs else "")
         cells = []
         for _, key in TABLE_COLUMNS:
             classes = " ".join([f"k-{key}", *(["num"] if key in _NUMERIC_KEYS else []), *(["extra"] if key not in _MAIN_KEYS else [])])
-            value = _sort_value(key, row, layer)
+            value = _sort_key(row[key])
             if key == "name":
                 cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\" title=\"{escape(row[key])}\">"
                              f"{_name_cell(row[key])}</td>")
@@ -254,21 +247,20 @@ def analysis_html(data: dict[str, Any], overview_svg: str | None, esd_svgs: dict
             else:
                 text = kappa_text(row) if key == "kappa" else _text(row[key])
                 cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\">{escape(text)}</td>")
-        failed = ' class="failed"' if layer["status"] != "success" else ""
+        failed = ' class="failed"' if layer.status != "success" else ""
         body.append(f"<tr data-index=\"{index}\"{failed}><td>{button}</td>{''.join(cells)}</tr>\n")
     body.append("</tbody></table></div>\n")
     body += [f"<template id=\"esd-{index}\">{scoped_ids(svg, f'esd-{index}-')}</template>\n"
              for index, svg in esd_svgs.items()]
-    if data["skipped"]:
-        body.append(f"<h2>Skipped tensors ({len(data['skipped'])})</h2>\n<table><thead><tr><th>tensor</th><th>shape</th>"
+    if report.skipped:
+        body.append(f"<h2>Skipped tensors ({len(report.skipped)})</h2>\n<table><thead><tr><th>tensor</th><th>shape</th>"
                     "<th>dtype</th><th>reason</th></tr></thead><tbody>")
-        for s in data["skipped"]:
-            shape = "x".join(str(d) for d in s["shape"]) or "scalar"
-            body.append(f"<tr><td>{escape(s['name'])}</td><td>{shape}</td><td>{escape(s['dtype'])}</td>"
-                        f"<td>{escape(s['reason'])}</td></tr>")
+        for s in report.skipped:
+            body.append(f"<tr><td>{escape(s.name)}</td><td>{skipped_shape(s)}</td><td>{escape(s.dtype)}</td>"
+                        f"<td>{escape(s.reason)}</td></tr>")
         body.append("</tbody></table>\n")
     body.append(f"<p class=\"meta\">Written by htmp {escape(__version__)}. This file needs no network.</p>")
-    return _page(f"htmp: {source['path']}", body)
+    return _page(f"htmp: {source.path}", body)
 
 
 def scan_html(title: str, columns: list[tuple[str, str, bool]], rows: list[dict[str, Any]],

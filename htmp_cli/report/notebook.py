@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from html import escape
-from typing import Any
+
+from htmp_cli.results import Report
 
 _SHOWN = 60  # layers in the table; the rest are counted below it
 
@@ -12,7 +13,7 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def report_html(report: Any) -> str:
+def report_html(report: Report) -> str:
     s = report.summary
     rows = []
     for layer in report.layers[:_SHOWN]:

@@ -1,4 +1,4 @@
-"""Figures, drawn with matplotlib's Agg backend (no display needed) from a report's JSON layers.
+"""Figures, drawn with matplotlib's Agg backend (no display needed) from a report's layers.
 
 Colours are the Okabe-Ito palette (distinguishable with every common colour-vision deficiency) and
 every curve also differs by line style and every phase by marker shape, so a greyscale print still
@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from htmp_cli.errors import HtmpError
 from htmp_cli.fits import curves
+from htmp_cli.results import LayerResult
 
 # Okabe-Ito; a marker per phase for greyscale.
 PHASE_STYLE = {
@@ -70,53 +71,49 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
-def best_htmp(layer: dict[str, Any]) -> dict[str, Any] | None:
-    htmp = layer.get("htmp") or {}
-    return htmp.get(htmp.get("best") or "") or None
+def esd_title(layer: LayerResult) -> str:
+    fit, best = layer.power_law, layer.htmp_best
+    phase = (layer.phase.phase if layer.phase is not None else None) or layer.status
+    alpha = f"alpha {_fmt(fit.alpha)}" if fit is not None and fit.status == "success" else "alpha: fit failed"
+    kappa = f"kappa {_fmt(best.kappa)} ({best.orientation})" if best else "kappa -"
+    return f"{layer.name}\n{alpha}, {kappa}, {phase}"
 
 
-def esd_title(layer: dict[str, Any]) -> str:
-    fit = layer.get("power_law") or {}
-    best = best_htmp(layer)
-    phase = (layer.get("phase") or {}).get("phase") or layer["status"]
-    alpha = f"alpha {_fmt(fit.get('alpha'))}" if fit.get("status") == "success" else "alpha: fit failed"
-    kappa = f"kappa {_fmt(best['kappa'])} ({best['orientation']})" if best else "kappa -"
-    return f"{layer['name']}\n{alpha}, {kappa}, {phase}"
-
-
-def esd_figure(layer: dict[str, Any], eigenvalues: np.ndarray):  # type: ignore[no-untyped-def]
-    """The ESD of one layer on log-log axes with the fitted power law, MP and HTMP densities."""
+def esd_figure(layer: LayerResult):  # type: ignore[no-untyped-def]
+    """The ESD of one layer (its eigenvalues kept: `keep_eigenvalues=True`) on log-log axes with the
+    fitted power law, MP and HTMP densities."""
+    if layer.eigenvalues is None:
+        raise HtmpError(f"{layer.name}: no eigenvalues kept, so no ESD to draw")
     with _style():
-        return _esd_figure(layer, np.asarray(eigenvalues, dtype=np.float64))
+        return _esd_figure(layer, np.asarray(layer.eigenvalues, dtype=np.float64))
 
 
-def _esd_figure(layer: dict[str, Any], values: np.ndarray):  # type: ignore[no-untyped-def]
+def _esd_figure(layer: LayerResult, values: np.ndarray):  # type: ignore[no-untyped-def]
     fig, ax = _figure((6.4, 4.4), 100)
     edges, density = curves.esd_histogram(values)
     ax.stairs(density, edges, fill=True, color=COLOURS["histogram"], edgecolor="#666666", linewidth=0.6,
               label=f"ESD ({values.size} eigenvalues)", gid="esd-histogram")
     grid = np.geomspace(edges[0], edges[-1], 400)
     total = max(values.size, 1)
-    fit = layer.get("power_law") or {}
-    if fit.get("status") == "success":
-        share = fit["tail_size"] / total
-        ax.plot(grid, curves.power_law_density(grid, fit["alpha"], fit["xmin"], share), color=COLOURS["power_law"],
-                linestyle="-", linewidth=2, label=f"power law, alpha {fit['alpha']:.2f}", gid="power-law")
-        ax.axvline(fit["xmin"], color=COLOURS["xmin"], linestyle="--", linewidth=1.2,
-                   label=f"xmin {fit['xmin']:.3g}", gid="xmin")
-    mp = layer.get("mp") or {}
-    if mp.get("status") == "success":
-        ax.plot(grid, curves.mp_density(grid, mp["scale"], mp["gamma"], mp["n_bulk"] / total), color=COLOURS["mp"],
-                linestyle="--", linewidth=1.6, label=f"MP bulk ({mp['n_bulk']} eigenvalues)", gid="mp")
-        ax.axvline(mp["lambda_plus"], color=COLOURS["edge"], linestyle=":", linewidth=1.6,
-                   label=f"MP edge l+ {mp['lambda_plus']:.3g}", gid="mp-edge")
-    best = best_htmp(layer)
+    fit = layer.power_law
+    if fit is not None and fit.status == "success":
+        share = fit.tail_size / total
+        ax.plot(grid, curves.power_law_density(grid, fit.alpha, fit.xmin, share), color=COLOURS["power_law"],
+                linestyle="-", linewidth=2, label=f"power law, alpha {fit.alpha:.2f}", gid="power-law")
+        ax.axvline(fit.xmin, color=COLOURS["xmin"], linestyle="--", linewidth=1.2,
+                   label=f"xmin {fit.xmin:.3g}", gid="xmin")
+    mp = layer.mp
+    if mp is not None and mp.status == "success":
+        ax.plot(grid, curves.mp_density(grid, mp.scale, mp.gamma, mp.n_bulk / total), color=COLOURS["mp"],
+                linestyle="--", linewidth=1.6, label=f"MP bulk ({mp.n_bulk} eigenvalues)", gid="mp")
+        ax.axvline(mp.lambda_plus, color=COLOURS["edge"], linestyle=":", linewidth=1.6,
+                   label=f"MP edge l+ {mp.lambda_plus:.3g}", gid="mp-edge")
+    best = layer.htmp_best
     if best is not None:
         positive = int((values > 0).sum())
-        ax.plot(grid, curves.htmp_density(grid, best["kappa"], best["gamma"], best["scale"], best["orientation"],
-                                          positive / total),
+        ax.plot(grid, curves.htmp_density(grid, best.kappa, best.gamma, best.scale, best.orientation, positive / total),
                 color=COLOURS["htmp"], linestyle="-.", linewidth=1.6,
-                label=f"HTMP, kappa {best['kappa']:.3g} ({best['orientation']})", gid="htmp")
+                label=f"HTMP, kappa {best.kappa:.3g} ({best.orientation})", gid="htmp")
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_log_ticks(ax.xaxis)
@@ -150,30 +147,30 @@ def _tick_labels(ax, names: list[str]) -> None:  # type: ignore[no-untyped-def]
     ax.set_xlim(-0.7, len(names) - 0.3)
 
 
-def overview_figure(layers: list[dict[str, Any]], title: str):  # type: ignore[no-untyped-def]
+def overview_figure(layers: Sequence[LayerResult], title: str):  # type: ignore[no-untyped-def]
     """Alpha per layer in network order, coloured by phase, with the alpha = 2 and 6 lines; kappa beside it."""
     with _style():
         return _overview_figure(layers, title)
 
 
-def _overview_figure(layers: list[dict[str, Any]], title: str):  # type: ignore[no-untyped-def]
-    names = [layer["name"] for layer in layers]
+def _overview_figure(layers: Sequence[LayerResult], title: str):  # type: ignore[no-untyped-def]
+    names = [layer.name for layer in layers]
     width = min(16.0, max(8.0, 0.22 * len(layers) + 4))
     bottom = 0.18 + (0.012 * max((len(n) for n in names), default=0) if len(names) <= 48 else 0)
     fig, (left, right) = _figure((width, 4.2 + 4.2 * bottom), 100, ncols=2)
     seen: set[str] = set()
     for index, layer in enumerate(layers):
-        phase = (layer.get("phase") or {}).get("phase") if layer["status"] == "success" else None
+        phase = layer.phase.phase if layer.status == "success" and layer.phase is not None else None
         colour, marker = PHASE_STYLE.get(phase or "", FAILED_STYLE)
         label = (phase or "failed") if (phase or "failed") not in seen else None
         seen.add(phase or "failed")
-        fit = layer.get("power_law") or {}
-        if fit.get("status") == "success":
-            left.scatter(index, fit["alpha"], color=colour, marker=marker, edgecolor="black", linewidth=0.4, s=34,
+        fit = layer.power_law
+        if fit is not None and fit.status == "success":
+            left.scatter(index, fit.alpha, color=colour, marker=marker, edgecolor="black", linewidth=0.4, s=34,
                          zorder=3, label=label, gid=f"alpha-{index}")
-        best = best_htmp(layer)
+        best = layer.htmp_best
         if best is not None:
-            right.scatter(index, best["kappa"], color=colour, marker=marker, edgecolor="black", linewidth=0.4, s=34,
+            right.scatter(index, best.kappa, color=colour, marker=marker, edgecolor="black", linewidth=0.4, s=34,
                           zorder=3, gid=f"kappa-{index}")
     left.axhspan(2.0, 6.0, color="#f2f2f2", zorder=0)
     # The lines are named in the legend, not on the plot, where a label could hide a point.

@@ -11,15 +11,16 @@ pipe, the table is complete.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from htmp_cli.results import Report
-from htmp_cli.report.formats import as_dict, flat_layer_row, format_number, kappa_text, summary_lines
+from htmp_cli.loaders.matrices import SkippedTensor
+from htmp_cli.results import LayerResult, Report
+from htmp_cli.report.formats import finite, flat_layer_row, format_number, kappa_text, skipped_shape, summary_lines
 
 ELLIPSIS = "…"
 MIN_NAME_WIDTH = 16  # a shortened name still shows its block number and its last parts
@@ -115,11 +116,11 @@ def _phase_parts(summary: str | None) -> tuple[str, str]:
     return label, reason or "-"
 
 
-def _cells(layer: dict[str, Any]) -> dict[str, str]:
+def _cells(layer: LayerResult) -> dict[str, str]:
     row = flat_layer_row(layer)
     phase, reason = _phase_parts(row["phase"])
     warning = row["warning"] or ""
-    marker = "x" if layer["status"] != "success" or row["fit_status"] == "failed" else ("!" if warning else "")
+    marker = "x" if layer.status != "success" or row["fit_status"] == "failed" else ("!" if warning else "")
     cells = {
         "name": row["name"], "shape": row["shape"], "phase": phase, "reason": reason, "warn": marker,
         "warning": warning or "-", "tail": format_number(row["tail_size"]), "kind": row["kind"], "dtype": row["dtype"],
@@ -189,9 +190,9 @@ def _alpha_style(alpha: float | None) -> str:
     return ""
 
 
-def layer_table(data: dict[str, Any], cells: Sequence[dict[str, str]], layout: Layout) -> Table:
-    """The layer table of a report (its JSON form), its cells laid out as `layout` says."""
-    table = Table(title=f"htmp: {data['source']['path']}", title_justify="left", header_style="bold",
+def layer_table(report: Report, cells: Sequence[dict[str, str]], layout: Layout) -> Table:
+    """The layer table of a report, its cells (one per layer, from `_cells`) laid out as `layout` says."""
+    table = Table(title=f"htmp: {report.source.path}", title_justify="left", header_style="bold",
                   box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1), pad_edge=False, show_edge=False)
     for key in layout.columns:
         column = _BY_KEY[key]
@@ -199,44 +200,42 @@ def layer_table(data: dict[str, Any], cells: Sequence[dict[str, str]], layout: L
         table.add_column(column.label, justify="right" if column.numeric else "left",
                          width=layout.name_width if key == "name" else layout.widths[key], no_wrap=True)
     names = shortened_names([row["name"] for row in cells], layout.name_width)
-    for layer, row, name in zip(data["layers"], cells, names):
-        style = "red" if layer["status"] != "success" else _alpha_style((layer.get("power_law") or {}).get("alpha"))
+    for layer, row, name in zip(report.layers, cells, names):
+        style = "red" if layer.status != "success" else _alpha_style(finite(layer.alpha))
         table.add_row(*[name if key == "name" else row[key] for key in layout.columns], style=style or None)
     return table
 
 
-def render_table(report: Report | dict[str, Any], console: Console, *, complete: bool = False,
+def render_table(report: Report, console: Console, *, complete: bool = False,
                  columns: Sequence[str] | None = None) -> None:
     """Print the layer table, the summary and the skipped tensors.
 
     complete: every column, however wide (files, pipes and --wide); otherwise the console's width
     decides which columns fit. columns: exactly these columns (--columns)."""
-    data = as_dict(report)
-    cells = [_cells(layer) for layer in data["layers"]]
+    cells = [_cells(layer) for layer in report.layers]
     layout = plan_layout(cells, None if complete else console.width, columns)
     if complete or columns is not None or layout.total > console.width:
         # The table is as wide as it needs (below about 55 columns even the required ones overflow):
         # longer lines rather than cut numbers.
         console.width = max(console.width, layout.total + 1)
-    console.print(layer_table(data, cells, layout))
+    console.print(layer_table(report, cells, layout))
     if layout.left_out:
         console.print(f"(columns left out to fit {console.width}: {', '.join(layout.left_out)}; "
                       "--wide shows every column, --columns NAME,... chooses them)", highlight=False, style="dim")
     if "warn" in layout.columns and any(row["warn"] for row in cells):
         console.print("(! a warning, x a failure: the warning column says which)", highlight=False, style="dim")
     console.print("[bold]Summary[/bold]")
-    for line in summary_lines(data):
+    for line in summary_lines(report):
         console.print(f"  {line}", highlight=False)
-    if data["skipped"]:
-        _print_skipped(data["skipped"], console)
+    if report.skipped:
+        _print_skipped(report.skipped, console)
 
 
-def _print_skipped(skipped_tensors: list[dict[str, Any]], console: Console) -> None:
+def _print_skipped(skipped_tensors: Sequence[SkippedTensor], console: Console) -> None:
     # Grouped by reason: a BERT has dozens of biases and norm scales, one line each would bury the rest.
     by_reason: dict[str, list[str]] = {}
     for s in skipped_tensors:
-        shape = "x".join(str(d) for d in s["shape"]) or "scalar"
-        by_reason.setdefault(s["reason"], []).append(f"{s['name']} ({shape} {s['dtype']})")
+        by_reason.setdefault(s.reason, []).append(f"{s.name} ({skipped_shape(s)} {s.dtype})")
     console.print(f"[bold]Skipped tensors ({len(skipped_tensors)})[/bold]")
     for reason, names in by_reason.items():
         # Word-wrapped lines, never a name cut in two: `grep` on the output finds every tensor.

@@ -1,0 +1,98 @@
+"""htmp in Hugging Face's Trainer: spectra every N steps, at evaluations or at saves.
+
+    trainer = Trainer(model=model, args=args, train_dataset=data)
+    trainer.add_callback(HTMPCallback(trainer, every=50, stop_on=[{"name": "mean-alpha",
+                                                                    "summary": "mean_alpha", "min": 2}]))
+
+Given the trainer, the callback logs its scalars through `trainer.log`, so they reach every logger
+the run reports to (TensorBoard, W&B, ...: the Trainer's TensorBoard writer files them as
+`train/htmp/mean_alpha`, `train/htmp/alpha/<layer>`, ...); without it they go to the JSON Lines log
+only (a transformers callback is not handed the trainer). The log defaults to
+`<output_dir>/htmp.jsonl`. When a stop rule fires, training stops the Trainer's way
+(`control.should_training_stop`) at the end of that step. Needs the transformers extra.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from htmp_cli.errors import HtmpError
+from htmp_cli.integrations.watch import TrainingWatch, logger
+from htmp_cli.monitor import StepReport, StopRules
+
+try:
+    from transformers import TrainerCallback
+except ImportError:
+    raise HtmpError("htmp_cli.integrations.transformers needs transformers: "
+                    "pip install 'htmp-cli[transformers]' (or transformers)") from None
+
+
+class HTMPCallback(TrainerCallback):
+    """Analyse the model's weights during a Trainer run.
+
+    trainer: the Trainer, for its loggers (see the module's help); None: the JSON Lines log only.
+    every: analyse at every `every`-th optimizer step (None: not by steps).
+    at_evaluate, at_save: also analyse at each evaluation, at each checkpoint save.
+    log: the JSON Lines log (default `<output_dir>/htmp.jsonl`).
+    background: analyse a copy while training goes on (`htmp_cli.Monitor`); scalars are then
+        logged at the step they are ready, with `htmp/step` saying which step they describe.
+    stop_on: stop rules (`htmp_cli.monitor.stop_rules`).
+    prefix: the scalars' names start with it.
+    layer_scalars: log each layer's alpha and kappa too (two series per layer), not only the
+        summary's.
+    options: the analysis options of `htmp_cli.analyze`.
+    """
+
+    def __init__(self, trainer: Any = None, *, every: int | None = 100, at_evaluate: bool = False,
+                 at_save: bool = False, log: str | os.PathLike[str] | None = None, background: bool = False,
+                 stop_on: StopRules | None = None, prefix: str = "htmp", layer_scalars: bool = True,
+                 **options: Any) -> None:
+        self.trainer = trainer
+        self.watch = TrainingWatch(every=every, at_evaluate=at_evaluate, at_save=at_save, log=log,
+                                   background=background, stop_on=stop_on, prefix=prefix,
+                                   layer_scalars=layer_scalars, options=options)
+        self._said_no_trainer = False
+
+    @property
+    def monitor(self) -> Any:
+        """The `htmp_cli.Monitor` of the current run (None before training starts)."""
+        return self.watch.monitor
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        if self.trainer is None and not self._said_no_trainer:
+            logger.warning("htmp: HTMPCallback was not given the trainer: its scalars go to the JSON Lines log only "
+                           "(HTMPCallback(trainer, ...) sends them to the trainer's loggers)")
+            self._said_no_trainer = True
+        self.watch.start(model, args.output_dir)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.watch.on_step(state.global_step)
+            self._publish(control)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.watch.on_evaluate(state.global_step)
+            self._publish(control)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.watch.on_save(state.global_step)
+            self._publish(control)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.watch.finish()
+            self._publish(control)
+
+    def _publish(self, control: Any) -> None:
+        self.watch.publish(self._log)
+        if self.watch.should_stop:
+            control.should_training_stop = True
+
+    def _log(self, result: StepReport, scalars: dict[str, float]) -> None:
+        if self.trainer is not None:
+            self.trainer.log(scalars)

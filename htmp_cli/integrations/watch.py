@@ -1,0 +1,90 @@
+"""What both training callbacks do, whatever the framework: when to analyse, what to log, when to stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from htmp_cli.errors import OptionError
+from htmp_cli.monitor import Monitor, StepReport, StopRules, stop_rules, training_scalars
+
+logger = logging.getLogger("htmp_cli")
+
+LOG_NAME = "htmp.jsonl"
+
+
+class TrainingWatch:
+    """A Monitor driven by a framework's events: steps (every `every`-th), evaluations and saves.
+
+    `publish` hands each finished analysis's scalars to the framework's loggers and says (once,
+    through the "htmp_cli" logger) which stop rule fired; `should_stop` tells the callback to stop.
+    """
+
+    def __init__(self, *, every: int | None, at_evaluate: bool, at_save: bool, log: str | os.PathLike[str] | None,
+                 background: bool, stop_on: StopRules | None, prefix: str, layer_scalars: bool,
+                 options: dict[str, Any]) -> None:
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise OptionError(f"every must be a whole number of steps, at least 1 (or None), got {every!r}")
+        if every is None and not at_evaluate and not at_save:
+            raise OptionError("the callback would never analyse: give every=N, at_evaluate=True or at_save=True")
+        stop_rules(stop_on)  # checked now, not at the first analysis
+        self.every, self.at_evaluate, self.at_save = every, at_evaluate, at_save
+        self.log, self.background, self.stop_on, self.prefix = log, background, stop_on, prefix
+        self.layer_scalars = layer_scalars
+        self.options = options
+        self.monitor: Monitor | None = None
+        self._analysed_step: int | None = None
+        self._said_stop = False
+
+    def start(self, model: Any, default_log_folder: str | os.PathLike[str] | None) -> None:
+        if self.monitor is not None:  # a second fit() with the same callback: a new monitor
+            self.monitor.close()
+        log = self.log
+        if log is None and default_log_folder is not None:
+            Path(default_log_folder).mkdir(parents=True, exist_ok=True)
+            log = Path(default_log_folder) / LOG_NAME
+        self.monitor = Monitor(model, every=self.every or 1, log=log, background=self.background,
+                               stop_on=self.stop_on, **self.options)
+        self._analysed_step, self._said_stop = None, False
+
+    def on_step(self, step: int) -> None:
+        if self.every is not None and step % self.every == 0:
+            self._analyze(step)
+
+    def on_evaluate(self, step: int) -> None:
+        if self.at_evaluate:
+            self._analyze(step)
+
+    def on_save(self, step: int) -> None:
+        if self.at_save:
+            self._analyze(step)
+
+    def publish(self, log_scalars: Callable[[StepReport, dict[str, float]], None]) -> list[StepReport]:
+        """Log the analyses finished since the last call; return them."""
+        if self.monitor is None:
+            return []
+        finished = self.monitor.collect()
+        for result in finished:
+            log_scalars(result, training_scalars(result, self.prefix, self.layer_scalars))
+        reason = self.monitor.stop_reason
+        if reason is not None and not self._said_stop:
+            where = f" ({reason.layer})" if reason.layer else ""
+            logger.warning("htmp: stopping training: rule %r%s: %s", reason.rule.name, where, reason.message)
+            self._said_stop = True
+        return finished
+
+    @property
+    def should_stop(self) -> bool:
+        return self.monitor is not None and self.monitor.should_stop
+
+    def finish(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+
+    def _analyze(self, step: int) -> None:
+        if self.monitor is None or self._analysed_step == step:  # a save right after a step's analysis
+            return
+        self._analysed_step = step
+        self.monitor.analyze(step)
