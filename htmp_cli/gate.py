@@ -87,6 +87,7 @@ class Rule:
     max_share: float | None = None
     failed: bool = False  # layers whose analysis failed
     scope: str = "all"  # "hidden": only the layers `layer_role` calls hidden
+    steps: str = "last"  # over a training run: judged at its last step, or at "any" step
 
     @property
     def what(self) -> str:
@@ -156,12 +157,36 @@ DEFAULT_DRIFT_RULES = (
 
 
 @dataclass(frozen=True)
+class TrendRule:
+    """Over a training run: a layer metric (for each layer) or a summary figure must have moved in
+    `direction` ("falling" or "rising") from the first analysed step to the last, by `min_change`
+    at least (0: any move that way, or none)."""
+
+    name: str
+    direction: str
+    metric: str | None = None
+    summary: str | None = None
+    min_change: float = 0.0
+    severity: str = "error"
+    reason: str | None = None
+    layers: str | None = None
+
+    @property
+    def what(self) -> str:
+        subject = self.metric or f"summary {self.summary}"
+        by = f" by {self.min_change:g} or more" if self.min_change else ""
+        return f"{subject} {self.direction} over the run{by}"
+
+
+@dataclass(frozen=True)
 class GateConfig:
-    """A validated configuration: the rules, the drift rules, and the analysis options it sets."""
+    """A validated configuration: the rules, the drift rules, the trend rules (for training runs),
+    and the analysis options it sets."""
 
     rules: tuple[Rule, ...]
     drift_rules: tuple[DriftRule, ...] | None  # None: the defaults, if a baseline is given
     analysis: dict[str, Any]
+    trend_rules: tuple[TrendRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,8 +221,11 @@ class Verdict:
 # --- configuration ------------------------------------------------------------------------------
 
 _RULE_KEYS = {"name", "severity", "reason", "layers", "metric", "summary", "min", "max", "forbid_phases", "phase",
-              "max_share", "failed", "scope"}
-_CHECK_KEYS = {"defaults", "defaults_scope", "rules", "drift"}
+              "max_share", "failed", "scope", "steps"}
+_CHECK_KEYS = {"defaults", "defaults_scope", "rules", "drift", "trend"}
+_TREND_KEYS = {"name", "metric", "summary", "direction", "min_change", "severity", "reason", "layers"}
+STEPS = ("last", "any")
+DIRECTIONS = ("falling", "rising")
 _DRIFT_KEYS = {"name", "metric", "max_abs", "max_rel", "severity", "reason", "layers"}
 _TOP_KEYS = {"check", "analysis"}
 
@@ -250,13 +278,18 @@ def parse_config(config: dict[str, Any], where: str) -> GateConfig:
     if drift is not None and not isinstance(drift, list):
         raise ConfigError(f"{where}: check.drift must be an array of tables ([[check.drift]])")
     drift_rules = None if drift is None else tuple(parse_drift(e, f"{where}: check.drift[{k}]") for k, e in enumerate(drift))
+    trend = check.get("trend", []) if isinstance(check, dict) else []
+    if not isinstance(trend, list):
+        raise ConfigError(f"{where}: check.trend must be an array of tables ([[check.trend]])")
+    trend_rules = tuple(parse_trend(e, f"{where}: check.trend[{k}]") for k, e in enumerate(trend))
     rules = rules_from_config(config, where)
-    names = [r.name for r in rules] + [r.name for r in drift_rules or ()]
+    names = [r.name for r in rules] + [r.name for r in drift_rules or ()] + [r.name for r in trend_rules]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
         raise ConfigError(f"{where}: two rules are named {duplicate!r} (a rule replacing a default needs "
                           "check.defaults = false, or another name)")
-    return GateConfig(rules=rules, drift_rules=drift_rules, analysis=analysis_options(analysis, f"{where}: analysis"))
+    return GateConfig(rules=rules, drift_rules=drift_rules, analysis=analysis_options(analysis, f"{where}: analysis"),
+                      trend_rules=trend_rules)
 
 
 def analysis_options(table: dict[str, Any], where: str) -> dict[str, Any]:
@@ -301,6 +334,25 @@ def parse_drift(entry: object, where: str) -> DriftRule:
         raise ConfigError(f"{where}: max_abs and max_rel need a metric (a rule without one checks the layer set)")
     return DriftRule(name=name, metric=metric, max_abs=max_abs, max_rel=max_rel, severity=severity,
                      reason=_string(entry, "reason", where), layers=_layer_pattern(entry, where))
+
+
+def parse_trend(entry: object, where: str) -> TrendRule:
+    entry, name, where, severity = _rule_header(entry, where, _TREND_KEYS)
+    metric, summary = _string(entry, "metric", where), _string(entry, "summary", where)
+    if (metric is None) == (summary is None):
+        raise ConfigError(f"{where}: a trend rule follows exactly one of metric or summary")
+    if metric is not None and metric not in LAYER_METRICS:
+        raise ConfigError(f"{where}: unknown metric {metric!r} (metrics: {', '.join(LAYER_METRICS)})")
+    if summary is not None and summary not in SUMMARY_FIGURES:
+        raise ConfigError(f"{where}: unknown summary figure {summary!r} (figures: {', '.join(SUMMARY_FIGURES)})")
+    direction = _string(entry, "direction", where)
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"{where}.direction must be falling or rising, got {direction!r}")
+    change = _number(entry, "min_change", where) or 0.0
+    if change < 0:
+        raise ConfigError(f"{where}.min_change must be at least 0, got {change:g}")
+    return TrendRule(name=name, direction=direction, metric=metric, summary=summary, min_change=change,
+                     severity=severity, reason=_string(entry, "reason", where), layers=_layer_pattern(entry, where))
 
 
 def _layer_pattern(entry: dict, where: str) -> str | None:
@@ -373,6 +425,9 @@ def parse_rule(entry: object, where: str) -> Rule:
     failed = entry.get("failed", False)
     if not isinstance(failed, bool):
         raise ConfigError(f"{where}.failed must be true or false")
+    steps = _string(entry, "steps", where) or "last"
+    if steps not in STEPS:
+        raise ConfigError(f"{where}.steps must be last or any (which steps of a training run it judges), got {steps!r}")
     metric, summary = _string(entry, "metric", where), _string(entry, "summary", where)
     if metric is not None and metric not in LAYER_METRICS:
         raise ConfigError(f"{where}: unknown metric {metric!r} (metrics: {', '.join(LAYER_METRICS)})")
@@ -391,7 +446,7 @@ def parse_rule(entry: object, where: str) -> Rule:
         raise ConfigError(f"{where}: min and max apply only to metric and summary rules")
     return Rule(name=name, severity=severity, reason=_string(entry, "reason", where), layers=layers, metric=metric,
                 summary=summary, min=low, max=high, forbid_phases=tuple(forbid), phase=phase, max_share=max_share,
-                failed=failed, scope=scope)
+                failed=failed, scope=scope, steps=steps)
 
 
 # --- evaluation -----------------------------------------------------------------------------------

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from htmp_cli.loaders.matrices import MatrixSpec
 from htmp_cli.results import LayerResult
+
+if TYPE_CHECKING:
+    from htmp_cli.scan.worker import Outcome
 
 
 def _bars(console: Console, label: TextColumn) -> Progress:
@@ -71,7 +76,7 @@ class ScanProgress:
         elif kind == "layer" and index in self._tasks:
             self._progress.advance(self._tasks[index], value)
 
-    def checkpoint_done(self, index: int, outcome: dict) -> None:
+    def checkpoint_done(self, index: int, outcome: Outcome | None) -> None:
         task = self._tasks.pop(index, None)
         if task is not None:
             self._progress.remove_task(task)

@@ -236,16 +236,6 @@ class Metric:
             return None
         return getattr(part, self.key)
 
-    def of_json(self, layer: dict[str, Any]) -> float | None:
-        """The same number from a layer's JSON form (a saved report)."""
-        if self.name == "kappa":
-            htmp = layer.get("htmp") or {}
-            return (htmp.get(htmp.get("best") or "") or {}).get("kappa")
-        part = layer if self.section is None else (layer.get(self.section) or {})
-        if part.get("status", "success") != "success":
-            return None
-        return part.get(self.key)
-
 
 def _metrics(*rows: tuple[str, str | None, str, str]) -> dict[str, Metric]:
     return {name: Metric(name, meaning, section, key) for name, section, key, meaning in rows}

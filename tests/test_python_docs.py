@@ -62,3 +62,17 @@ def test_the_examples_run_in_a_plain_interpreter(tmp_path) -> None:  # type: ign
                           cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "overview.png").stat().st_size > 0
+
+
+def test_the_training_guide_runs_in_a_plain_interpreter(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """docs/training.md: the Monitor, its log, the background mode, a stop rule, a Trainer and a
+    Lightning run, in order, as a user would paste them."""
+    import subprocess
+    import sys
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "training.md").read_text(), flags=re.S)
+    done = subprocess.run([sys.executable, "-c", "\n".join(blocks)], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run.jsonl").is_file() and (tmp_path / "hf-run" / "htmp.jsonl").is_file()
+    assert "[5, 10]" in done.stdout and "False None" in done.stdout

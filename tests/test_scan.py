@@ -23,6 +23,7 @@ from htmp_cli.options import AnalysisOptions
 from htmp_cli.scan.discovery import discover, fingerprint_files
 from htmp_cli.scan.executors import DIED, LocalExecutor
 from htmp_cli.scan.labels import correlations
+from htmp_cli.scan.worker import Outcome
 from htmp_cli.synthetic import phase_layer
 
 PHASES = ("bulk+spikes", "heavy-tailed", "random-like", "bulk-decay")
@@ -144,6 +145,34 @@ def test_a_rerun_analyses_nothing_and_force_redoes_everything(zoo: Path, tmp_pat
         assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 16
 
 
+def test_results_stored_as_htmp_report_1_read_as_2_and_a_broken_one_is_named(zoo: Path, tmp_path: Path) -> None:
+    db = tmp_path / "scan.sqlite"
+    first = run_htmp("scan", str(zoo), "--db", str(db), "--export", str(tmp_path / "first.jsonl"))
+    assert first.returncode == 0, first.stderr
+    with sqlite3.connect(db) as con:  # as htmp wrote them before /2: no aliases, the direct orientation's mean kappa
+        for fp, key, text in con.execute("SELECT fingerprint, options_key, report FROM results").fetchall():
+            report = json.loads(text)
+            report["schema"] = "htmp.report/1"
+            report["summary"]["means"]["kappa"] = 99.0
+            con.execute("UPDATE results SET report = ? WHERE fingerprint = ? AND options_key = ?", (json.dumps(report), fp, key))
+        for fp, key, idx, data in con.execute("SELECT fingerprint, options_key, idx, data FROM layers").fetchall():
+            layer = json.loads(data)
+            del layer["aliases"]
+            con.execute("UPDATE layers SET data = ? WHERE fingerprint = ? AND options_key = ? AND idx = ?",
+                        (json.dumps(layer), fp, key, idx))
+    again = run_htmp("scan", str(zoo), "--db", str(db), "--export", str(tmp_path / "again.jsonl"))
+    assert again.returncode == 0, again.stderr
+    assert "0 analysed now" in again.stdout and "99.000" not in again.stdout
+    assert [r["mean_kappa"] for r in _rows(tmp_path / "again.jsonl")] == [r["mean_kappa"] for r in _rows(tmp_path / "first.jsonl")]
+    with sqlite3.connect(db) as con:
+        path, data = con.execute("SELECT r.path, l.data FROM layers l JOIN results r USING (fingerprint, options_key) "
+                                 "WHERE l.idx = 0 LIMIT 1").fetchone()
+        con.execute("UPDATE layers SET data = ? WHERE idx = 0 AND data = ?", (json.dumps({**json.loads(data), "colour": 1}), data))
+    broken = run_htmp("scan", str(zoo), "--db", str(db))
+    assert broken.returncode == 2
+    assert f"--db {db}: the stored result of {path}: not a readable htmp report" in broken.stderr and "colour" in broken.stderr
+
+
 def _scan_process(zoo: Path, db: Path, jobs: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "htmp_cli", "scan", str(zoo), "--db", str(db), "--jobs", str(jobs),
                              "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -222,7 +251,7 @@ def test_a_claim_holds_while_its_scan_runs_and_is_taken_over_once_it_is_gone(tmp
 
     from htmp_cli.scan.store import REMOTE_STALE_SECONDS, ScanOwner, ScanStore
 
-    failed = {"status": "failed", "error": "x", "seconds": 0.0, "report": None}
+    failed = Outcome(status="failed", error="x", seconds=0.0, report=None)
     with ScanStore(tmp_path / "s.sqlite") as store:
         key = store.register_options(AnalysisOptions())
         me = ScanOwner.this_scan()
@@ -451,8 +480,8 @@ def test_a_checkpoint_that_kills_its_worker_fails_alone(zoo: Path, tmp_path: Pat
     executor = LocalExecutor(2, task=scan_helpers.crash_on_marked)
     outcomes = dict(executor.run(tasks, AnalysisOptions(), lambda *_: None))
     assert sorted(outcomes) == [0, 1, 2, 3, 4]
-    assert outcomes[2] == {"status": "failed", "error": DIED, "seconds": 0.0, "report": None}
-    assert all(outcomes[k]["status"] == "success" for k in (0, 1, 3, 4))
+    assert outcomes[2] == Outcome(status="failed", error=DIED, seconds=0.0, report=None)
+    assert all(outcomes[k].status == "success" and outcomes[k].report is not None for k in (0, 1, 3, 4))
 
 
 def test_the_dask_path_gives_the_local_results(zoo: Path, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The `htmp` command line: thin typed commands over the library, one exit-code policy.
 
 `common` holds the app and what every command shares, `flags` the analysis flags; `analyze`,
-`figures` and `scan` register their commands on the app when imported, here.
+`figures`, `scan` and `trajectory` register their commands on the app when imported, here.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from htmp_cli.cli import analyze, figures, scan  # noqa: F401  (registers the commands)
+from htmp_cli.cli import analyze, figures, scan, trajectory  # noqa: F401  (registers the commands)
 from htmp_cli.cli.common import EXIT_OK, EXIT_USAGE, app
 
 __all__ = ["app", "main"]

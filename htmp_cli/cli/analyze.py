@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from htmp_cli.cli.common import (EXIT_GATE_FAILED, EXIT_OK, StdoutConsole, app, flag_given, open_output,
-                                 read_report_dict, read_report_file, run_guarded, stdout_console, write_text)
+                                 read_report_file, run_guarded, stdout_console, write_text)
 from htmp_cli.cli.flags import (CONV, DEBUG, DEVICE, EXCLUDE, FIT, INCLUDE, JOBS, MIN_DIM, PATH_HELP,
                                 PRECISION, PROGRESS, SKIP_EMBEDDINGS, SPLIT_FUSED, ConvMode, Device,
                                 FitMethod, ListFormat, OutputFormat, Precision, selection_fields, with_analysis_flags)
@@ -74,7 +74,8 @@ def analyze(
 @app.command()
 def check(
     ctx: typer.Context,
-    path: str = typer.Argument(..., metavar="PATH", help=PATH_HELP + " Or a JSON report written by htmp analyze --format json."),
+    path: str = typer.Argument(..., metavar="PATH", help=PATH_HELP + " Or a JSON report written by htmp analyze --format json, "
+                               "or a training run: a log of htmp_cli.Monitor (htmp.jsonl) or a folder of step checkpoints."),
     config: Optional[Path] = typer.Option(None, "--config", help="Rules file (default: htmp.toml or [tool.htmp] in "
                                           "pyproject.toml, searched from the current folder upward)."),
     no_defaults: bool = typer.Option(False, "--no-defaults", help="Leave out the built-in rules (overrides check.defaults)."),
@@ -82,6 +83,8 @@ def check(
     summary: Optional[Path] = typer.Option(None, "--summary", help="Write a Markdown summary (for $GITHUB_STEP_SUMMARY)."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="An earlier JSON report of the same architecture: "
                                             "apply the drift rules (check.drift, or the built-in ones) to it."),
+    db: Path = typer.Option(Path("htmp-scan.sqlite"), "--db", help="For a training run given as a folder of step "
+                            "checkpoints: the results store shared with htmp scan and htmp trajectory."),
     min_dim: int = MIN_DIM,
     precision: Precision = PRECISION,
     fit: FitMethod = FIT,
@@ -99,16 +102,8 @@ def check(
     Analysis options come from the configuration's [analysis] table; flags given here override them.
     """
 
-    def saved_report(file: Path, what: str) -> Report:
-        data = read_report_dict(file, what)
-        try:
-            return Report.from_dict(data)
-        except HtmpError as err:  # the right schema, not the right shape: still one line naming the file
-            raise HtmpError(f"{what} {file}: {err}") from None
-
     def body() -> int:
         from htmp_cli import gate
-        from htmp_cli.gate_output import github_annotations, render_verdict, to_junit, to_markdown
 
         config_path = config if config is not None else gate.find_config(Path.cwd())
         settings = gate.load_config(config_path) if config_path is not None else {}
@@ -122,14 +117,21 @@ def check(
         for target, flag in ((junit, "--junit"), (summary, "--summary")):
             if target is not None:
                 check_writable(target, flag)
-        earlier = saved_report(baseline, "--baseline") if baseline is not None else None
+        earlier = read_report_file(baseline, "--baseline") if baseline is not None else None
+        from htmp_cli import trajectory as runs
+
+        if runs.is_run_log(Path(path)) or runs.is_run_folder(Path(path)):
+            return _check_run(Path(path), options, gate_config, earlier, db, jobs, junit, summary)
+        if gate_config.trend_rules:
+            typer.echo(f"htmp: note: the {len(gate_config.trend_rules)} trend rule(s) apply to training runs "
+                       f"(a log or a folder of step checkpoints), not to {path}", err=True)
         if is_report_file(path):
             fixed = [name for name in given if name not in gate.SELECTION_OPTIONS]
             if fixed:
                 raise HtmpError(f"{path} is a saved report: --{fixed[0].replace('_', '-')} applies only when htmp check "
                                 "analyses a checkpoint (the selection options --include, --exclude, --skip-embeddings "
                                 "and --min-dim apply to reports too)")
-            saved = saved_report(Path(path), "report")
+            saved = read_report_file(Path(path), "report")
             _note_fixed_options(saved, gate_config.analysis, path)
             report = gate.select_layers(saved, options)
         else:
@@ -140,19 +142,40 @@ def check(
         if earlier is not None:
             drift_rules = gate_config.drift_rules if gate_config.drift_rules is not None else gate.DEFAULT_DRIFT_RULES
             verdict = gate.combine(verdict, gate.evaluate_drift(report, earlier, drift_rules))
-        source = report.source.path
-        render_verdict(verdict, source, stdout_console(piped_width=160))
-        if junit is not None:
-            write_text(junit, to_junit(verdict, source), "--junit")
-        if summary is not None:
-            write_text(summary, to_markdown(verdict, source), "--summary")
-        if os.environ.get("GITHUB_ACTIONS") == "true":
-            for line in github_annotations(verdict, source):
-                print(line)
-        return EXIT_OK if verdict.passed else EXIT_GATE_FAILED
+        return _say_verdict(verdict, report.source.path, junit, summary)
 
     code = run_guarded(debug, body)
     raise typer.Exit(code)
+
+
+def _say_verdict(verdict, source: str, junit: Optional[Path], summary: Optional[Path]) -> int:  # type: ignore[no-untyped-def]
+    from htmp_cli.gate_output import github_annotations, render_verdict, to_junit, to_markdown
+
+    render_verdict(verdict, source, stdout_console(piped_width=160))
+    if junit is not None:
+        write_text(junit, to_junit(verdict, source), "--junit")
+    if summary is not None:
+        write_text(summary, to_markdown(verdict, source), "--summary")
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in github_annotations(verdict, source):
+            print(line)
+    return EXIT_OK if verdict.passed else EXIT_GATE_FAILED
+
+
+def _check_run(path: Path, options: AnalysisOptions, gate_config, earlier: Optional[Report], db: Path,  # type: ignore[no-untyped-def]
+               jobs: Optional[int], junit: Optional[Path], summary: Optional[Path]) -> int:
+    """`htmp check` of a training run: a log, or a folder of step checkpoints (htmp_cli.trajectory_check)."""
+    from htmp_cli.cli.trajectory import load_run
+    from htmp_cli.jobs import usable_cores
+    from htmp_cli.trajectory_check import evaluate_run
+
+    if earlier is not None:
+        raise HtmpError(f"--baseline compares one checkpoint with another; {path} is a training run "
+                        "(its trend rules, [[check.trend]], compare its first and last steps)")
+    found = load_run(path, options, db, jobs or usable_cores(), progress=False)
+    verdict = evaluate_run(found, gate_config.rules, gate_config.trend_rules)
+    return _say_verdict(verdict, f"{found.source} ({len(found.steps)} steps, {found.steps[0].step} to "
+                                 f"{found.steps[-1].step})", junit, summary)
 
 
 def _note_fixed_options(saved: Report, configured: dict, path: str) -> None:

@@ -97,26 +97,19 @@ def flag_given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
-def read_report_dict(path: Path, what: str) -> dict:
+def read_report_file(path: Path, what: str) -> Report:
+    """A saved report (`what` is the flag or word that named it), any fault said in one line naming the file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise HtmpError(f"{what} {path}: not a readable JSON report ({err})") from None
-    from htmp_cli.results import SCHEMA, is_report
+    from htmp_cli.results import SCHEMA, Report, is_report
 
     if not is_report(data):
         raise HtmpError(f"{what} {path}: not an htmp report (expected schema {SCHEMA!r})")
-    return data
-
-
-def read_report_file(path: Path, what: str) -> Report:
-    """A saved report (`what` is the flag or word that named it), with read_report_dict's one-line errors."""
-    from htmp_cli.results import Report
-
-    data = read_report_dict(path, what)
     try:
         return Report.from_dict(data)
-    except HtmpError as err:  # the right schema, not the right shape: still one line naming the file
+    except HtmpError as err:  # the right schema, not the right shape
         raise HtmpError(f"{what} {path}: {err}") from None
 
 

@@ -118,17 +118,28 @@ def report(
     analysis: AnalysisOptions,
     path: str = typer.Argument(..., metavar="PATH", help=PATH_HELP + " Or a JSON report (then without the ESD figures)."),
     output: Path = typer.Option(Path("htmp-report.html"), "--output", "-o", help="The HTML file to write."),
+    db: Path = typer.Option(Path("htmp-scan.sqlite"), "--db", help="For a training run given as a folder of step "
+                            "checkpoints: the results store shared with htmp scan and htmp trajectory."),
     progress: Optional[bool] = PROGRESS,
     debug: bool = DEBUG,
 ) -> None:
     """One self-contained HTML file: summary, phases, overview figure, a sortable and filterable layer table,
-    and each layer's ESD figure on demand. It opens from disk in any browser and needs no network."""
+    and each layer's ESD figure on demand. It opens from disk in any browser and needs no network.
+
+    Given a training run (a log of htmp_cli.Monitor, or a folder of step checkpoints), the page is the
+    run's: metrics against step by layer group, the layers x steps phase map, the summary per step,
+    the phase transitions and when each rule held."""
 
     def body() -> None:
         from htmp_cli.report import plots
         from htmp_cli.report.html import analysis_html
 
         check_writable(output, "--output")
+        from htmp_cli import trajectory as runs
+
+        if runs.is_run_log(Path(path)) or runs.is_run_folder(Path(path)):
+            _run_report(Path(path), analysis, db, progress, output)
+            return
         report = _report_or_analysis(path, analysis, progress)
         spectra = _with_spectra(report)
         if not spectra and report.layers:
@@ -140,6 +151,23 @@ def report(
         typer.echo(f"{output} ({output.stat().st_size:,} bytes, {len(figures)} layer figures)")
 
     run_guarded(debug, body)
+
+
+def _run_report(run: Path, analysis: AnalysisOptions, db: Path, progress: Optional[bool], output: Path) -> None:
+    from htmp_cli import gate
+    from htmp_cli.cli.trajectory import load_run
+    from htmp_cli.jobs import usable_cores
+    from htmp_cli.report.html import trajectory_html
+    from htmp_cli.report.trajectory_plots import trajectory_svgs
+
+    if run.is_file() and analysis != AnalysisOptions():
+        raise HtmpError(f"{run} is a training log, drawn as it was recorded: analysis options apply only to checkpoints")
+    found = load_run(run, analysis, db, usable_cores(), progress)
+    config_path = gate.find_config(Path.cwd())
+    rules = gate.rules_from_config(gate.load_config(config_path) if config_path else {}, str(config_path or "built-in rules"))
+    metrics_svg, phases_svg = trajectory_svgs(found)
+    write_text(output, trajectory_html(found, found.rule_spans(rules), metrics_svg, phases_svg), "--output")
+    typer.echo(f"{output} ({output.stat().st_size:,} bytes, a run of {len(found.steps)} steps)")
 
 
 def scan_report(path: Path, result: Any, matched: dict[int, dict[str, float | None]], label_columns: tuple[str, ...],

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from htmp_cli.cli.common import (EXIT_OK, EXIT_SCAN_FAILURES, app, flag_given, open_output,
-                                 read_report_dict, run_guarded, stdout_console, write_text)
+                                 read_report_file, run_guarded, stdout_console, write_text)
 from htmp_cli.cli.flags import ANALYSIS_FLAGS, DEBUG, PROGRESS, OutputFormat, with_analysis_flags
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
@@ -134,8 +134,8 @@ def _report_scan(result, discovery, label_data, plot_path: Path, export: Optiona
     found: list = []
     scatter = None
     if label_data is not None:
-        usable = [k for k, row in enumerate(result.rows) if row.result.status == "success" and k in matched]
-        means = [result.rows[k].result.report["summary"]["means"] for k in usable]
+        usable = [k for k, row in enumerate(result.rows) if row.result.report is not None and k in matched]
+        means = [result.rows[k].result.report.summary.means for k in usable]
         found = correlations(means, [matched[k] for k in usable], label_data.columns)
         render_correlations(found, console, unmatched, len(usable))
         best = next((c for c in found if math.isfinite(c.spearman_rho)), None)
@@ -195,9 +195,7 @@ def diff(
         reports = []
         for path, what in ((before, "before"), (after, "after")):
             if is_report_file(path):
-                from htmp_cli.results import Report
-
-                reports.append(Report.from_dict(read_report_dict(Path(path), what)))
+                reports.append(read_report_file(Path(path), what))
             else:
                 from htmp_cli.pipeline import analyze
 

@@ -9,7 +9,7 @@ import math
 from typing import Any, Sequence
 
 from htmp_cli.loaders.matrices import SkippedTensor
-from htmp_cli.results import ExpertGroup, LayerResult, Report, layer_from_dict
+from htmp_cli.results import ExpertGroup, LayerResult, Report
 
 # The per-layer columns shared by the table, CSV and Markdown views: (label, key in the flat row).
 TABLE_COLUMNS = (
@@ -36,12 +36,8 @@ def finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def flat_layer_row(layer: LayerResult | dict[str, Any]) -> dict[str, Any]:
+def flat_layer_row(layer: LayerResult) -> dict[str, Any]:
     """One flat record per layer, for CSV, Markdown, HTML and the terminal table."""
-    if isinstance(layer, dict):
-        # A layer in its JSON form: scan/export.py still holds its stored layers so. Goes when the
-        # scan reads Reports.
-        layer = layer_from_dict(layer)
     fit, metrics, best, phase = layer.power_law, layer.metrics, layer.htmp_best, layer.phase
     if layer.status != "success":
         warning = f"failed: {layer.reason}"

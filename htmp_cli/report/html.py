@@ -308,3 +308,58 @@ def scan_html(title: str, columns: list[tuple[str, str, bool]], rows: list[dict[
                  scoped_ids(scatter_svg, "scatter-"), "</div>\n"]
     body.append(f"<p class=\"meta\">Written by htmp {escape(__version__)}. This file needs no network.</p>")
     return _page(title, body)
+
+
+def trajectory_html(trajectory: Any, spans: Iterable[Any], metrics_svg: str, phases_svg: str) -> str:
+    """The report of a training run (htmp_cli.trajectory): the figures, the summary per step (sortable),
+    the phase transitions, the layers that stayed random-like and when each rule held."""
+    from htmp_cli.trajectory import summary_table
+
+    steps = trajectory.steps
+    title = f"htmp run: {trajectory.source}"
+    body = [f"<h1>{escape(title)}</h1>\n",
+            f"<p class=\"meta\">{len(steps)} analysed steps, {steps[0].step} to {steps[-1].step}; "
+            f"{len(trajectory.layer_names)} layers; from {'a training log' if trajectory.kind == 'log' else 'checkpoints'}"
+            "</p>\n"]
+    body += [f"<p class=\"meta\">left out: {escape(path)}: {escape(reason)}</p>\n" for path, reason in trajectory.skipped]
+    body += ["<h2>Metrics against step</h2>\n<div class=\"figure\" id=\"run-metrics\">",
+             scoped_ids(metrics_svg, "metrics-"), "</div>\n",
+             "<h2>Phase of each layer at each step</h2>\n<div class=\"figure\" id=\"run-phases\">",
+             scoped_ids(phases_svg, "phases-"), "</div>\n"]
+    names = ("alpha", "kappa", "stable_rank", "log_spectral_norm")
+    columns = [("step", "step", True)] + [(f"mean {n}", f"mean_{n}", True) for n in names] + [("phases", "phases", False)]
+    body.append("<h2>Summary per step</h2>\n<div class=\"wide\"><table id=\"steps\" class=\"sortable\"><thead><tr>")
+    for label, key, numeric in columns:
+        body.append(f"<th class=\"sortable{' num' if numeric else ''}\" data-key=\"{escape(key)}\" "
+                    f"data-type=\"{'num' if numeric else 'text'}\">{escape(label)}</th>")
+    body.append("</tr></thead><tbody>\n")
+    for row in summary_table(trajectory, names):
+        row = {**row, "phases": ", ".join(f"{p} {c}" for p, c in row["phases"].items())}
+        body.append("<tr>" + "".join(f"<td class=\"{'num' if numeric else ''}\" data-value=\"{escape(_sort_key(row[key]))}\">"
+                                     f"{escape(_text(row[key]))}</td>" for _, key, numeric in columns) + "</tr>\n")
+    body.append("</tbody></table></div>\n")
+    transitions = trajectory.transitions()
+    body.append(f"<h2>Phase transitions ({len(transitions)})</h2>\n")
+    if transitions:
+        body.append("<table id=\"transitions\" class=\"sortable\"><thead><tr>"
+                    + "".join(f"<th class=\"sortable\" data-type=\"{kind}\">{label}</th>" for label, kind in
+                              (("layer", "text"), ("step", "num"), ("from", "text"), ("to", "text")))
+                    + "</tr></thead><tbody>\n")
+        body += [f"<tr><td>{escape(t.layer)}</td><td class=\"num\" data-value=\"{t.step}\">{t.since} &rarr; {t.step}</td>"
+                 f"<td>{escape(t.before)}</td><td>{escape(t.after)}</td></tr>\n" for t in transitions]
+        body.append("</tbody></table>\n")
+    else:
+        body.append("<p>No layer changed phase between analyses.</p>\n")
+    stayed = trajectory.never_left("random-like")
+    body.append(f"<h2>Never left random-like ({len(stayed)})</h2>\n<p>{escape(', '.join(stayed)) or 'none'}</p>\n")
+    spans = list(spans)
+    if spans:
+        body.append("<h2>Rules over the run</h2>\n<table id=\"rules\"><thead><tr><th>rule</th><th>severity</th>"
+                    "<th class=\"num\">first held</th><th class=\"num\">last held</th><th class=\"num\">steps held</th>"
+                    "</tr></thead><tbody>\n")
+        body += [f"<tr><td>{escape(s.rule.name)}</td><td>{escape(s.rule.severity)}</td><td class=\"num\">"
+                 f"{'never' if s.first is None else s.first}</td><td class=\"num\">{'never' if s.last is None else s.last}"
+                 f"</td><td class=\"num\">{s.held_at} of {len(steps)}</td></tr>\n" for s in spans]
+        body.append("</tbody></table>\n")
+    body.append(f"<p class=\"meta\">Written by htmp {escape(__version__)}. This file needs no network.</p>")
+    return _page(title, body)

@@ -38,7 +38,7 @@ _RC = {"svg.fonttype": "none", "svg.hashsalt": "htmp", "font.size": 9, "axes.tit
 
 
 @contextmanager
-def _style() -> Iterator[None]:
+def figure_style() -> Iterator[None]:
     """Our rcParams for the duration of a drawing or a save, the caller's restored after: a library
     that imports htmp must not find its own figures restyled."""
     try:
@@ -49,7 +49,7 @@ def _style() -> Iterator[None]:
         yield
 
 
-def _figure(figsize: tuple[float, float], dpi: int, ncols: int = 1):  # type: ignore[no-untyped-def]
+def new_figure(figsize: tuple[float, float], dpi: int, ncols: int = 1, nrows: int = 1):  # type: ignore[no-untyped-def]
     """A figure on its own Agg canvas, outside pyplot: no backend is chosen for the caller, no
     figure joins pyplot's list (nothing to close), and no display is needed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -57,13 +57,13 @@ def _figure(figsize: tuple[float, float], dpi: int, ncols: int = 1):  # type: ig
 
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, ncols)
+    return fig, fig.subplots(nrows, ncols)
 
 
 def draw(fig) -> None:  # type: ignore[no-untyped-def]
     """Lay a figure out as it will be saved: ticks made lazily at a draw take their sizes from the
-    rcParams of that moment, so a draw outside `_style` would measure other text."""
-    with _style():
+    rcParams of that moment, so a draw outside `figure_style` would measure other text."""
+    with figure_style():
         fig.canvas.draw()
 
 
@@ -84,12 +84,12 @@ def esd_figure(layer: LayerResult):  # type: ignore[no-untyped-def]
     fitted power law, MP and HTMP densities."""
     if layer.eigenvalues is None:
         raise HtmpError(f"{layer.name}: no eigenvalues kept, so no ESD to draw")
-    with _style():
+    with figure_style():
         return _esd_figure(layer, np.asarray(layer.eigenvalues, dtype=np.float64))
 
 
 def _esd_figure(layer: LayerResult, values: np.ndarray):  # type: ignore[no-untyped-def]
-    fig, ax = _figure((6.4, 4.4), 100)
+    fig, ax = new_figure((6.4, 4.4), 100)
     edges, density = curves.esd_histogram(values)
     ax.stairs(density, edges, fill=True, color=COLOURS["histogram"], edgecolor="#666666", linewidth=0.6,
               label=f"ESD ({values.size} eigenvalues)", gid="esd-histogram")
@@ -149,7 +149,7 @@ def _tick_labels(ax, names: list[str]) -> None:  # type: ignore[no-untyped-def]
 
 def overview_figure(layers: Sequence[LayerResult], title: str):  # type: ignore[no-untyped-def]
     """Alpha per layer in network order, coloured by phase, with the alpha = 2 and 6 lines; kappa beside it."""
-    with _style():
+    with figure_style():
         return _overview_figure(layers, title)
 
 
@@ -157,7 +157,7 @@ def _overview_figure(layers: Sequence[LayerResult], title: str):  # type: ignore
     names = [layer.name for layer in layers]
     width = min(16.0, max(8.0, 0.22 * len(layers) + 4))
     bottom = 0.18 + (0.012 * max((len(n) for n in names), default=0) if len(names) <= 48 else 0)
-    fig, (left, right) = _figure((width, 4.2 + 4.2 * bottom), 100, ncols=2)
+    fig, (left, right) = new_figure((width, 4.2 + 4.2 * bottom), 100, ncols=2)
     seen: set[str] = set()
     for index, layer in enumerate(layers):
         phase = layer.phase.phase if layer.status == "success" and layer.phase is not None else None
@@ -202,8 +202,8 @@ def _overview_figure(layers: Sequence[LayerResult], title: str):  # type: ignore
 def correlation_figure(x: list[float], y: list[float], names: list[str], metric: str, label: str,
                        rho: float, tau: float):  # type: ignore[no-untyped-def]
     """One metric against one label, a point per checkpoint, named; the rank correlations in the title."""
-    with _style():
-        fig, ax = _figure((6.4, 4.8), 120)
+    with figure_style():
+        fig, ax = new_figure((6.4, 4.8), 120)
         ax.scatter(x, y, s=36, color="#0072B2", edgecolor="black", linewidth=0.5, zorder=3, gid="points")
         ax.set_xlabel(f"mean {metric} over layers")
         ax.set_ylabel(label)
@@ -247,7 +247,7 @@ def save(fig, path: Path, what: str = "figure", close: bool = True) -> None:  # 
     """Write a figure (format from the file name). `close` is kept for callers: a figure outside
     pyplot needs no closing, it is freed with its last reference."""
     try:
-        with _style():
+        with figure_style():
             fig.savefig(path)
     except OSError as err:
         raise HtmpError(f"{what} {path}: cannot write: {err.strerror or err}") from None
@@ -257,7 +257,7 @@ def svg_markup(fig) -> str:  # type: ignore[no-untyped-def]
     """The figure as an inline <svg> element (no XML prolog). Its ids are matplotlib's, the same in
     every figure: a page holding several must scope them (html.scoped_ids)."""
     buffer = io.StringIO()
-    with _style():
+    with figure_style():
         # No metadata block: it carries the date (a report would differ run to run) and links to RDF vocabularies.
         fig.savefig(buffer, format="svg", metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
     text = buffer.getvalue()

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
-from htmp_cli.scan.worker import analyze_unit, failed, init_local_worker
+from htmp_cli.scan.worker import Outcome, analyze_unit, failed, init_local_worker
 
 Task = tuple[int, str]
 EventHandler = Callable[[int, str, int], None]
@@ -37,7 +37,7 @@ DIED = ("the process analysing it died (killed by the system, out of memory, or 
 class Executor(Protocol):
     description: str
 
-    def run(self, tasks: Iterable[Task], options: AnalysisOptions, on_event: EventHandler) -> Iterator[tuple[int, dict[str, Any]]]: ...
+    def run(self, tasks: Iterable[Task], options: AnalysisOptions, on_event: EventHandler) -> Iterator[tuple[int, Outcome]]: ...
 
 
 @contextmanager
@@ -59,7 +59,7 @@ def _sigint_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _submit(pool: ProcessPoolExecutor, task: Callable[..., dict[str, Any]], *args: Any) -> Future:
+def _submit(pool: ProcessPoolExecutor, task: Callable[..., Outcome], *args: Any) -> Future:
     with _sigint_held():  # a submit may start a worker process
         return pool.submit(task, *args)
 
@@ -86,14 +86,14 @@ class LocalExecutor:
     only the one that kills its process again is recorded as failed.
     """
 
-    def __init__(self, jobs: int, task: Callable[[int, str, AnalysisOptions], dict[str, Any]] = analyze_unit) -> None:
+    def __init__(self, jobs: int, task: Callable[[int, str, AnalysisOptions], Outcome] = analyze_unit) -> None:
         if jobs < 1:
             raise HtmpError(f"--jobs must be at least 1, got {jobs}")
         self.jobs = jobs
         self._task = task  # a module-level function (it is pickled by name into the workers)
         self.description = f"{jobs} local process{'es' if jobs > 1 else ''}"
 
-    def run(self, tasks: Iterable[Task], options: AnalysisOptions, on_event: EventHandler) -> Iterator[tuple[int, dict[str, Any]]]:
+    def run(self, tasks: Iterable[Task], options: AnalysisOptions, on_event: EventHandler) -> Iterator[tuple[int, Outcome]]:
         context = multiprocessing.get_context("spawn")
         events = context.Queue()
         source = iter(tasks)
@@ -116,7 +116,7 @@ class LocalExecutor:
                     return
                 on_event(index, kind, value)
 
-        def alone(task: Task) -> dict[str, Any]:
+        def alone(task: Task) -> Outcome:
             pool = new_pool(1)
             try:
                 future = _submit(pool, self._task, task[0], task[1], options)
@@ -192,7 +192,7 @@ class DaskExecutor:
         self.jobs = jobs
         self.description = "a Dask LocalCluster" if address == "local" else f"the Dask scheduler at {address}"
 
-    def run(self, tasks: Iterable[Task], options: AnalysisOptions, on_event: EventHandler) -> Iterator[tuple[int, dict[str, Any]]]:
+    def run(self, tasks: Iterable[Task], options: AnalysisOptions, on_event: EventHandler) -> Iterator[tuple[int, Outcome]]:
         from distributed import Client, LocalCluster, as_completed
 
         cluster = None

@@ -11,6 +11,7 @@ from typing import Any
 from htmp_cli.errors import HtmpError
 from htmp_cli.fits.phases import PHASE_LABELS
 from htmp_cli.report.formats import flat_layer_row
+from htmp_cli.results import LayerResult, layer_to_dict
 from htmp_cli.scan.labels import SUMMARY_METRICS
 from htmp_cli.scan.runner import ScanResult, ScanRow
 
@@ -19,19 +20,20 @@ EXPORT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 def checkpoint_row(row: ScanRow, labels: dict[str, float | None] | None = None) -> dict[str, Any]:
     result = row.result
-    summary = (result.report or {}).get("summary") or {}
-    means = summary.get("means") or {}
-    phases = summary.get("phase_counts") or {}
+    report = result.report
+    summary = report.summary if report is not None else None
+    means = summary.means if summary is not None else {}
+    phases = summary.phase_counts if summary is not None else {}
     return {
         "checkpoint": str(row.unit.path),
         "fingerprint": row.fingerprint,
         "status": result.status,
         "error": result.error,
-        "format": ((result.report or {}).get("source") or {}).get("format"),
-        "n_layers": summary.get("n_layers"),
-        "n_failed_layers": summary.get("n_failed_layers"),
-        "n_failed_fits": summary.get("n_failed_fits"),
-        "n_skipped": summary.get("n_skipped"),
+        "format": report.source.format if report is not None else None,
+        "n_layers": summary.n_layers if summary is not None else None,
+        "n_failed_layers": summary.n_failed_layers if summary is not None else None,
+        "n_failed_fits": summary.n_failed_fits if summary is not None else None,
+        "n_skipped": summary.n_skipped if summary is not None else None,
         **{f"mean_{name}": means.get(name) for name in SUMMARY_METRICS},
         **{f"phase_{name}": phases.get(name) for name in PHASE_LABELS},
         "seconds": result.seconds,
@@ -39,9 +41,13 @@ def checkpoint_row(row: ScanRow, labels: dict[str, float | None] | None = None) 
     }
 
 
+def _layers(row: ScanRow) -> tuple[LayerResult, ...]:
+    return row.result.report.layers if row.result.report is not None else ()
+
+
 def layer_rows(row: ScanRow) -> list[dict[str, Any]]:
-    layers = (row.result.report or {}).get("layers") or []
-    return [{"checkpoint": str(row.unit.path), "fingerprint": row.fingerprint, **flat_layer_row(layer)} for layer in layers]
+    return [{"checkpoint": str(row.unit.path), "fingerprint": row.fingerprint, **flat_layer_row(layer)}
+            for layer in _layers(row)]
 
 
 def export(result: ScanResult, path: Path, per: str, labels: dict[int, dict[str, float | None]]) -> int:
@@ -53,13 +59,13 @@ def export(result: ScanResult, path: Path, per: str, labels: dict[int, dict[str,
     for index, row in enumerate(result.rows):
         if per == "checkpoint":
             record = checkpoint_row(row, labels.get(index))
-            if kind == "jsonl":
-                report = row.result.report or {}
-                record = {**record, "source": report.get("source"), "summary": report.get("summary")}
+            if kind == "jsonl":  # the report's own JSON form of these two, as `htmp analyze -f json` writes them
+                data = row.result.report.to_dict() if row.result.report is not None else {}
+                record = {**record, "source": data.get("source"), "summary": data.get("summary")}
             records.append(record)
         elif kind == "jsonl":
-            layers = (row.result.report or {}).get("layers") or []
-            records += [{"checkpoint": str(row.unit.path), "fingerprint": row.fingerprint, **layer} for layer in layers]
+            records += [{"checkpoint": str(row.unit.path), "fingerprint": row.fingerprint, **layer_to_dict(layer)}
+                        for layer in _layers(row)]
         else:
             records += layer_rows(row)
     if kind == "jsonl":

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.scan.discovery import ScanUnit, fingerprint_files
 from htmp_cli.scan.executors import Executor, Task
 from htmp_cli.scan.store import ClaimHeartbeat, ResultVersion, ScanOwner, ScanStore, StoredResult
+from htmp_cli.scan.worker import Outcome
 
 # How often a scan waiting for another one looks at the store.
 WAIT_POLL_SECONDS = 0.25
@@ -25,7 +26,8 @@ class ScanListener(Protocol):
     def fingerprinting(self, total: int) -> None: ...
     def start(self, names: dict[int, str], reused: int) -> None: ...
     def event(self, index: int, kind: str, value: int) -> None: ...
-    def checkpoint_done(self, index: int, outcome: dict[str, Any]) -> None: ...
+    def checkpoint_done(self, index: int, outcome: Outcome | None) -> None:
+        """A checkpoint finished: analysed by this scan (its outcome) or stored by another one (None)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def run_scan(units: tuple[ScanUnit, ...], options: AnalysisOptions, store: ScanS
     def stored_elsewhere(fp: str) -> None:
         elsewhere.add(fp)
         if listener is not None:
-            listener.checkpoint_done(tasks[fp], {"status": "stored by another scan"})
+            listener.checkpoint_done(tasks[fp], None)
 
     def claimed(fps: Iterable[str]) -> Iterator[Task]:
         for fp in fps:

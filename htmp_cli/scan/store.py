@@ -24,11 +24,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from htmp_cli import __version__
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
+from htmp_cli.results import Report, report_to_dict
+from htmp_cli.scan.worker import Outcome
 
 SCHEMA_VERSION = "1"
 
@@ -95,7 +97,7 @@ def options_key(options: AnalysisOptions) -> str:
 
 @dataclass(frozen=True)
 class StoredResult:
-    """One checkpoint's outcome as stored: the full JSON report when it succeeded, the error when not."""
+    """One checkpoint's outcome as stored: its report when it succeeded, the error when not."""
 
     fingerprint: str
     path: str
@@ -103,7 +105,7 @@ class StoredResult:
     error: str | None
     n_layers: int
     seconds: float
-    report: dict[str, Any] | None  # htmp.report/2, layers included
+    report: Report | None
 
 
 def _process_stat(pid: int) -> tuple[str, str] | None:
@@ -248,11 +250,13 @@ class ScanStore:
             self._db.executemany("DELETE FROM claims WHERE token = ?",
                                  [(token,) for token, *rest in owners if not _claim_alive(*rest)])
 
-    def save(self, fingerprint: str, key: str, path: str, outcome: dict[str, Any], owner: ScanOwner | None = None) -> None:
-        """Store one checkpoint's outcome, replacing any earlier one, and drop `owner`'s claim on it, in a single transaction."""
-        report = outcome.get("report")
-        layers = report["layers"] if report is not None else []
-        rest = {k: v for k, v in report.items() if k != "layers"} if report is not None else None
+    def save(self, fingerprint: str, key: str, path: str, outcome: Outcome, owner: ScanOwner | None = None) -> None:
+        """Store one checkpoint's outcome, replacing any earlier one, and drop `owner`'s claim on it, in a single transaction.
+
+        The report is stored as its JSON form (htmp.report/2), its layers one row each.
+        """
+        rest = report_to_dict(outcome.report) if outcome.report is not None else None
+        layers = rest.pop("layers") if rest is not None else []
         with self._transaction():
             if owner is not None:
                 self._db.execute("DELETE FROM claims WHERE fingerprint = ? AND options_key = ? AND token = ?",
@@ -261,13 +265,14 @@ class ScanStore:
             self._db.execute("DELETE FROM results WHERE fingerprint = ? AND options_key = ?", (fingerprint, key))
             self._db.execute(
                 "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (fingerprint, key, path, outcome["status"], outcome.get("error"), len(layers),
-                 json.dumps(rest) if rest is not None else None, float(outcome["seconds"]),
+                (fingerprint, key, path, outcome.status, outcome.error, len(layers),
+                 json.dumps(rest) if rest is not None else None, float(outcome.seconds),
                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
             self._db.executemany("INSERT INTO layers VALUES (?, ?, ?, ?, ?)",
                                  [(fingerprint, key, k, layer["name"], json.dumps(layer)) for k, layer in enumerate(layers)])
 
     def load(self, fingerprint: str, key: str) -> StoredResult | None:
+        """The stored result, its report read as any saved one is (htmp.report/1 too); None when there is none."""
         row = self._db.execute("SELECT path, status, error, n_layers, seconds, report FROM results "
                                "WHERE fingerprint = ? AND options_key = ?", (fingerprint, key)).fetchone()
         if row is None:
@@ -275,9 +280,13 @@ class ScanStore:
         path, status, error, n_layers, seconds, report_text = row
         report = None
         if report_text is not None:
-            report = json.loads(report_text)
-            report["layers"] = [json.loads(data) for (data,) in self._db.execute(
+            data = json.loads(report_text)
+            data["layers"] = [json.loads(layer) for (layer,) in self._db.execute(
                 "SELECT data FROM layers WHERE fingerprint = ? AND options_key = ? ORDER BY idx", (fingerprint, key))]
+            try:
+                report = Report.from_dict(data)
+            except HtmpError as err:
+                raise HtmpError(f"--db {self.path}: the stored result of {path}: {err}") from None
         return StoredResult(fingerprint=fingerprint, path=path, status=status, error=error, n_layers=n_layers,
                             seconds=seconds, report=report)
 

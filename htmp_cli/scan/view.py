@@ -79,12 +79,11 @@ def render_scan(result: ScanResult, console: Console, labels: dict[int, dict[str
         table.add_column(column, justify="right", style="cyan")
     table.add_column("time", justify="right")
     for index, row in enumerate(result.rows):
-        report = row.result.report or {}
-        summary = report.get("summary") or {}
-        means = summary.get("means") or {}
+        summary = row.result.report.summary if row.result.report is not None else None
+        means = summary.means if summary is not None else {}
         phases = " ".join(f"{PHASE_ABBREVIATIONS.get(name, name)} {count}"  # a phase newer than this table: its name
-                          for name, count in (summary.get("phase_counts") or {}).items() if count)
-        failed_layers = summary.get("n_failed_layers") or 0
+                          for name, count in (summary.phase_counts if summary is not None else {}).items() if count)
+        failed_layers = summary.n_failed_layers if summary is not None else 0
         status = row.result.status if row.result.status == "failed" else ("ok" if not failed_layers else f"ok, {failed_layers} failed layers")
         table.add_row(
             display_path(row.unit.path, root),

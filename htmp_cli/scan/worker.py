@@ -1,7 +1,8 @@
-"""The task every executor runs: analyse one checkpoint in a worker process and return plain data.
+"""The task every executor runs: analyse one checkpoint in a worker process and return its Outcome.
 
-An outcome is a dict, not an exception, so one bad checkpoint is a row in the store and never the end
-of the scan. It is plain JSON-able data because it crosses process (and, with Dask, machine) borders.
+An outcome is a value, not an exception, so one bad checkpoint is a row in the store and never the end
+of the scan. It is made of frozen dataclasses that pickle, since it crosses process (and, with Dask,
+machine) borders; the scan process alone turns it into the store's JSON.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.processes import ONE_THREAD_ENV, leave_with_parent
+from htmp_cli.results import Report
 
 # Set in local worker processes by `init_local_worker`: where layer progress goes.
 _events: Any = None
@@ -48,16 +51,25 @@ class _QueueListener:
         _events.put((self._index, "layer", 1))
 
 
-def failed(error: str, seconds: float = 0.0) -> dict[str, Any]:
-    return {"status": "failed", "error": error, "seconds": seconds, "report": None}
+@dataclass(frozen=True)
+class Outcome:
+    """One checkpoint analysed: its report when that succeeded, the error when not."""
+
+    status: str  # "success" or "failed"
+    error: str | None
+    seconds: float
+    report: Report | None  # without eigenvalues: it travels back to the scan process
 
 
-def analyze_unit(index: int, path: str, options: AnalysisOptions) -> dict[str, Any]:
+def failed(error: str, seconds: float = 0.0) -> Outcome:
+    return Outcome(status="failed", error=error, seconds=seconds, report=None)
+
+
+def analyze_unit(index: int, path: str, options: AnalysisOptions) -> Outcome:
     """Analyse one checkpoint with one BLAS thread; every error becomes a failed outcome."""
     from threadpoolctl import threadpool_limits
 
     from htmp_cli.pipeline import analyze
-    from htmp_cli.results import report_to_dict
 
     os.environ.update(ONE_THREAD_ENV)
     started = time.perf_counter()
@@ -67,8 +79,7 @@ def analyze_unit(index: int, path: str, options: AnalysisOptions) -> dict[str, A
             if "torch" in sys.modules:
                 sys.modules["torch"].set_num_threads(1)
             report = analyze(path, options, listener, jobs=1)  # the scan's workers are the parallelism
-        return {"status": "success", "error": None, "seconds": time.perf_counter() - started,
-                "report": report_to_dict(report)}
+        return Outcome(status="success", error=None, seconds=time.perf_counter() - started, report=report)
     except HtmpError as err:
         return failed(str(err), time.perf_counter() - started)
     except MemoryError:
