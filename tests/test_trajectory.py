@@ -268,3 +268,42 @@ def test_the_run_report_shows_its_figures_and_sorts_its_steps_in_a_real_browser(
           return Object.keys(seen).filter(k => seen[k] > 1); })()""")
         assert ids == []
         assert browser.problems() == []
+
+
+@pytest.mark.parametrize("n_layers", [12, 100])
+def test_the_figures_stay_legible_for_12_and_for_100_layers(run, n_layers):
+    """A synthetic run of n layers (one real layer renamed, its phase varied): the phase map keeps
+    its row labels apart and within the figure, at a readable size, and the metrics figure draws
+    every layer."""
+    from dataclasses import replace
+
+    from htmp_cli.report.plots import draw
+    from htmp_cli.report.trajectory_plots import metrics_figure, phase_map_figure
+    from htmp_cli.trajectory import RunStep, Trajectory
+
+    log, _ = run
+    base = from_log(log)
+    template = base.steps[-1].report.layers[1]
+    phases = ["random-like", "bulk+spikes", "bulk-decay", "heavy-tailed"]
+    steps = []
+    for k, run_step in enumerate(base.steps):
+        layers = tuple(replace(template, name=f"encoder.layer.{i // 2}.{'attention.q' if i % 2 else 'mlp.fc1'}.weight",
+                               phase=replace(template.phase, phase=phases[(i + k) % 4])) for i in range(n_layers))
+        steps.append(RunStep(run_step.step, replace(run_step.report, layers=layers)))
+    trajectory = Trajectory(source=Path("synthetic.jsonl"), kind="log", steps=tuple(steps))
+    figure = phase_map_figure(trajectory)
+    draw(figure)
+    width, height = figure.get_size_inches()
+    assert height <= 14 and width <= 14
+    ax = figure.axes[0]
+    labels = [t for t in ax.get_yticklabels() if t.get_text()]
+    assert 12 <= len(labels) <= 60 and all(t.get_fontsize() >= 5 for t in labels)
+    renderer = figure.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert all(a.y1 <= b.y0 + 0.5 or b.y1 <= a.y0 + 0.5 for a, b in zip(boxes, boxes[1:])), "row labels overlap"
+    figure_box = figure.bbox
+    assert all(b.x0 >= 0 and b.y0 >= 0 and b.y1 <= figure_box.y1 for b in boxes), "row labels leave the figure"
+    metrics = metrics_figure(trajectory)
+    assert {ax.get_title() for ax in metrics.axes if ax.get_title()} == {f"attention ({n_layers // 2} layers)",
+                                                                         f"MLP ({n_layers // 2} layers)"}
+    assert len(metrics.axes[0].lines) == n_layers // 2 + 2  # each layer, the median, the alpha = 2 line

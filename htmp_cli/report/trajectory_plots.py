@@ -115,8 +115,7 @@ def _phase_map_figure(trajectory: Trajectory):  # type: ignore[no-untyped-def]
                 codes[row, column] = phases.index(layer.phase.phase)
     from matplotlib.colors import ListedColormap
 
-    colours = ListedColormap([PHASE_STYLE[p][0] for p in phases] + [FAILED_STYLE[0]])
-    colours.set_bad("#ffffff")
+    colours = ListedColormap([PHASE_STYLE[p][0] for p in phases] + [FAILED_STYLE[0]]).with_extremes(bad="#ffffff")
     height = min(14.0, 1.6 + 0.16 * len(names))
     width = min(14.0, 3.6 + 0.22 * len(trajectory.steps))
     fig, ax = new_figure((width, height), 100)
@@ -137,9 +136,24 @@ def _phase_map_figure(trajectory: Trajectory):  # type: ignore[no-untyped-def]
         legend.append(Patch(color=FAILED_STYLE[0], label="failed"))
     ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     ax.set_title(f"phase of each layer at each step ({len(names)} layers, {len(trajectory.steps)} steps)")
-    fig.subplots_adjust(left=min(0.45, 0.06 + 0.0065 * max(len(n) for n in names)) if names else 0.1,
-                        right=0.80, bottom=0.12 if height > 4 else 0.2, top=0.92 if height > 4 else 0.85)
+    _fit_margins(fig, ax)
     return fig
+
+
+def _fit_margins(fig, ax) -> None:  # type: ignore[no-untyped-def]
+    """Margins measured on the drawn figure: the row labels (layer names, however long) on the left
+    and the legend on the right stay inside it, and the figure widens to keep the map its size."""
+    renderer = fig.canvas.get_renderer()
+    labels = [t.get_window_extent(renderer).width for t in ax.get_yticklabels() if t.get_text()]
+    legend = ax.get_legend()
+    left_in = (max(labels, default=0.0) + 12) / fig.dpi + 0.15
+    right_in = (legend.get_window_extent(renderer).width / fig.dpi + 0.25) if legend is not None else 0.3
+    map_in = fig.get_size_inches()[0] - 2.4  # the width first chosen, less what margins were guessed at
+    width = left_in + max(map_in, 2.0) + right_in
+    fig.set_size_inches(width, fig.get_size_inches()[1])
+    height = fig.get_size_inches()[1]
+    fig.subplots_adjust(left=left_in / width, right=1 - right_in / width, bottom=min(0.45, 0.55 / height),
+                        top=1 - min(0.3, 0.4 / height))
 
 
 def phase_map_path(path: Path) -> Path:
