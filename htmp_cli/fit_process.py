@@ -38,6 +38,7 @@ class FitProcess:
     """
 
     def __init__(self, options: AnalysisOptions, keep_eigenvalues: bool = False) -> None:
+        self.options, self.keep_eigenvalues = options, keep_eigenvalues  # what every result is fitted with
         package_root = str(Path(__file__).resolve().parent.parent)
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, **ONE_THREAD_ENV,

@@ -241,6 +241,17 @@ def find_config(start: Path) -> Path | None:
     return None
 
 
+def configuration(path: Path | None, start: Path, no_defaults: bool = False) -> tuple[GateConfig, str]:
+    """The validated configuration of `path`, or of the one found from `start` upward, or of none
+    (the built-in rules); and how to name it in messages."""
+    found = path if path is not None else find_config(start)
+    settings = load_config(found) if found is not None else {}
+    if no_defaults:
+        settings = {**settings, "check": {**settings.get("check", {}), "defaults": False}}
+    where = str(found or "built-in rules")
+    return parse_config(settings, where), where
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         import tomllib
@@ -346,6 +357,8 @@ def parse_trend(entry: object, where: str) -> TrendRule:
     if summary is not None and summary not in SUMMARY_FIGURES:
         raise ConfigError(f"{where}: unknown summary figure {summary!r} (figures: {', '.join(SUMMARY_FIGURES)})")
     direction = _string(entry, "direction", where)
+    if direction is None:
+        raise ConfigError(f"{where}.direction is required: falling or rising")
     if direction not in DIRECTIONS:
         raise ConfigError(f"{where}.direction must be falling or rising, got {direction!r}")
     change = _number(entry, "min_change", where) or 0.0

@@ -12,17 +12,20 @@ With `background=True` it takes a copy of the weight matrices on their own devic
 second on the CPU for small models) and training goes on while a thread and a second process
 analyse the copy: the weights on the CPU are solved and fitted in that process, those on a GPU
 solved there by this thread and fitted in that process. At most two copies exist at once (one
-analysed, one waiting); a step due while both are taken waits for the older to finish, and
-`waited_seconds` says how long training waited in all.
+analysed, one waiting: a step due while both are taken waits, before copying, for the older to
+finish, and `waited_seconds` says how long training waited in all); a copy of weights on the CPU
+is also pickled to the helper process one matrix at a time.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from htmp_cli.gate import Rule, Violation
 
 _DONE = None  # what the worker thread reads to end
+_UNCOLLECTED = 100  # finished analyses kept for `collect` (a plain loop may never call it)
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,18 @@ class StepReport:
         return any(v.rule.severity == "error" for v in self.violations)
 
 
+@dataclass(frozen=True)
+class StopReason:
+    """Why a monitor says stop: the step whose analysis broke the rule, and the violation."""
+
+    step: int
+    violation: Violation
+
+    def __str__(self) -> str:
+        rule, where = self.violation.rule, f" ({self.violation.layer})" if self.violation.layer else ""
+        return f"rule {rule.name!r} ({rule.what}) broken at step {self.step}{where}: {self.violation.message}"
+
+
 StopRules = Union[str, "os.PathLike[str]", Mapping[str, Any], Sequence[Mapping[str, Any]]]
 
 
@@ -62,18 +78,26 @@ def stop_rules(stop_on: StopRules | None) -> tuple[Rule, ...]:
     `{"name": "mean-alpha", "summary": "mean_alpha", "min": 2}`), the htmp table of a configuration
     (its check rules, the built-in ones included unless `check.defaults = false`), or the path of an
     htmp.toml or pyproject.toml. Raises ConfigError naming what it cannot use."""
-    from htmp_cli.gate import load_config, parse_rule, rules_from_config
+    from htmp_cli.gate import load_config, parse_config, parse_rule
 
     if stop_on is None:
         return ()
     if isinstance(stop_on, (str, os.PathLike)):
         path = Path(stop_on)
-        return rules_from_config(load_config(path), str(path))
-    if isinstance(stop_on, Mapping):
-        return rules_from_config(dict(stop_on), "stop_on")
-    if isinstance(stop_on, Sequence):
+        config = parse_config(load_config(path), str(path))
+    elif isinstance(stop_on, Mapping):
+        if "name" in stop_on:
+            raise OptionError("stop_on got one rule table; pass a list of rules (stop_on=[{...}]), or a whole "
+                              "configuration table ({'check': {'rules': [...]}})")
+        config = parse_config(dict(stop_on), "stop_on")
+    elif isinstance(stop_on, Sequence):
         return tuple(parse_rule(entry, f"stop_on[{k}]") for k, entry in enumerate(stop_on))
-    raise OptionError(f"stop_on must be rule tables, a configuration table or a path, got {type(stop_on).__name__}")
+    else:
+        raise OptionError(f"stop_on must be rule tables, a configuration table or a path, got {type(stop_on).__name__}")
+    if config.trend_rules:
+        raise OptionError(f"stop_on: {config.trend_rules[0].name!r} is a trend rule ([[check.trend]]): it judges a "
+                          "whole run, after it (htmp check RUN), not one analysis")
+    return config.rules
 
 
 def training_scalars(result: StepReport, prefix: str = "htmp", layers: bool = True) -> dict[str, float]:
@@ -123,7 +147,7 @@ class Monitor:
         self.background = background
         self.options = AnalysisOptions.from_mapping(options)
         self.rules = stop_rules(stop_on)
-        self.stop_reason: Violation | None = None
+        self.stop_reason: StopReason | None = None
         self.log_path = Path(log) if log is not None else None
         self.waited_seconds = 0.0
         self._writer = None
@@ -131,21 +155,34 @@ class Monitor:
             from htmp_cli.runlog import LogWriter
 
             self._writer = LogWriter(self.log_path, self.options, type(model).__name__)
-        self._records: list[dict[str, Any]] = []  # the history, when there is no log
-        self._finished: queue.SimpleQueue[StepReport] = queue.SimpleQueue()
+        self._records: list[dict[str, Any]] = []  # the history, when there is no log (it grows with the run)
+        # Handed over by `collect`; a loop that never collects keeps only the last ones.
+        self._finished: collections.deque[StepReport] = collections.deque(maxlen=_UNCOLLECTED)
         self._latest: StepReport | None = None
-        self._fitter: Any = None
+        self._resources: dict[str, Any] = {"fitter": None, "writer": self._writer}
         self._fitter_decided = False
         self._failure: BaseException | None = None
+        self._dropped: list[int] = []  # steps not analysed after a background failure
         self._closed = False
-        self._pending: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._pending: queue.Queue[Any] = queue.Queue()
+        self._copies = threading.Semaphore(2)  # copies of the weights alive: one analysed, one waiting
         self._worker: threading.Thread | None = None
+        # A monitor dropped without close(): its helper process and log file go with it.
+        self._finalizer = weakref.finalize(self, _release, self._resources)
         if background:
             self._worker = threading.Thread(target=self._work, name="htmp-monitor", daemon=True)
             self._worker.start()
 
     def __enter__(self) -> Monitor:
         return self
+
+    @property
+    def _fitter(self) -> Any:
+        return self._resources["fitter"]
+
+    @_fitter.setter
+    def _fitter(self, value: Any) -> None:
+        self._resources["fitter"] = value
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         self.close(abandon=kind is not None)
@@ -154,6 +191,8 @@ class Monitor:
         """Analyse the model if `step` is a multiple of `every`; in the foreground, return its StepReport."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise OptionError(f"step must be a whole number, at least 0, got {step!r}")
+        if self._closed:
+            raise HtmpError("the monitor is closed")
         if step % self.every:
             self._raise_failure()
             return None
@@ -170,30 +209,30 @@ class Monitor:
         checkpoint = open_in_memory(self.model)
         if not self.background:
             return self._record(StepReport(step, taken, self._run(checkpoint, solve_in_fitter=False)))
-        snapshot = _snapshot(checkpoint, self.options)
         started = time.perf_counter()
-        while True:  # put with a timeout, so that a failed worker is seen rather than waited for
-            try:
-                self._pending.put((step, taken, snapshot), timeout=0.2)
-                break
-            except queue.Full:
-                self._raise_failure()
+        while not self._copies.acquire(timeout=0.2):  # a failed worker is seen rather than waited for
+            self._raise_failure()
         self.waited_seconds += time.perf_counter() - started
+        try:
+            snapshot = _snapshot(checkpoint, self.options)
+        except BaseException:
+            self._copies.release()
+            raise
+        self._pending.put((step, taken, snapshot))
         return None
 
     def collect(self) -> list[StepReport]:
         """The analyses finished since the last call, in step order (foreground ones included)."""
         self._raise_failure()
         done = []
-        while True:
-            try:
-                done.append(self._finished.get_nowait())
-            except queue.Empty:
-                return done
+        while self._finished:
+            done.append(self._finished.popleft())
+        return done
 
     @property
     def should_stop(self) -> bool:
-        """Whether an analysis finished so far broke a stop rule of severity "error"."""
+        """Whether an analysis finished so far broke a stop rule of severity "error" (`stop_reason`
+        says which, where and at which step)."""
         return self.stop_reason is not None
 
     @property
@@ -208,23 +247,22 @@ class Monitor:
         self._raise_failure()
 
     def close(self, abandon: bool = False) -> None:
-        """Finish the analyses still running (`abandon`: drop them), then stop the helper process and
-        close the log. Closing twice does nothing."""
+        """Finish the analyses still running (`abandon`: drop them and stop the one running now),
+        then stop the helper process and close the log. Closing twice does nothing."""
         if self._closed:
             return
         self._closed = True
         try:
             if self._worker is not None:
                 if abandon:
-                    _drain(self._pending)
+                    _drain(self._pending, self._copies)
+                    if self._fitter is not None:  # the running analysis fails at once, and is dropped
+                        self._fitter.close(kill=True)
                 self._pending.put(_DONE)
                 self._worker.join()
         finally:
-            if self._fitter is not None:
-                self._fitter.close(kill=abandon)
-                self._fitter = None
-            if self._writer is not None:
-                self._writer.close()
+            self._finalizer.detach()
+            _release(self._resources, kill=abandon)
         if not abandon:
             self._raise_failure()
 
@@ -238,9 +276,9 @@ class Monitor:
 
             steps = read_log(self._writer.path).steps
             return history_frame([(s.step, s.time, layer) for s in steps for layer in s.layers])
-        from htmp_cli.results import layer_from_dict
+        from htmp_cli.runlog import steps_of_records
 
-        return history_frame([(r["step"], r["time"], layer_from_dict(r["layer"])) for r in list(self._records)])
+        return history_frame(steps_of_records(list(self._records)))
 
     def _run(self, checkpoint: Checkpoint, solve_in_fitter: bool) -> Report:
         from htmp_cli.pipeline import analyze
@@ -276,11 +314,17 @@ class Monitor:
             try:
                 if item is _DONE:
                     return
+                step, taken, snapshot = item
+                del item  # the copy goes as soon as it is analysed, not when the next one comes
                 if self._failure is None:
-                    step, taken, snapshot = item
                     self._record(StepReport(step, taken, self._run(snapshot, solve_in_fitter=True)))
+                else:  # the loop is told of the failure at its next call; this step is not analysed
+                    self._dropped.append(step)
+                del snapshot
+                self._copies.release()
             except BaseException as err:  # raised in the training thread, at its next call
                 self._failure = err
+                self._copies.release()
             finally:
                 self._pending.task_done()
 
@@ -289,8 +333,9 @@ class Monitor:
             from htmp_cli.gate import evaluate
 
             result = replace(result, violations=evaluate(result.report, self.rules).violations)
-            if self.stop_reason is None:
-                self.stop_reason = next((v for v in result.violations if v.rule.severity == "error"), None)
+            broken = next((v for v in result.violations if v.rule.severity == "error"), None)
+            if self.stop_reason is None and broken is not None:
+                self.stop_reason = StopReason(result.step, broken)
         if self._writer is not None:
             self._writer.append(result.step, result.time, result.report.layers)
         else:
@@ -299,15 +344,17 @@ class Monitor:
             self._records.extend({"step": result.step, "time": result.time, "layer": layer_to_dict(layer)}
                                  for layer in result.report.layers)
         self._latest = result
-        self._finished.put(result)
+        self._finished.append(result)
         return result
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
             failure, self._failure = self._failure, None
+            dropped = f" (steps {', '.join(map(str, self._dropped))} were not analysed)" if self._dropped else ""
+            self._dropped = []
             if isinstance(failure, HtmpError):
-                raise failure
-            raise HtmpError(f"the background analysis failed: {type(failure).__name__}: {failure}") from failure
+                raise HtmpError(f"{failure}{dropped}") from None
+            raise HtmpError(f"the background analysis failed: {type(failure).__name__}: {failure}{dropped}") from failure
 
 
 def _snapshot(checkpoint: Checkpoint, options: AnalysisOptions) -> Checkpoint:
@@ -327,10 +374,23 @@ def _snapshot(checkpoint: Checkpoint, options: AnalysisOptions) -> Checkpoint:
     return replace(checkpoint, reader=read)
 
 
-def _drain(pending: queue.Queue[Any]) -> None:
+def _drain(pending: queue.Queue[Any], copies: threading.Semaphore) -> None:
     while True:
         try:
             pending.get_nowait()
         except queue.Empty:
             return
+        copies.release()
         pending.task_done()
+
+
+def _release(resources: dict[str, Any], kill: bool = True) -> None:
+    """Stop the helper process and close the log (a monitor's close, or its finalizer)."""
+    fitter, writer = resources.get("fitter"), resources.get("writer")
+    resources["fitter"] = resources["writer"] = None
+    try:
+        if fitter is not None:
+            fitter.close(kill=kill)
+    finally:
+        if writer is not None:
+            writer.close()

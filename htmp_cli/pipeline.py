@@ -46,8 +46,15 @@ def iter_layers(checkpoint: Checkpoint, matrices: list[MatrixSpec], options: Ana
     solved here, where they live).
     """
     if fitter is not None:
-        yield from _through(fitter, checkpoint, matrices, options, listener, solve_in_fitter)
+        if fitter.options != options or fitter.keep_eigenvalues != keep_eigenvalues:
+            raise ValueError("the fitting process was started with other options (or eigenvalues kept otherwise) "
+                             "than this analysis asks for")
+        # As for a fitting process of its own: the other core is the helper's (see one_blas_thread).
+        with one_blas_thread():
+            yield from _through(fitter, checkpoint, matrices, options, listener, solve_in_fitter)
         return
+    if solve_in_fitter:
+        raise ValueError("solve_in_fitter needs a fitter")
     if not fit_process:
         for spec in matrices:
             if listener is not None:

@@ -3,7 +3,8 @@
 A run is a training log (htmp_cli.runlog, what the Monitor and the callbacks write) or a folder of
 checkpoints whose names carry their step: Hugging Face Trainer's `checkpoint-<step>/`, Lightning's
 `epoch=<e>-step=<step>.ckpt`, or any checkpoint file with a number in its name (the number after
-"step", else the last one: `model_1200.safetensors` is step 1200). Checkpoints are analysed through
+"step", "iter" or "checkpoint", else the last whole number, decimals aside: `model_1200.safetensors`
+is step 1200, `model-epoch=02-val_loss=0.72.ckpt` is 2). Checkpoints are analysed through
 the scan store, so a re-run, and a later `htmp scan` of the same files, reuse their results.
 """
 
@@ -17,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from htmp_cli import __version__
 from htmp_cli.errors import HtmpError
+from htmp_cli.options import AnalysisOptions
 from htmp_cli.results import LayerResult, Report, SourceInfo
 
 if TYPE_CHECKING:
     from htmp_cli.gate import Rule, Violation
 
 _STEP_AFTER_WORD = re.compile(r"(?:step|iter|iteration|checkpoint|ckpt)[-_=]?(\d+)", re.IGNORECASE)
-_ANY_NUMBER = re.compile(r"\d+")
+_WHOLE_NUMBER = re.compile(r"(?<![\d.])\d+(?![\d]|\.\d)")  # not a part of a decimal (val_loss=0.91)
+_SHARD = re.compile(r"-\d+-of-\d+$")  # model-00001-of-00002: a shard's number, not a step
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,14 @@ class RunStep:
     report: Report
     time: float | None = None
     path: Path | None = None
+
+    def layer(self, name: str) -> LayerResult | None:
+        """The layer of that name at this step, or None."""
+        index = self.__dict__.get("_by_name")
+        if index is None:  # built once: a run's figures and rules look every layer up at every step
+            index = {layer.name: layer for layer in self.report.layers}
+            object.__setattr__(self, "_by_name", index)
+        return index.get(name)
 
 
 @dataclass(frozen=True)
@@ -49,13 +60,13 @@ class PhaseTransition:
 
 @dataclass(frozen=True)
 class RuleSpan:
-    """When a rule held over the run: the first and last analysed step, and at how many steps."""
+    """When a rule was broken over the run: the first and last analysed step, and at how many."""
 
     rule: Rule
-    first: int | None
-    last: int | None
-    held_at: int
-    first_violations: tuple[Violation, ...]  # at the first step it held
+    first_broken: int | None
+    last_broken: int | None
+    broken_at: int
+    first_violations: tuple[Violation, ...]  # at the first step it was broken
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class Trajectory:
     kind: str  # "log" or "checkpoints"
     steps: tuple[RunStep, ...]
     skipped: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()  # what reading the run noticed (earlier runs in a log, a cut-short line)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -80,19 +92,25 @@ class Trajectory:
         from htmp_cli.results import LAYER_METRICS
 
         read = LAYER_METRICS[metric].of
-        return [(s.step, read(found) if (found := _find(s.report, layer)) is not None else None) for s in self.steps]
+        return [(s.step, read(found) if (found := s.layer(layer)) is not None else None) for s in self.steps]
 
     def phase_of(self, layer: str) -> list[tuple[int, str | None]]:
-        return [(s.step, _phase(_find(s.report, layer))) for s in self.steps]
+        return [(s.step, _phase(s.layer(layer))) for s in self.steps]
 
     def transitions(self) -> tuple[PhaseTransition, ...]:
-        """Every change of a layer's phase between consecutive analyses, in step order."""
+        """Every change of a layer's phase from its last known one (a step where its analysis failed
+        is passed over), in step order."""
         found = []
-        for earlier, later in zip(self.steps, self.steps[1:]):
-            for layer in later.report.layers:
-                before, after = _phase(_find(earlier.report, layer.name)), _phase(layer)
-                if before is not None and after is not None and before != after:
-                    found.append(PhaseTransition(layer.name, earlier.step, later.step, before, after))
+        known: dict[str, tuple[int, str]] = {}
+        for run_step in self.steps:
+            for layer in run_step.report.layers:
+                after = _phase(layer)
+                if after is None:
+                    continue
+                before = known.get(layer.name)
+                if before is not None and before[1] != after:
+                    found.append(PhaseTransition(layer.name, before[0], run_step.step, before[1], after))
+                known[layer.name] = (run_step.step, after)
         return tuple(found)
 
     def never_left(self, phase: str = "random-like") -> tuple[str, ...]:
@@ -102,7 +120,7 @@ class Trajectory:
                      and any(p is not None for _, p in self.phase_of(name)))
 
     def rule_spans(self, rules: tuple[Rule, ...]) -> tuple[RuleSpan, ...]:
-        """For each rule: at which steps it held (it had a violation of any severity)."""
+        """For each rule: at which steps it was broken (had a violation, of either severity)."""
         from htmp_cli.gate import evaluate
 
         verdicts = [(s.step, evaluate(s.report, rules)) for s in self.steps]
@@ -111,17 +129,24 @@ class Trajectory:
             held = [(step, tuple(v for v in verdict.violations if v.rule.name == rule.name)) for step, verdict in verdicts]
             held = [(step, violations) for step, violations in held if violations]
             spans.append(RuleSpan(rule, held[0][0] if held else None, held[-1][0] if held else None, len(held),
-                                  held[0][1] if held else ()))
+                                  held[0][1] if held else ()))  # held: the steps where it was broken
         return tuple(spans)
 
 
 def step_of(path: Path) -> int | None:
     """The step a checkpoint's name carries (see the module's help), or None."""
-    name = path.name if path.is_dir() else path.name.split(".")[0]
+    from htmp_cli.scan.discovery import CHECKPOINT_SUFFIXES
+
+    name = path.name
+    for suffix in (".index.json", *CHECKPOINT_SUFFIXES):
+        if not path.is_dir() and name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    name = _SHARD.sub("", name)
     words = _STEP_AFTER_WORD.findall(name)
     if words:
         return int(words[-1])
-    numbers = _ANY_NUMBER.findall(name)
+    numbers = _WHOLE_NUMBER.findall(name)
     return int(numbers[-1]) if numbers else None
 
 
@@ -138,7 +163,11 @@ def from_log(path: str | os.PathLike[str]) -> Trajectory:
         report = Report(htmp_version=run.htmp_version, source=source, options=run.options, layers=logged.layers,
                         skipped=(), summary=summarize(logged.layers, (), {}, 1))
         steps.append(RunStep(logged.step, report, time=logged.time))
-    return Trajectory(source=run.path, kind="log", steps=tuple(steps))
+    notes = list(run.notes)
+    if run.earlier_runs:
+        notes.insert(0, f"the log holds {run.earlier_runs + 1} runs (a new run appended to it starts again at "
+                        "its first step); the last is read")
+    return Trajectory(source=run.path, kind="log", steps=tuple(steps), notes=tuple(notes))
 
 
 @dataclass(frozen=True)
@@ -161,11 +190,16 @@ def find_checkpoints(folder: str | os.PathLike[str]) -> CheckpointRun:
     skipped = []
     for unit in units:
         step = step_of(unit.path)
+        parent = unit.path.parent
+        while step is None and parent != folder and folder in parent.parents:  # checkpoint-10/adapter_model.safetensors
+            step = step_of(parent)
+            parent = parent.parent
         if step is None:
             skipped.append((str(unit.path), "no step in its name"))
         elif step in by_step:
-            raise HtmpError(f"{folder}: two checkpoints of step {step}: {by_step[step].path} and {unit.path} "
-                            "(keep one run per folder)")
+            raise HtmpError(f"{folder}: two checkpoints named for step {step}: {by_step[step].path} and {unit.path} "
+                            "(the step is the number after 'step', 'iter' or 'checkpoint' in a name, else its last "
+                            "whole number)")
         else:
             by_step[step] = unit
     if not by_step:
@@ -182,6 +216,42 @@ def from_checkpoints(run: CheckpointRun, reports: dict[int, Report], failures: d
     return Trajectory(source=run.folder, kind="checkpoints", steps=steps, skipped=skipped)
 
 
+def load_run(path: str | os.PathLike[str], options: AnalysisOptions, db: str | os.PathLike[str], jobs: int,
+             listener: Any = None, notice: Any = None) -> Trajectory:
+    """The trajectory of a training log, or of a run folder's checkpoints analysed (with `options`,
+    by `jobs` worker processes) through the scan store at `db`; raises HtmpError for a path that is
+    neither, or a run with no analysed step. `listener` and `notice` are the scan's (progress)."""
+    from htmp_cli.scan.executors import LocalExecutor
+    from htmp_cli.scan.runner import run_scan
+    from htmp_cli.scan.store import ScanStore
+
+    path = Path(path)
+    if is_run_log(path):
+        found = from_log(path)
+        if not found.steps:
+            raise HtmpError(f"{path}: the training log holds no analysed step yet")
+        return found
+    if not path.is_dir():
+        raise HtmpError(f"{path}: neither a training log (htmp.jsonl) nor a folder of checkpoints" if path.exists()
+                        else f"{path}: no such file or directory")
+    run = find_checkpoints(path)
+    with ScanStore(Path(db)) as store:
+        result = run_scan(tuple(unit for _, unit in run.checkpoints), options, store, LocalExecutor(jobs),
+                          listener=listener, notice=notice)
+    step_of_unit = {unit.path: step for step, unit in run.checkpoints}
+    reports, failures = {}, {}
+    for row in result.rows:
+        step = step_of_unit[row.unit.path]
+        if row.result.status == "success" and row.result.report is not None:
+            reports[step] = row.result.report
+        else:
+            failures[step] = row.result.error or "no report"
+    found = from_checkpoints(run, reports, failures)
+    if not found.steps:
+        raise HtmpError(f"{path}: no checkpoint could be analysed ({found.skipped[-1][1]})")
+    return found
+
+
 def is_run_log(path: Path) -> bool:
     from htmp_cli.runlog import is_log_file
 
@@ -189,11 +259,25 @@ def is_run_log(path: Path) -> bool:
 
 
 def is_run_folder(path: Path) -> bool:
-    """A folder that is not itself one checkpoint (no model.safetensors, index or pytorch_model.bin
-    in it): `htmp check` reads it as a run of step checkpoints."""
-    from htmp_cli.loaders import FOLDER_FILES
+    """A folder that is not itself one checkpoint (one `htmp analyze` would open): `htmp check` and
+    `htmp report` read it as a run of step checkpoints."""
+    from htmp_cli.loaders import open_checkpoint
 
-    return path.is_dir() and not any((path / name).is_file() for name in FOLDER_FILES)
+    if not path.is_dir():
+        return False
+    try:
+        open_checkpoint(path)
+    except HtmpError:
+        return True
+    return False
+
+
+def holds_step_checkpoints(path: Path) -> int:
+    """How many step checkpoints lie under a folder (0 where it has none, or is no run)."""
+    try:
+        return len(find_checkpoints(path).checkpoints)
+    except HtmpError:
+        return 0
 
 
 def summary_table(trajectory: Trajectory, names: tuple[str, ...] = ("alpha", "kappa", "stable_rank")) -> list[dict[str, Any]]:
@@ -215,23 +299,19 @@ def to_dict(trajectory: Trajectory, rules: tuple[Rule, ...] = ()) -> dict[str, A
         "kind": trajectory.kind,
         "steps": [s.step for s in trajectory.steps],
         "skipped": [{"path": path, "reason": reason} for path, reason in trajectory.skipped],
+        "notes": list(trajectory.notes),
+        "checkpoints": [{"step": s.step, "path": str(s.path)} for s in trajectory.steps if s.path is not None],
         "summary": summary_table(trajectory, ("alpha", "kappa", "stable_rank", "log_spectral_norm")),
         "transitions": [vars(t) for t in trajectory.transitions()],
         "never_left_random_like": list(trajectory.never_left("random-like")),
-        "rules": [{"name": s.rule.name, "severity": s.rule.severity, "first_step": s.first, "last_step": s.last,
-                   "steps_held": s.held_at, "first": [v.message if v.layer is None else f"{v.layer}: {v.message}"
-                                                     for v in s.first_violations]}
+        "rules": [{"name": s.rule.name, "severity": s.rule.severity, "first_broken": s.first_broken,
+                   "last_broken": s.last_broken, "steps_broken": s.broken_at,
+                   "first_violations": [v.message if v.layer is None else f"{v.layer}: {v.message}"
+                                        for v in s.first_violations]}
                   for s in trajectory.rule_spans(rules)],
         "layers": {name: {"alpha": trajectory.series(name, "alpha"), "kappa": trajectory.series(name, "kappa"),
                           "phase": trajectory.phase_of(name)} for name in trajectory.layer_names},
     }
-
-
-def _find(report: Report, name: str) -> LayerResult | None:
-    for layer in report.layers:
-        if layer.name == name:
-            return layer
-    return None
 
 
 def _phase(layer: LayerResult | None) -> str | None:

@@ -2,7 +2,7 @@
 
 A rule with `steps = "last"` (the default, the built-in rules included) judges the last analysed
 step: the weights the run ends with (its first steps are random-like by nature). One with
-`steps = "any"` fails where it holds at any step, and says the first step for each layer. A trend
+`steps = "any"` fails where it is broken at any step, and says the first such step for each layer. A trend
 rule ([[check.trend]]) compares the first analysed step with the last.
 """
 
@@ -34,7 +34,7 @@ def _at_any_step(trajectory: Trajectory, rules: tuple[Rule, ...]) -> Verdict:
     if not rules:
         return Verdict(rules=(), violations=())
     first: dict[tuple[str, str | None], tuple[int, Violation]] = {}
-    held_at: dict[tuple[str, str | None], int] = {}
+    broken_at: dict[tuple[str, str | None], int] = {}
     checked: dict[str, int] = {}
     for run_step in trajectory.steps:
         verdict = evaluate(run_step.report, rules)
@@ -43,9 +43,9 @@ def _at_any_step(trajectory: Trajectory, rules: tuple[Rule, ...]) -> Verdict:
         for violation in verdict.violations:
             key = (violation.rule.name, violation.layer)
             first.setdefault(key, (run_step.step, violation))
-            held_at[key] = held_at.get(key, 0) + 1
+            broken_at[key] = broken_at.get(key, 0) + 1
     total = len(trajectory.steps)
-    violations = tuple(Violation(v.rule, v.layer, v.value, f"first at step {step} (held at {held_at[key]} of {total} "
+    violations = tuple(Violation(v.rule, v.layer, v.value, f"broken first at step {step} (at {broken_at[key]} of {total} "
                                                             f"steps): {v.message}")
                        for key, (step, v) in first.items())
     return Verdict(rules=rules, violations=violations, checked_layers=checked,

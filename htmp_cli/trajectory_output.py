@@ -4,12 +4,18 @@ never left random-like, and when each rule held."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from htmp_cli.trajectory import RuleSpan, Trajectory, summary_table
 
 _MEANS = ("alpha", "kappa", "stable_rank")
 _LISTED = 40  # transitions shown before the rest is counted
+_NAMES_SHOWN = 8
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _number(value: float | None) -> str:
@@ -18,11 +24,19 @@ def _number(value: float | None) -> str:
 
 def render_trajectory(trajectory: Trajectory, spans: tuple[RuleSpan, ...], console: Console) -> None:
     steps = trajectory.steps
-    console.print(f"[bold]{trajectory.source}[/bold]: {len(steps)} analysed steps, {steps[0].step} to "
-                  f"{steps[-1].step}; {len(trajectory.layer_names)} layers"
+    layers = len(trajectory.layer_names)
+    console.print(f"[bold]{escape(str(trajectory.source))}[/bold]: {_count(len(steps), 'analysed step')}, "
+                  f"{steps[0].step} to {steps[-1].step}; {_count(layers, 'layer')}"
                   + (" (a training log)" if trajectory.kind == "log" else " (checkpoints)"), highlight=False)
+    for note in trajectory.notes:
+        console.print(f"  note: {note}", highlight=False, markup=False)
     for path, reason in trajectory.skipped:
         console.print(f"  left out: {path}: {reason}", highlight=False, markup=False)
+    named = [s for s in steps if s.path is not None]
+    if named:
+        shown = ", ".join(f"{s.path.name} -> {s.step}" for s in named[:_NAMES_SHOWN])
+        more = f", ... and {len(named) - _NAMES_SHOWN} more (-f json lists them)" if len(named) > _NAMES_SHOWN else ""
+        console.print(f"  steps read from the names: {shown}{more}", highlight=False, markup=False)
 
     means = Table(title="Summary per step", title_justify="left", show_edge=False)
     means.add_column("step", justify="right")
@@ -40,7 +54,7 @@ def render_trajectory(trajectory: Trajectory, spans: tuple[RuleSpan, ...], conso
         for column in ("layer", "step", "from", "to"):
             table.add_column(column, justify="right" if column == "step" else "left")
         for t in transitions[:_LISTED]:
-            table.add_row(t.layer, f"{t.since} -> {t.step}", t.before, t.after)
+            table.add_row(escape(t.layer), f"{t.since} -> {t.step}", t.before, t.after)
         console.print(table)
         if len(transitions) > _LISTED:
             console.print(f"  ... and {len(transitions) - _LISTED} more (--format json lists them all)")
@@ -54,14 +68,14 @@ def render_trajectory(trajectory: Trajectory, spans: tuple[RuleSpan, ...], conso
         console.print("Every layer left random-like at some step (or never was).")
 
     if spans:
-        rules = Table(title="Rules over the run", title_justify="left", show_edge=False)
-        for column in ("rule", "severity", "first held", "last held", "steps held", "first time"):
+        rules = Table(title="Rules over the run: where each was broken", title_justify="left", show_edge=False)
+        for column in ("rule", "severity", "first broken", "last broken", "steps broken", "the first time"):
             rules.add_column(column)
         for span in spans:
             first = "; ".join(v.message if v.layer is None else f"{v.layer}: {v.message}" for v in span.first_violations[:2])
             more = len(span.first_violations) - 2
-            rules.add_row(span.rule.name, span.rule.severity, _step(span.first), _step(span.last),
-                          f"{span.held_at} of {len(steps)}", first + (f" (+{more} more)" if more > 0 else ""))
+            rules.add_row(escape(span.rule.name), span.rule.severity, _step(span.first_broken), _step(span.last_broken),
+                          f"{span.broken_at} of {len(steps)}", escape(first) + (f" (+{more} more)" if more > 0 else ""))
         console.print(rules)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
@@ -112,6 +112,8 @@ def test_safetensors_headers_from_parts(tmp_path) -> None:  # type: ignore[no-un
 
     @FUZZ
     @given(blob=safetensors_from_parts())
+    # An empty F4 tensor with an odd last dimension: the library refuses it (F4 comes in pairs).
+    @example(blob=b'K\x00\x00\x00\x00\x00\x00\x00{"layer0.weight": {"dtype": "F4", "shape": [0, 1], "data_offsets": [0, 0]}}')
     def case(blob: bytes) -> None:
         path.write_bytes(blob)
         check_safetensors_case(path, "safetensors from parts")

@@ -103,9 +103,13 @@ def _hf_trainer(tmp_path, steps: int, evaluate_every: int | None = None, **callb
     return trainer, htmp
 
 
-def test_a_trainer_run_logs_scalars_to_tensorboard_and_records_match_its_checkpoints(tmp_path):
+def test_a_trainer_run_logs_scalars_to_tensorboard_and_records_match_its_checkpoints(tmp_path, capsys):
     trainer, htmp = _hf_trainer(tmp_path, 30, every=10)
     trainer.train()
+    # The Trainer's own logging is as without the callback (its loss at every logging step, 5 here,
+    # those the analyses fall on too), and nothing of htmp's is printed.
+    assert [e["step"] for e in trainer.state.log_history if "loss" in e] == [5, 10, 15, 20, 25, 30]
+    assert "htmp/" not in capsys.readouterr().out
     run = read_log(tmp_path / "out" / "htmp.jsonl")
     assert [s.step for s in run.steps] == [10, 20, 30]
     for logged in run.steps:
@@ -139,7 +143,7 @@ def test_a_trainer_run_stops_at_the_step_where_the_rule_first_holds(tmp_path):
     trainer.train()
     assert trainer.state.global_step == step
     assert read_log(tmp_path / "stopped" / "out" / "htmp.jsonl").steps[-1].step == step
-    assert htmp.monitor.stop_reason.rule.name == "stable_rank-moved"
+    assert htmp.monitor.stop_reason.violation.rule.name == "stable_rank-moved"
 
 
 # --- Lightning ------------------------------------------------------------------------------------

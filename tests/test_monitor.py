@@ -116,9 +116,9 @@ def test_a_resumed_run_appends_and_a_step_done_twice_keeps_its_last_records(tmp_
         monitor.analyze(10)
         _train(model, monitor, 5)  # a loop that counts from 1 again: step 5 is analysed a second time
     text = log.read_text().splitlines()
-    assert sum(1 for line in text if LOG_SCHEMA in line) == 1
+    assert sum(1 for line in text if LOG_SCHEMA in line) == 2  # a header for each session
     run = read_log(log)
-    assert [s.step for s in run.steps] == [5, 10]
+    assert [s.step for s in run.steps] == [5, 10] and run.earlier_runs == 0
     second = json.loads(text[-1])  # the last record of step 5 (the resumed loop's)
     assert run.steps[0].time == second["time"]
 
@@ -185,3 +185,68 @@ def test_a_background_failure_is_raised_at_the_next_call_of_the_training_loop():
     with pytest.raises(HtmpError, match="fitting process died"):
         monitor.wait()
     monitor.close(abandon=True)
+
+
+def test_a_background_analysis_solves_tensors_off_the_host_where_they_live_and_fits_them_in_the_helper():
+    """The background path for weights on a GPU, run on torch's CPU device: the memory loader hands
+    such a tensor over as it is; the monitor's thread solves it with torch, the helper fits it."""
+    from dataclasses import replace
+
+    from htmp_cli.fit_process import FitProcess
+    from htmp_cli.loaders.memory import open_in_memory
+    from htmp_cli.options import AnalysisOptions
+    from htmp_cli.pipeline import analyze
+
+    model = _model()
+    tensors = dict(model.named_parameters())
+    checkpoint = open_in_memory(model)
+    as_if_on_a_gpu = replace(checkpoint, reader=lambda entry: (tensors[entry.key].detach(), None))
+    options = AnalysisOptions()
+    with FitProcess(options) as fitter:
+        there = analyze(as_if_on_a_gpu, options, fitter=fitter, solve_in_fitter=True)
+        pid = fitter.pid
+    here = analyze(as_if_on_a_gpu, options, jobs=1)
+    assert pid > 0 and [layer.backend for layer in there.layers] == ["torch-cpu"] * 3
+    for a, b in zip(there.layers, here.layers):
+        assert _without_timings(a) == _without_timings(b)
+
+
+def test_a_run_resumed_after_a_crash_mid_line_appends_after_the_last_whole_record(tmp_path):
+    log, model = tmp_path / "run.jsonl", _model()
+    with htmp_cli.Monitor(model, every=5, log=log) as monitor:
+        _train(model, monitor, 10)
+    text = log.read_text()
+    log.write_text(text[: len(text) - 25])  # killed while writing step 10's last record
+    assert "cut short" in read_log(log).notes[0] and "step 10 has 2 of 3 layers" in read_log(log).notes[1]
+    with htmp_cli.Monitor(model, every=5, log=log) as monitor:
+        monitor.analyze(10)  # resumed from the checkpoint of step 10
+    run = read_log(log)
+    assert [s.step for s in run.steps] == [5, 10] and len(run.steps[1].layers) == 3 and run.notes == ()
+
+
+def test_a_new_run_appended_to_an_old_log_is_read_alone_and_other_options_are_refused(tmp_path):
+    log, model = tmp_path / "run.jsonl", _model()
+    with htmp_cli.Monitor(model, every=5, log=log) as monitor:
+        _train(model, monitor, 15)
+    with htmp_cli.Monitor(model, every=5, log=log) as monitor:  # a new run: from step 5 again
+        _train(model, monitor, 10)
+    run = read_log(log)
+    assert [s.step for s in run.steps] == [5, 10] and run.earlier_runs == 1
+    with pytest.raises(OptionError, match="analysed with min_dim = 10, not 20: give this run a log of its own"):
+        htmp_cli.Monitor(model, log=log, min_dim=20)
+
+
+def test_stop_rules_say_what_they_mean_and_refuse_what_they_cannot_judge():
+    from htmp_cli.monitor import stop_rules
+
+    model = _model()
+    with htmp_cli.Monitor(model, every=1, stop_on=[{"name": "tiny-alpha", "summary": "mean_alpha", "min": 100}]) as monitor:
+        monitor.step(3)
+    assert monitor.should_stop and monitor.stop_reason.step == 3
+    assert str(monitor.stop_reason).startswith("rule 'tiny-alpha' (summary mean_alpha >= 100) broken at step 3: mean_alpha = ")
+    with pytest.raises(OptionError, match="one rule table; pass a list of rules"):
+        stop_rules({"name": "x", "summary": "mean_alpha", "min": 2})
+    with pytest.raises(OptionError, match="'falls' is a trend rule"):
+        stop_rules({"check": {"trend": [{"name": "falls", "summary": "mean_alpha", "direction": "falling"}]}})
+    with pytest.raises(HtmpError, match="unknown key 'chekc'"):
+        stop_rules({"chekc": {}})

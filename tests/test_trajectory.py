@@ -86,9 +86,9 @@ def test_the_text_says_transitions_rules_and_means_per_step(run):
     transitions = trajectory.transitions()
     assert transitions and all(f"{t.since} -> {t.step}" in out for t in transitions)
     random_like = next(s for s in trajectory.rule_spans(DEFAULT_RULES) if s.rule.name == "random-like")
-    assert random_like.first == 0  # the initial weights are random
+    assert random_like.first_broken == 0  # the initial weights are random
     row = next(line for line in out.splitlines() if line.strip().startswith("random-like "))
-    assert f" {random_like.first} " in row and f"{random_like.held_at} of 4" in row
+    assert f" {random_like.first_broken} " in row and f"{random_like.broken_at} of 4" in row
 
 
 def test_a_rerun_and_a_later_scan_reuse_the_stored_results(run, tmp_path):
@@ -115,13 +115,23 @@ def test_plots_are_written_as_png_and_svg(run, tmp_path):
     assert done.returncode == 2 and "--plot" in done.stderr and "must end in .png or .svg" in done.stderr
 
 
-def test_hugging_face_and_lightning_names_give_their_steps(tmp_path):
-    assert step_of(Path("out/checkpoint-1500")) == 1500
-    assert step_of(Path("logs/epoch=3-step=1200.ckpt")) == 1200
-    assert step_of(Path("model_step_40.safetensors")) == 40
-    assert step_of(Path("iter-0007.pt")) == 7
-    assert step_of(Path("weights-2024-final-300.bin")) == 300
-    assert step_of(Path("last.ckpt")) is None
+@pytest.mark.parametrize("name, step", [
+    ("out/checkpoint-1500", 1500), ("logs/epoch=3-step=1200.ckpt", 1200), ("model_step_40.safetensors", 40),
+    ("iter-0007.pt", 7), ("weights-2024-final-300.bin", 300), ("last.ckpt", None),
+    ("resnet50_lr0.1_step100.pt", 100), ("model.step_1000.pt", 1000), ("gpt2.step1000.pt", 1000),
+    ("model-epoch=02-val_loss=0.72.ckpt", 2),
+    ("model-00001-of-00002.safetensors", None), ("model.v1.5.safetensors", None), ("run-00003-of-00004.safetensors", None),
+])
+def test_hugging_face_and_lightning_names_give_their_steps(name, step):
+    assert step_of(Path(name)) == step
+
+
+def test_a_file_without_a_step_takes_its_folders(tmp_path):
+    for step in (10, 20):
+        (tmp_path / "run" / f"checkpoint-{step}").mkdir(parents=True)
+        safetensors_torch.save_file({"w": torch.randn(20, 12)}, str(tmp_path / "run" / f"checkpoint-{step}" /
+                                                                     "adapter_model.safetensors"))
+    assert [step for step, _ in find_checkpoints(tmp_path / "run").checkpoints] == [10, 20]
 
 
 @given(st.integers(min_value=0, max_value=10**9), st.sampled_from(["checkpoint-{}", "epoch=2-step={}.ckpt",
@@ -150,7 +160,7 @@ def test_checkpoints_without_a_step_are_said_and_two_of_one_step_refused(run, tm
     assert done.returncode == 0, done.stderr
     assert "left out:" in done.stdout and "last.safetensors: no step in its name" in done.stdout
     (mixed / "other_10.safetensors").write_bytes((folder / "model_step10.safetensors").read_bytes())
-    with pytest.raises(HtmpError, match="two checkpoints of step 10"):
+    with pytest.raises(HtmpError, match="two checkpoints named for step 10"):
         find_checkpoints(mixed)
 
 
@@ -307,3 +317,33 @@ def test_the_figures_stay_legible_for_12_and_for_100_layers(run, n_layers):
     assert {ax.get_title() for ax in metrics.axes if ax.get_title()} == {f"attention ({n_layers // 2} layers)",
                                                                          f"MLP ({n_layers // 2} layers)"}
     assert len(metrics.axes[0].lines) == n_layers // 2 + 2  # each layer, the median, the alpha = 2 line
+
+
+def test_a_transition_across_a_failed_step_is_from_the_last_known_phase(run):
+    from dataclasses import replace
+
+    from htmp_cli.trajectory import RunStep, Trajectory
+
+    log, _ = run
+    base = from_log(log)
+    template = base.steps[-1].report.layers[1]
+    phases = ["random-like", None, "bulk+spikes"]  # None: the analysis failed at that step
+    steps = []
+    for run_step, phase in zip(base.steps, phases):
+        layer = (replace(template, status="failed", phase=None, reason="NaN") if phase is None
+                 else replace(template, phase=replace(template.phase, phase=phase)))
+        steps.append(RunStep(run_step.step, replace(run_step.report, layers=(layer,))))
+    trajectory = Trajectory(source=Path("x.jsonl"), kind="log", steps=tuple(steps))
+    (transition,) = trajectory.transitions()
+    assert (transition.since, transition.step, transition.before, transition.after) == (
+        base.steps[0].step, base.steps[2].step, "random-like", "bulk+spikes")
+
+
+def test_a_folder_that_is_one_checkpoint_is_checked_as_one(tmp_path):
+    for name in ("weights_v2.safetensors", "adapter_model.safetensors"):
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        safetensors_torch.save_file({"w": torch.randn(60, 40)}, str(folder / name))
+        done = run_htmp("check", str(folder), cwd=tmp_path)
+        assert done.returncode in (0, 1), done.stderr
+        assert "steps," not in done.stdout and name in done.stdout, done.stdout

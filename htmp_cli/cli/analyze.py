@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -85,6 +86,8 @@ def check(
                                             "apply the drift rules (check.drift, or the built-in ones) to it."),
     db: Path = typer.Option(Path("htmp-scan.sqlite"), "--db", help="For a training run given as a folder of step "
                             "checkpoints: the results store shared with htmp scan and htmp trajectory."),
+    run: bool = typer.Option(False, "--run", help="Read a folder as a training run of step checkpoints even where it "
+                             "is one checkpoint itself (a Trainer's output_dir holding the final model)."),
     min_dim: int = MIN_DIM,
     precision: Precision = PRECISION,
     fit: FitMethod = FIT,
@@ -105,11 +108,7 @@ def check(
     def body() -> int:
         from htmp_cli import gate
 
-        config_path = config if config is not None else gate.find_config(Path.cwd())
-        settings = gate.load_config(config_path) if config_path is not None else {}
-        if no_defaults:
-            settings = {**settings, "check": {**settings.get("check", {}), "defaults": False}}
-        gate_config = gate.parse_config(settings, str(config_path or "built-in rules"))
+        gate_config, _ = gate.configuration(config, Path.cwd(), no_defaults)
         flags = {**selection_fields(min_dim, conv, split_fused, skip_embeddings, include, exclude),
                  "precision": precision.value, "fit": fit.value, "device": device.value}
         given = {name: value for name, value in flags.items() if flag_given(ctx, name)}
@@ -120,8 +119,17 @@ def check(
         earlier = read_report_file(baseline, "--baseline") if baseline is not None else None
         from htmp_cli import trajectory as runs
 
-        if runs.is_run_log(Path(path)) or runs.is_run_folder(Path(path)):
+        if runs.is_run_log(Path(path)) or runs.is_run_folder(Path(path)) or (run and Path(path).is_dir()):
+            fixed = [name for name in given if name not in gate.SELECTION_OPTIONS]
+            if runs.is_run_log(Path(path)) and fixed:
+                raise HtmpError(f"{path} is a training log, analysed as it was recorded: --{fixed[0].replace('_', '-')} "
+                                "applies only to checkpoints (the selection options --include, --exclude, "
+                                "--skip-embeddings and --min-dim apply to logs too)")
             return _check_run(Path(path), options, gate_config, earlier, db, jobs, junit, summary)
+        steps_under = runs.holds_step_checkpoints(Path(path)) if Path(path).is_dir() else 0
+        if steps_under:
+            typer.echo(f"htmp: note: {path} is one checkpoint, and also holds {steps_under} step checkpoints: "
+                       "--run checks them as a training run", err=True)
         if gate_config.trend_rules:
             typer.echo(f"htmp: note: the {len(gate_config.trend_rules)} trend rule(s) apply to training runs "
                        f"(a log or a folder of step checkpoints), not to {path}", err=True)
@@ -165,6 +173,7 @@ def _say_verdict(verdict, source: str, junit: Optional[Path], summary: Optional[
 def _check_run(path: Path, options: AnalysisOptions, gate_config, earlier: Optional[Report], db: Path,  # type: ignore[no-untyped-def]
                jobs: Optional[int], junit: Optional[Path], summary: Optional[Path]) -> int:
     """`htmp check` of a training run: a log, or a folder of step checkpoints (htmp_cli.trajectory_check)."""
+    from htmp_cli import gate
     from htmp_cli.cli.trajectory import load_run
     from htmp_cli.jobs import usable_cores
     from htmp_cli.trajectory_check import evaluate_run
@@ -173,6 +182,8 @@ def _check_run(path: Path, options: AnalysisOptions, gate_config, earlier: Optio
         raise HtmpError(f"--baseline compares one checkpoint with another; {path} is a training run "
                         "(its trend rules, [[check.trend]], compare its first and last steps)")
     found = load_run(path, options, db, jobs or usable_cores(), progress=False)
+    if found.kind == "log":  # the selection applies to a log's layers as to a saved report's
+        found = replace(found, steps=tuple(replace(s, report=gate.select_layers(s.report, options)) for s in found.steps))
     verdict = evaluate_run(found, gate_config.rules, gate_config.trend_rules)
     return _say_verdict(verdict, f"{found.source} ({len(found.steps)} steps, {found.steps[0].step} to "
                                  f"{found.steps[-1].step})", junit, summary)

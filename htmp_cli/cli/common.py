@@ -62,6 +62,14 @@ def _root(
     """Heavy-tail and random-matrix diagnostics for trained model weights."""
 
 
+def default_jobs() -> int:
+    """The usable cores: the default worker count of the commands that analyse many checkpoints."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def fail(message: str) -> None:
     typer.echo(f"htmp: error: {message}", err=True)
     raise typer.Exit(EXIT_USAGE)

@@ -120,6 +120,10 @@ def report(
     output: Path = typer.Option(Path("htmp-report.html"), "--output", "-o", help="The HTML file to write."),
     db: Path = typer.Option(Path("htmp-scan.sqlite"), "--db", help="For a training run given as a folder of step "
                             "checkpoints: the results store shared with htmp scan and htmp trajectory."),
+    run: bool = typer.Option(False, "--run", help="Read a folder as a training run of step checkpoints even where it "
+                             "is one checkpoint itself (a Trainer's output_dir holding the final model)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="For a training run: the rules whose steps the page "
+                                          "shows (default: htmp.toml or [tool.htmp] in pyproject.toml, searched upward)."),
     progress: Optional[bool] = PROGRESS,
     debug: bool = DEBUG,
 ) -> None:
@@ -137,8 +141,8 @@ def report(
         check_writable(output, "--output")
         from htmp_cli import trajectory as runs
 
-        if runs.is_run_log(Path(path)) or runs.is_run_folder(Path(path)):
-            _run_report(Path(path), analysis, db, progress, output)
+        if runs.is_run_log(Path(path)) or runs.is_run_folder(Path(path)) or (run and Path(path).is_dir()):
+            _run_report(Path(path), analysis, db, progress, output, config)
             return
         report = _report_or_analysis(path, analysis, progress)
         spectra = _with_spectra(report)
@@ -153,20 +157,21 @@ def report(
     run_guarded(debug, body)
 
 
-def _run_report(run: Path, analysis: AnalysisOptions, db: Path, progress: Optional[bool], output: Path) -> None:
+def _run_report(run: Path, analysis: AnalysisOptions, db: Path, progress: Optional[bool], output: Path,
+                config: Optional[Path]) -> None:
     from htmp_cli import gate
+    from htmp_cli.cli.common import default_jobs
     from htmp_cli.cli.trajectory import load_run
-    from htmp_cli.jobs import usable_cores
     from htmp_cli.report.html import trajectory_html
     from htmp_cli.report.trajectory_plots import trajectory_svgs
 
     if run.is_file() and analysis != AnalysisOptions():
         raise HtmpError(f"{run} is a training log, drawn as it was recorded: analysis options apply only to checkpoints")
-    found = load_run(run, analysis, db, usable_cores(), progress)
-    config_path = gate.find_config(Path.cwd())
-    rules = gate.rules_from_config(gate.load_config(config_path) if config_path else {}, str(config_path or "built-in rules"))
+    gate_config, _ = gate.configuration(config, Path.cwd())
+    options = AnalysisOptions(**gate_config.analysis) if analysis == AnalysisOptions() else analysis
+    found = load_run(run, options, db, default_jobs(), progress)
     metrics_svg, phases_svg = trajectory_svgs(found)
-    write_text(output, trajectory_html(found, found.rule_spans(rules), metrics_svg, phases_svg), "--output")
+    write_text(output, trajectory_html(found, found.rule_spans(gate_config.rules), metrics_svg, phases_svg), "--output")
     typer.echo(f"{output} ({output.stat().st_size:,} bytes, a run of {len(found.steps)} steps)")
 
 

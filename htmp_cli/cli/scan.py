@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from htmp_cli.cli.common import (EXIT_OK, EXIT_SCAN_FAILURES, app, flag_given, open_output,
+from htmp_cli.cli.common import (EXIT_OK, EXIT_SCAN_FAILURES, app, default_jobs, flag_given, open_output,
                                  read_report_file, run_guarded, stdout_console, write_text)
 from htmp_cli.cli.flags import ANALYSIS_FLAGS, DEBUG, PROGRESS, OutputFormat, with_analysis_flags
 from htmp_cli.errors import HtmpError
@@ -25,13 +24,6 @@ class ExportRows(str, Enum):
     layer = "layer"
 
 
-def _default_jobs() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 @app.command()
 @with_analysis_flags
 def scan(
@@ -40,7 +32,7 @@ def scan(
                                       "('runs/*/last.pt', quoted) or list files (@runs.txt, or a .txt file: one path per line)."),
     db: Path = typer.Option(Path("htmp-scan.sqlite"), "--db", help="The results store (SQLite). A re-run reads "
                             "finished checkpoints from it instead of analysing them again."),
-    jobs: int = typer.Option(_default_jobs(), "--jobs", "-j", help="Worker processes (one BLAS thread each); "
+    jobs: int = typer.Option(default_jobs(), "--jobs", "-j", help="Worker processes (one BLAS thread each); "
                              "with --scheduler local, the number of Dask workers. Default: the usable cores."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS",
                                             help="Run on a Dask cluster: a scheduler address (tcp://host:8786), or 'local' "

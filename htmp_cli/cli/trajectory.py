@@ -11,21 +11,16 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from htmp_cli.cli.common import EXIT_OK, EXIT_SCAN_FAILURES, app, run_guarded, stdout_console, write_text
+from htmp_cli.cli.common import EXIT_OK, EXIT_SCAN_FAILURES, app, default_jobs, run_guarded, stdout_console, write_text
 from htmp_cli.cli.flags import DEBUG, PROGRESS, with_analysis_flags
 from htmp_cli.errors import HtmpError
 from htmp_cli.options import AnalysisOptions
+from htmp_cli.outputs import check_writable
 
 
 class TrajectoryFormat(str, Enum):
     text = "text"
     json = "json"
-
-
-def _default_jobs() -> int:
-    from htmp_cli.jobs import usable_cores
-
-    return usable_cores()
 
 
 @app.command()
@@ -37,7 +32,7 @@ def trajectory(
                                "(checkpoint-<step>/, epoch=..-step=<step>.ckpt, model_<step>.safetensors)."),
     db: Path = typer.Option(Path("htmp-scan.sqlite"), "--db", help="The results store shared with htmp scan: "
                             "checkpoints analysed before are read from it."),
-    jobs: int = typer.Option(_default_jobs(), "--jobs", "-j", help="Worker processes for the checkpoints "
+    jobs: int = typer.Option(default_jobs(), "--jobs", "-j", help="Worker processes for the checkpoints "
                              "(one BLAS thread each). Default: the usable cores."),
     config: Optional[Path] = typer.Option(None, "--config", help="Rules to follow over the run (default: htmp.toml "
                                           "or [tool.htmp] in pyproject.toml, searched upward; else the built-in rules)."),
@@ -49,7 +44,10 @@ def trajectory(
     debug: bool = DEBUG,
 ) -> None:
     """How a training run's layers moved: means per step, phase transitions, layers that stayed
-    random-like, and the first and last step at which each rule held.
+    random-like, and the first and last step at which each rule was broken.
+
+    The analysis flags apply to a folder of checkpoints (without any, the configuration's
+    [analysis] table does); a log was analysed as it was recorded.
 
     A checkpoint that fails to analyse is said and left out; the exit status is then 3.
     """
@@ -58,15 +56,20 @@ def trajectory(
         from htmp_cli import gate
         from htmp_cli import trajectory as runs
 
-        config_path = config if config is not None else gate.find_config(Path.cwd())
-        settings = gate.load_config(config_path) if config_path is not None else {}
-        rules = gate.rules_from_config(settings, str(config_path or "built-in rules"))
-        if plot is not None and plot.suffix.lower() not in (".png", ".svg"):
-            raise HtmpError(f"--plot {plot}: the name must end in .png or .svg")
+        gate_config, _ = gate.configuration(config, Path.cwd())
+        if plot is not None:
+            if plot.suffix.lower() not in (".png", ".svg"):
+                raise HtmpError(f"--plot {plot}: the name must end in .png or .svg")
+            check_writable(plot, "--plot")
+        if output is not None:
+            check_writable(output, "--output")
         if runs.is_run_log(run) and analysis != AnalysisOptions():
             raise HtmpError(f"{run} is a training log, analysed as it was recorded: the analysis flags apply "
                             "only to a folder of checkpoints")
-        found = load_run(run, analysis, db, jobs, progress)
+        # No analysis flag given: the configuration's [analysis] table, as htmp check reads it.
+        options = AnalysisOptions(**gate_config.analysis) if analysis == AnalysisOptions() else analysis
+        found = load_run(run, options, db, jobs, progress)
+        rules = gate_config.rules
         spans = found.rule_spans(rules)
         if format is TrajectoryFormat.json:
             text = json.dumps(runs.to_dict(found, rules), indent=2, allow_nan=False) + "\n"
@@ -95,56 +98,22 @@ def trajectory(
 
 
 def load_run(path: Path, analysis: AnalysisOptions, db: Path, jobs: int, progress: Optional[bool]):  # type: ignore[no-untyped-def]
-    """The trajectory of a training log, or of a run folder's checkpoints analysed through the store
-    at `db`; raises HtmpError for a path that is neither, or a run with no analysed step."""
+    """htmp_cli.trajectory.load_run with the scan's progress bars on a terminal, and Ctrl-C said."""
     from htmp_cli import trajectory as runs
 
-    if runs.is_run_log(path):
-        found = runs.from_log(path)
-        if not found.steps:
-            raise HtmpError(f"{path}: the training log holds no analysed step yet")
-        return found
-    if path.is_dir():
-        found = _analyse_checkpoints(runs.find_checkpoints(path), analysis, db, jobs, progress)
-        if not found.steps:
-            raise HtmpError(f"{path}: no checkpoint could be analysed ({found.skipped[-1][1]})")
-        return found
-    if path.exists():
-        raise HtmpError(f"{path}: neither a training log (htmp.jsonl) nor a folder of checkpoints")
-    raise HtmpError(f"{path}: no such file or directory")
-
-
-def _analyse_checkpoints(run, analysis: AnalysisOptions, db: Path, jobs: int, progress: Optional[bool]):  # type: ignore[no-untyped-def]
-    from htmp_cli.scan.executors import LocalExecutor
-    from htmp_cli.scan.runner import run_scan
-    from htmp_cli.scan.store import ScanStore
-    from htmp_cli.trajectory import from_checkpoints
-
     err_console = Console(stderr=True)
-    units = tuple(unit for _, unit in run.checkpoints)
 
     def notice(text: str) -> None:
         err_console.print(text, highlight=False, markup=False, soft_wrap=True)
 
-    with ScanStore(db) as store:
-        try:
-            if err_console.is_terminal if progress is None else progress:
-                from htmp_cli.progress import ScanProgress
+    try:
+        if not runs.is_run_log(path) and path.is_dir() and (err_console.is_terminal if progress is None else progress):
+            from htmp_cli.progress import ScanProgress
 
-                with ScanProgress(err_console) as listener:
-                    result = run_scan(units, analysis, store, LocalExecutor(jobs), listener=listener, notice=notice)
-            else:
-                result = run_scan(units, analysis, store, LocalExecutor(jobs), notice=notice)
-        except KeyboardInterrupt:
-            typer.echo(f"htmp trajectory: interrupted; {db} keeps the checkpoints finished so far, and the same "
-                       "command goes on from there", err=True)
-            raise typer.Exit(130) from None
-    step_of_unit = {unit.path: step for step, unit in run.checkpoints}
-    reports, failures = {}, {}
-    for row in result.rows:
-        step = step_of_unit[row.unit.path]
-        if row.result.status == "success" and row.result.report is not None:
-            reports[step] = row.result.report
-        else:
-            failures[step] = row.result.error or "no report"
-    return from_checkpoints(run, reports, failures)
+            with ScanProgress(err_console) as listener:
+                return runs.load_run(path, analysis, db, jobs, listener=listener, notice=notice)
+        return runs.load_run(path, analysis, db, jobs, notice=notice)
+    except KeyboardInterrupt:
+        typer.echo(f"htmp: interrupted; {db} keeps the checkpoints finished so far, and the same command goes on "
+                   "from there", err=True)
+        raise typer.Exit(130) from None

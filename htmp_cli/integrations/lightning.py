@@ -64,26 +64,42 @@ class HTMPCallback(Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.is_global_zero:
             self.watch.on_step(trainer.global_step)
-            self._publish(trainer)
+            self.watch.publish(self._log)
+        self._stop_if_asked(trainer, self.watch.due(trainer.global_step))
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking and self.watch.monitor is not None:
+        if trainer.sanity_checking:
+            return
+        if trainer.is_global_zero and self.watch.monitor is not None:
             self.watch.on_evaluate(trainer.global_step)
-            self._publish(trainer)
+            self.watch.publish(self._log)
+        self._stop_if_asked(trainer, self.watch.at_evaluate)
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         if trainer.is_global_zero and self.watch.monitor is not None:
             self.watch.on_save(trainer.global_step)
-            self._publish(trainer)
+            self.watch.publish(self._log)
+        self._stop_if_asked(trainer, self.watch.at_save)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.is_global_zero:
             self.watch.finish()
-            self._publish(trainer)
+            self.watch.publish(self._log)
 
-    def _publish(self, trainer: Any) -> None:
-        self.watch.publish(self._log)
-        if self.watch.should_stop:
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if trainer.is_global_zero:  # the analyses under way are dropped; the helper process goes
+            self.watch.finish(abandon=True)
+
+    def _stop_if_asked(self, trainer: Any, analysed_here: bool) -> None:
+        """Stop Lightning's way when the main process's analysis broke a stop rule. In a distributed
+        run every rank stops together (or the others would wait forever in the next collective): the
+        decision is broadcast, at the events every rank knows were analysed."""
+        stop = self.watch.should_stop
+        if trainer.world_size > 1:
+            if not analysed_here:
+                return
+            stop = bool(trainer.strategy.broadcast(stop, src=0))
+        if stop:
             trainer.should_stop = True
 
     def _log(self, result: StepReport, scalars: dict[str, float]) -> None:

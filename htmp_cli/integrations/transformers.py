@@ -4,10 +4,11 @@
     trainer.add_callback(HTMPCallback(trainer, every=50, stop_on=[{"name": "mean-alpha",
                                                                     "summary": "mean_alpha", "min": 2}]))
 
-Given the trainer, the callback logs its scalars through `trainer.log`, so they reach every logger
-the run reports to (TensorBoard, W&B, ...: the Trainer's TensorBoard writer files them as
-`train/htmp/mean_alpha`, `train/htmp/alpha/<layer>`, ...); without it they go to the JSON Lines log
-only (a transformers callback is not handed the trainer). The log defaults to
+Given the trainer, the callback hands its scalars to every logger the run reports to (TensorBoard,
+W&B, ...: the Trainer's TensorBoard writer files them as `train/htmp/mean_alpha`,
+`train/htmp/alpha/<layer>`, ...), as `trainer.log` would but without printing them or touching the
+step's own logging; without it they go to the JSON Lines log only (a transformers callback is not
+handed the trainer). The log defaults to
 `<output_dir>/htmp.jsonl`. When a stop rule fires, training stops the Trainer's way
 (`control.should_training_stop`) at the end of that step. Needs the transformers extra.
 """
@@ -23,6 +24,7 @@ from htmp_cli.monitor import StepReport, StopRules
 
 try:
     from transformers import TrainerCallback
+    from transformers.trainer_callback import DefaultFlowCallback, PrinterCallback, ProgressCallback
 except ImportError:
     raise HtmpError("htmp_cli.integrations.transformers needs transformers: "
                     "pip install 'htmp-cli[transformers]' (or transformers)") from None
@@ -71,28 +73,54 @@ class HTMPCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             self.watch.on_step(state.global_step)
-            self._publish(control)
+            self.watch.publish(self._log)
+        self._stop_if_asked(args, control, self.watch.due(state.global_step))
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             self.watch.on_evaluate(state.global_step)
-            self._publish(control)
+            self.watch.publish(self._log)
+        self._stop_if_asked(args, control, self.watch.at_evaluate)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             self.watch.on_save(state.global_step)
-            self._publish(control)
+            self.watch.publish(self._log)
+        self._stop_if_asked(args, control, self.watch.at_save)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             self.watch.finish()
-            self._publish(control)
+            self.watch.publish(self._log)
 
-    def _publish(self, control: Any) -> None:
-        self.watch.publish(self._log)
-        if self.watch.should_stop:
+    def _stop_if_asked(self, args: Any, control: Any, analysed_here: bool) -> None:
+        """Stop the Trainer's way when the main process's analysis broke a stop rule; in a
+        distributed run the decision is broadcast to every rank at the events every rank knows were
+        analysed, so that all of them leave the loop together."""
+        stop = self.watch.should_stop
+        if args.world_size > 1:
+            if not analysed_here:
+                return
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                decision = [stop]
+                dist.broadcast_object_list(decision, src=0)
+                stop = bool(decision[0])
+        if stop:
             control.should_training_stop = True
 
     def _log(self, result: StepReport, scalars: dict[str, float]) -> None:
-        if self.trainer is not None:
-            self.trainer.log(scalars)
+        """The scalars to the trainer's loggers, as `trainer.log` hands logs to them, but not to its
+        console printers (every layer's numbers at every analysis) nor to its flow control (whose
+        `on_log` clears `should_log`: the step's own loss log would be lost)."""
+        if self.trainer is None:
+            return
+        handler = self.trainer.callback_handler
+        for callback in handler.callbacks:
+            if callback is self or isinstance(callback, (DefaultFlowCallback, PrinterCallback, ProgressCallback)):
+                continue
+            callback.on_log(self.trainer.args, self.trainer.state, self.trainer.control, model=handler.model,
+                            processing_class=handler.processing_class, optimizer=handler.optimizer,
+                            lr_scheduler=handler.lr_scheduler, train_dataloader=handler.train_dataloader,
+                            eval_dataloader=handler.eval_dataloader, logs=dict(scalars))

@@ -122,6 +122,11 @@ def _validate_entry(path: Path, name: str, info: object, data_start: int) -> Ten
         or offsets[0] > offsets[1]
     ):
         raise CheckpointError(f"{where}: data_offsets {offsets!r} is not a [begin, end] pair with begin <= end")
+    if dtype == "F4" and shape and shape[-1] % 2:
+        # Stored in pairs along the last dimension (torch's float4_e2m1fn_x2): the safetensors library
+        # refuses an odd one even for an empty tensor (found by the fuzzer).
+        raise CheckpointError(f"{where}: an F4 tensor's last dimension must be even (its values come in pairs), "
+                              f"got shape {shape}")
     n_elements = math.prod(shape)
     expected = byte_size(dtype, n_elements)
     if expected is None or expected != offsets[1] - offsets[0]:

@@ -16,6 +16,7 @@ from htmp_cli.report.formats import (TABLE_COLUMNS, flat_layer_row, format_numbe
                                      summary_lines)
 from htmp_cli.report.plots import FAILED_STYLE, PHASE_STYLE
 from htmp_cli.results import Report
+from htmp_cli.trajectory import RuleSpan, Trajectory, summary_table
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 
@@ -310,17 +311,16 @@ def scan_html(title: str, columns: list[tuple[str, str, bool]], rows: list[dict[
     return _page(title, body)
 
 
-def trajectory_html(trajectory: Any, spans: Iterable[Any], metrics_svg: str, phases_svg: str) -> str:
+def trajectory_html(trajectory: Trajectory, spans: Iterable[RuleSpan], metrics_svg: str, phases_svg: str) -> str:
     """The report of a training run (htmp_cli.trajectory): the figures, the summary per step (sortable),
     the phase transitions, the layers that stayed random-like and when each rule held."""
-    from htmp_cli.trajectory import summary_table
-
     steps = trajectory.steps
     title = f"htmp run: {trajectory.source}"
     body = [f"<h1>{escape(title)}</h1>\n",
             f"<p class=\"meta\">{len(steps)} analysed steps, {steps[0].step} to {steps[-1].step}; "
             f"{len(trajectory.layer_names)} layers; from {'a training log' if trajectory.kind == 'log' else 'checkpoints'}"
             "</p>\n"]
+    body += [f"<p class=\"meta\">note: {escape(note)}</p>\n" for note in trajectory.notes]
     body += [f"<p class=\"meta\">left out: {escape(path)}: {escape(reason)}</p>\n" for path, reason in trajectory.skipped]
     body += ["<h2>Metrics against step</h2>\n<div class=\"figure\" id=\"run-metrics\">",
              scoped_ids(metrics_svg, "metrics-"), "</div>\n",
@@ -354,12 +354,14 @@ def trajectory_html(trajectory: Any, spans: Iterable[Any], metrics_svg: str, pha
     body.append(f"<h2>Never left random-like ({len(stayed)})</h2>\n<p>{escape(', '.join(stayed)) or 'none'}</p>\n")
     spans = list(spans)
     if spans:
-        body.append("<h2>Rules over the run</h2>\n<table id=\"rules\"><thead><tr><th>rule</th><th>severity</th>"
-                    "<th class=\"num\">first held</th><th class=\"num\">last held</th><th class=\"num\">steps held</th>"
-                    "</tr></thead><tbody>\n")
+        body.append("<h2>Rules over the run: where each was broken</h2>\n<table id=\"rules\"><thead><tr><th>rule</th>"
+                    "<th>severity</th><th class=\"num\">first broken</th><th class=\"num\">last broken</th>"
+                    "<th class=\"num\">steps broken</th><th>the first time</th></tr></thead><tbody>\n")
         body += [f"<tr><td>{escape(s.rule.name)}</td><td>{escape(s.rule.severity)}</td><td class=\"num\">"
-                 f"{'never' if s.first is None else s.first}</td><td class=\"num\">{'never' if s.last is None else s.last}"
-                 f"</td><td class=\"num\">{s.held_at} of {len(steps)}</td></tr>\n" for s in spans]
+                 f"{'never' if s.first_broken is None else s.first_broken}</td><td class=\"num\">"
+                 f"{'never' if s.last_broken is None else s.last_broken}</td><td class=\"num\">{s.broken_at} of "
+                 f"{len(steps)}</td><td>{escape('; '.join(v.message if v.layer is None else f'{v.layer}: {v.message}' for v in s.first_violations[:3]))}"
+                 "</td></tr>\n" for s in spans]
         body.append("</tbody></table>\n")
     body.append(f"<p class=\"meta\">Written by htmp {escape(__version__)}. This file needs no network.</p>")
     return _page(title, body)

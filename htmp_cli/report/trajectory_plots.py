@@ -59,11 +59,15 @@ def _groups(trajectory: Trajectory) -> dict[str, list[str]]:
 
 def _metrics_figure(trajectory: Trajectory):  # type: ignore[no-untyped-def]
     groups = _groups(trajectory)
+    # Without HTMP fits (htmp=False) there is no kappa to draw: its row goes.
+    metrics = [(metric, label) for metric, label in _METRICS
+               if any(value is not None for name in trajectory.layer_names for _, value in trajectory.series(name, metric))]
+    metrics = metrics or list(_METRICS[:1])
     width = max(5.6, 3.4 * len(groups) + 1.0)
-    fig, axes = new_figure((width, 6.0), 100, ncols=len(groups), nrows=len(_METRICS))
-    axes = np.asarray(axes).reshape(len(_METRICS), len(groups))
+    fig, axes = new_figure((width, 1.2 + 2.4 * len(metrics)), 100, ncols=len(groups), nrows=len(metrics))
+    axes = np.asarray(axes).reshape(len(metrics), len(groups))
     for column, (group, names) in enumerate(groups.items()):
-        for row, (metric, label) in enumerate(_METRICS):
+        for row, (metric, label) in enumerate(metrics):
             ax = axes[row, column]
             lines = []
             for name in names:
@@ -83,7 +87,7 @@ def _metrics_figure(trajectory: Trajectory):  # type: ignore[no-untyped-def]
                 ax.set_title(f"{group} ({len(names)} layers)")
             if column == 0:
                 ax.set_ylabel(label)
-            if row == len(_METRICS) - 1:
+            if row == len(metrics) - 1:
                 ax.set_xlabel("step")
             ax.grid(True, color="#e5e5e5", linewidth=0.6)
             if row == 0 and column == 0:
