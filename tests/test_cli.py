@@ -262,6 +262,7 @@ def test_files_that_are_not_checkpoints_are_named_for_what_they_look_like(fixtur
         "model.onnx": "it looks like an ONNX model",
         "weights.h5": "it looks like an HDF5 file (a Keras .h5 model?)",
         "store.sqlite": "it looks like an SQLite database",
+        "run.jsonl": "it is a training log of htmp_cli.Monitor (JSON Lines): htmp trajectory",
     }
     cases["archive.zip"] = "it looks like a zip archive with no data.pkl"
     import zipfile
@@ -270,6 +271,7 @@ def test_files_that_are_not_checkpoints_are_named_for_what_they_look_like(fixtur
         archive.writestr("readme.txt", "hello")
     (tmp_path / "notes.txt").write_text("hello\n")
     (tmp_path / "data.json").write_text('{"a": 1}\n')
+    (tmp_path / "run.jsonl").write_text('{"schema": "htmp.monitor/1", "htmp_version": "0.1.0", "options": {}}\n')
     (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(range(200)))
     (tmp_path / "weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
     import sqlite3

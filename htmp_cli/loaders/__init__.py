@@ -177,6 +177,9 @@ def looks_like(path: Path) -> str:
         if starts_an_htmp_report(head):
             return ("it is an htmp report (JSON): htmp check, diff, plot and report read reports; "
                     "htmp analyze prints one as saved")
+        if b'"schema"' in head and b"htmp.monitor/" in head.split(b"\n", 1)[0]:
+            return ("it is a training log of htmp_cli.Monitor (JSON Lines): htmp trajectory, check and report "
+                    "read it")
         return "it looks like a JSON file"
     try:
         head.decode("utf-8")
