@@ -168,9 +168,12 @@ class Monitor:
         self._copies = threading.Semaphore(2)  # copies of the weights alive: one analysed, one waiting
         self._worker: threading.Thread | None = None
         # A monitor dropped without close(): its helper process and log file go with it.
-        self._finalizer = weakref.finalize(self, _release, self._resources)
+        self._finalizer = weakref.finalize(self, _release, self._resources, self._pending)
         if background:
-            self._worker = threading.Thread(target=self._work, name="htmp-monitor", daemon=True)
+            # The thread holds the monitor only while it analyses: a monitor dropped without close()
+            # is collected, and its finalizer ends the thread and the helper process.
+            self._worker = threading.Thread(target=_work, args=(weakref.ref(self), self._pending), name="htmp-monitor",
+                                            daemon=True)
             self._worker.start()
 
     def __enter__(self) -> Monitor:
@@ -308,25 +311,20 @@ class Monitor:
             self._fitter_decided = True
         return self._fitter
 
-    def _work(self) -> None:
-        while True:
-            item = self._pending.get()
-            try:
-                if item is _DONE:
-                    return
-                step, taken, snapshot = item
-                del item  # the copy goes as soon as it is analysed, not when the next one comes
-                if self._failure is None:
-                    self._record(StepReport(step, taken, self._run(snapshot, solve_in_fitter=True)))
-                else:  # the loop is told of the failure at its next call; this step is not analysed
-                    self._dropped.append(step)
-                del snapshot
-                self._copies.release()
-            except BaseException as err:  # raised in the training thread, at its next call
-                self._failure = err
-                self._copies.release()
-            finally:
-                self._pending.task_done()
+    def _analyse_copy(self, item: tuple[int, float, Checkpoint]) -> None:
+        """The background thread's work on one copy of the weights (its slot freed after)."""
+        step, taken, snapshot = item
+        del item  # the copy goes as soon as it is analysed, not when the next one comes
+        try:
+            if self._failure is None:
+                self._record(StepReport(step, taken, self._run(snapshot, solve_in_fitter=True)))
+            else:  # the loop is told of the failure at its next call; this step is not analysed
+                self._dropped.append(step)
+        except BaseException as err:  # raised in the training thread, at its next call
+            self._failure = err
+        finally:
+            del snapshot
+            self._copies.release()
 
     def _record(self, result: StepReport) -> StepReport:
         if self.rules:
@@ -384,8 +382,26 @@ def _drain(pending: queue.Queue[Any], copies: threading.Semaphore) -> None:
         pending.task_done()
 
 
-def _release(resources: dict[str, Any], kill: bool = True) -> None:
-    """Stop the helper process and close the log (a monitor's close, or its finalizer)."""
+def _work(monitor: weakref.ref[Monitor], pending: queue.Queue[Any]) -> None:
+    while True:
+        item = pending.get()
+        try:
+            if item is _DONE:
+                return
+            owner = monitor()
+            if owner is None:
+                return
+            owner._analyse_copy(item)
+            del owner, item
+        finally:
+            pending.task_done()
+
+
+def _release(resources: dict[str, Any], pending: queue.Queue[Any] | None = None, kill: bool = True) -> None:
+    """Stop the helper process and close the log (a monitor's close, or its finalizer, which also
+    ends the background thread)."""
+    if pending is not None:
+        pending.put(_DONE)
     fitter, writer = resources.get("fitter"), resources.get("writer")
     resources["fitter"] = resources["writer"] = None
     try:

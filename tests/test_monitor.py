@@ -250,3 +250,22 @@ def test_stop_rules_say_what_they_mean_and_refuse_what_they_cannot_judge():
         stop_rules({"check": {"trend": [{"name": "falls", "summary": "mean_alpha", "direction": "falling"}]}})
     with pytest.raises(HtmpError, match="unknown key 'chekc'"):
         stop_rules({"chekc": {}})
+
+
+def test_a_background_monitor_dropped_without_close_ends_its_thread_and_helper():
+    import gc
+    import threading
+    import time
+
+    model = _model()
+    monitor = htmp_cli.Monitor(model, every=1, background=True)
+    monitor.step(1)
+    monitor.wait()
+    helper = monitor._fitter._process
+    del monitor
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (helper.poll() is None or any(t.name == "htmp-monitor" for t in threading.enumerate())):
+        time.sleep(0.05)
+    assert helper.poll() is not None
+    assert not any(t.name == "htmp-monitor" for t in threading.enumerate())
