@@ -196,6 +196,11 @@ class Violation:
     value: float | str | None
     message: str
 
+    @property
+    def text(self) -> str:
+        """The message, after the layer's name where it is about one."""
+        return self.message if self.layer is None else f"{self.layer}: {self.message}"
+
 
 @dataclass(frozen=True)
 class Verdict:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Union
 from htmp_cli.errors import HtmpError, OptionError
 from htmp_cli.loaders import Checkpoint
 from htmp_cli.options import AnalysisOptions
-from htmp_cli.results import Report
+from htmp_cli.results import LayerResult, Report
 
 if TYPE_CHECKING:
     from htmp_cli.gate import Rule, Violation
@@ -155,7 +155,7 @@ class Monitor:
             from htmp_cli.runlog import LogWriter
 
             self._writer = LogWriter(self.log_path, self.options, type(model).__name__)
-        self._records: list[dict[str, Any]] = []  # the history, when there is no log (it grows with the run)
+        self._records: list[tuple[int, float, LayerResult]] = []  # the history without a log (it grows with the run)
         # Handed over by `collect`; a loop that never collects keeps only the last ones.
         self._finished: collections.deque[StepReport] = collections.deque(maxlen=_UNCOLLECTED)
         self._latest: StepReport | None = None
@@ -274,14 +274,10 @@ class Monitor:
         `time` and the columns of `Report.to_dataframe` (pandas is an optional extra)."""
         from htmp_cli.report.dataframe import history_frame
 
-        if self._writer is not None:
-            from htmp_cli.runlog import read_log
+        from htmp_cli.runlog import latest_analyses, read_log
 
-            steps = read_log(self._writer.path).steps
-            return history_frame([(s.step, s.time, layer) for s in steps for layer in s.layers])
-        from htmp_cli.runlog import steps_of_records
-
-        return history_frame(steps_of_records(list(self._records)))
+        steps = read_log(self._writer.path).steps if self._writer is not None else latest_analyses(list(self._records))
+        return history_frame([(s.step, s.time, layer) for s in steps for layer in s.layers])
 
     def _run(self, checkpoint: Checkpoint, solve_in_fitter: bool) -> Report:
         from htmp_cli.pipeline import analyze
@@ -337,10 +333,7 @@ class Monitor:
         if self._writer is not None:
             self._writer.append(result.step, result.time, result.report.layers)
         else:
-            from htmp_cli.results import layer_to_dict
-
-            self._records.extend({"step": result.step, "time": result.time, "layer": layer_to_dict(layer)}
-                                 for layer in result.report.layers)
+            self._records.extend((result.step, result.time, layer) for layer in result.report.layers)
         self._latest = result
         self._finished.append(result)
         return result

@@ -91,7 +91,7 @@ class LogWriter:
     def append(self, step: int, taken: float, layers: Iterable[LayerResult]) -> None:
         with self._lock:
             for layer in layers:
-                self._write(layer_record(step, taken, layer))
+                self._write({"step": step, "time": taken, "layer": layer_to_dict(layer)})
 
     def close(self) -> None:
         with self._lock:
@@ -100,11 +100,6 @@ class LogWriter:
     def _write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
-
-
-def layer_record(step: int, taken: float, layer: LayerResult) -> dict[str, Any]:
-    """One line of the log, as a dict."""
-    return {"step": step, "time": taken, "layer": layer_to_dict(layer)}
 
 
 def is_log_file(path: str | os.PathLike[str]) -> bool:
@@ -141,18 +136,13 @@ def read_log(path: str | os.PathLike[str]) -> RunLog:
                     break
                 raise HtmpError(f"{path}:{number}: not a training log record ({type(err).__name__}: {err})") from None
     runs = _runs([s for s in sessions if s])
-    chosen = runs[-1] if runs else []
-    by_step: dict[int, tuple[float, dict[str, LayerResult]]] = {}
-    for step, taken, data in chosen:
-        earlier = by_step.get(step)
-        if earlier is None or earlier[0] != taken:  # analysed again (a resumed run): the last wins
-            by_step[step] = (taken, {})
+    decoded = []
+    for step, taken, data in runs[-1] if runs else []:
         try:
-            layer = layer_from_dict(data)
+            decoded.append((step, taken, layer_from_dict(data)))
         except HtmpError as err:
             raise HtmpError(f"{path}: a layer of step {step}: {err}") from None
-        by_step[step][1][layer.name] = layer
-    steps = tuple(LoggedStep(step, taken, tuple(layers.values())) for step, (taken, layers) in sorted(by_step.items()))
+    steps = latest_analyses(decoded)
     most = max((len(s.layers) for s in steps), default=0)
     notes += [f"step {s.step} has {len(s.layers)} of {most} layers" for s in steps if len(s.layers) < most]
     return RunLog(path=path, htmp_version=str(header.get("htmp_version", "")),
@@ -161,16 +151,15 @@ def read_log(path: str | os.PathLike[str]) -> RunLog:
                   earlier_runs=max(0, len(runs) - 1), notes=tuple(notes))
 
 
-def steps_of_records(records: list[dict[str, Any]]) -> list[tuple[int, float, LayerResult]]:
-    """(step, time, layer) of in-memory records, a step analysed twice keeping its last analysis."""
+def latest_analyses(records: Iterable[tuple[int, float, LayerResult]]) -> tuple[LoggedStep, ...]:
+    """(step, time, layer) records as steps in step order; a step analysed again (another time:
+    a resumed run) keeps its last analysis."""
     by_step: dict[int, tuple[float, dict[str, LayerResult]]] = {}
-    for record in records:
-        step, taken = record["step"], record["time"]
+    for step, taken, layer in records:
         if step not in by_step or by_step[step][0] != taken:
             by_step[step] = (taken, {})
-        layer = layer_from_dict(record["layer"])
         by_step[step][1][layer.name] = layer
-    return [(step, taken, layer) for step, (taken, layers) in sorted(by_step.items()) for layer in layers.values()]
+    return tuple(LoggedStep(step, taken, tuple(layers.values())) for step, (taken, layers) in sorted(by_step.items()))
 
 
 def _runs(sessions: list[list[tuple[int, float, dict[str, Any]]]]) -> list[list[tuple[int, float, dict[str, Any]]]]:

@@ -306,8 +306,7 @@ def to_dict(trajectory: Trajectory, rules: tuple[Rule, ...] = ()) -> dict[str, A
         "never_left_random_like": list(trajectory.never_left("random-like")),
         "rules": [{"name": s.rule.name, "severity": s.rule.severity, "first_broken": s.first_broken,
                    "last_broken": s.last_broken, "steps_broken": s.broken_at,
-                   "first_violations": [v.message if v.layer is None else f"{v.layer}: {v.message}"
-                                        for v in s.first_violations]}
+                   "first_violations": [v.text for v in s.first_violations]}
                   for s in trajectory.rule_spans(rules)],
         "layers": {name: {"alpha": trajectory.series(name, "alpha"), "kappa": trajectory.series(name, "kappa"),
                           "phase": trajectory.phase_of(name)} for name in trajectory.layer_names},

@@ -72,7 +72,7 @@ def render_trajectory(trajectory: Trajectory, spans: tuple[RuleSpan, ...], conso
         for column in ("rule", "severity", "first broken", "last broken", "steps broken", "the first time"):
             rules.add_column(column)
         for span in spans:
-            first = "; ".join(v.message if v.layer is None else f"{v.layer}: {v.message}" for v in span.first_violations[:2])
+            first = "; ".join(v.text for v in span.first_violations[:2])
             more = len(span.first_violations) - 2
             rules.add_row(escape(span.rule.name), span.rule.severity, _step(span.first_broken), _step(span.last_broken),
                           f"{span.broken_at} of {len(steps)}", escape(first) + (f" (+{more} more)" if more > 0 else ""))

@@ -360,7 +360,7 @@ def trajectory_html(trajectory: Trajectory, spans: Iterable[RuleSpan], metrics_s
         body += [f"<tr><td>{escape(s.rule.name)}</td><td>{escape(s.rule.severity)}</td><td class=\"num\">"
                  f"{'never' if s.first_broken is None else s.first_broken}</td><td class=\"num\">"
                  f"{'never' if s.last_broken is None else s.last_broken}</td><td class=\"num\">{s.broken_at} of "
-                 f"{len(steps)}</td><td>{escape('; '.join(v.message if v.layer is None else f'{v.layer}: {v.message}' for v in s.first_violations[:3]))}"
+                 f"{len(steps)}</td><td>{escape('; '.join(v.text for v in s.first_violations[:3]))}"
                  "</td></tr>\n" for s in spans]
         body.append("</tbody></table>\n")
     body.append(f"<p class=\"meta\">Written by htmp {escape(__version__)}. This file needs no network.</p>")
