@@ -69,7 +69,9 @@ def render_trajectory(trajectory: Trajectory, spans: tuple[RuleSpan, ...], conso
 
     if spans:
         rules = Table(title="Rules over the run: where each was broken", title_justify="left", show_edge=False)
-        for column in ("rule", "severity", "first broken", "last broken", "steps broken", "the first time"):
+        # A rule's name is what the reader looks up: it is never cut; the first violations wrap instead.
+        rules.add_column("rule", no_wrap=True, min_width=max(len(span.rule.name) for span in spans))
+        for column in ("severity", "first broken", "last broken", "steps broken", "the first time"):
             rules.add_column(column)
         for span in spans:
             first = "; ".join(v.text for v in span.first_violations[:2])

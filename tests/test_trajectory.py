@@ -347,3 +347,19 @@ def test_a_folder_that_is_one_checkpoint_is_checked_as_one(tmp_path):
         done = run_htmp("check", str(folder), cwd=tmp_path)
         assert done.returncode in (0, 1), done.stderr
         assert "steps," not in done.stdout and name in done.stdout, done.stdout
+
+
+def test_rule_names_are_whole_in_a_100_column_terminal(run):
+    import io
+
+    from rich.console import Console
+
+    from htmp_cli.gate import DEFAULT_RULES
+    from htmp_cli.trajectory_output import render_trajectory
+
+    log, _ = run
+    trajectory = from_log(log)
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    render_trajectory(trajectory, trajectory.rule_spans(DEFAULT_RULES), console)
+    rules = console.file.getvalue().split("Rules over the run")[1]
+    assert "mostly-very-heavy-tailed" in rules and "…" not in rules
