@@ -16,6 +16,7 @@ from htmp_cli.fits.metrics import ScaleMetrics, scale_metrics
 from htmp_cli.fits.mp import MIN_EIGENVALUES, MPFit, fit_mp
 from htmp_cli.fits.phases import PhaseResult, classify
 from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
+from htmp_cli.fits.vectors import VectorEvidence, eigenvector_evidence
 from htmp_cli.loaders.matrices import MatrixSpec
 from htmp_cli.loaders.pytorch import stored_from_tensor
 from htmp_cli.options import AnalysisOptions
@@ -39,6 +40,7 @@ class SpectrumAnalysis:
     htmp_inverse: HTMPFit | None
     phase: PhaseResult
     warnings: tuple[str, ...]
+    vectors: VectorEvidence | None = None
 
 
 def _as_float32(block: np.ndarray) -> np.ndarray:
@@ -80,12 +82,12 @@ def solve_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder 
     try:
         if W.ndim == 3:  # conv kernel slices, one spectrum each, pooled
             spectrum = pool_spectra([spectrum_of(gram_matrix(W[k], options.precision, decode, torch_device),
-                                                 options.backend) for k in range(W.shape[0])])
+                                                 options.backend, options.vectors) for k in range(W.shape[0])])
             del W
         else:
             gram = gram_matrix(W, options.precision, decode, torch_device)
             del W
-            spectrum = spectrum_of(gram, options.backend)
+            spectrum = spectrum_of(gram, options.backend, options.vectors)
             del gram
     except NonFiniteMatrixError as err:
         return SolvedMatrix(spec, None, str(err), read_seconds, time.perf_counter() - t0)
@@ -117,7 +119,9 @@ def fit_matrix(solved: SolvedMatrix, options: AnalysisOptions, keep_eigenvalues:
     analysis = spectrum_analysis(spectrum, options)
     return layer(status="success", power_law=analysis.power_law, metrics=analysis.metrics, mp=analysis.mp,
                  htmp=analysis.htmp, htmp_inverse=analysis.htmp_inverse, phase=analysis.phase,
-                 warnings=analysis.warnings, eigenvalues=spectrum.eigenvalues if keep_eigenvalues else None,
+                 warnings=analysis.warnings, vectors=analysis.vectors,
+                 eigenvalues=spectrum.eigenvalues if keep_eigenvalues else None,
+                 vector_ipr=spectrum.vector_ipr if keep_eigenvalues else None,
                  timings=LayerTimings(solved.read_seconds, solved.eigen_seconds, time.perf_counter() - started))
 
 
@@ -146,7 +150,12 @@ def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions) -> SpectrumA
         warnings.append("over-trained")
     if fit.ok and fit.alpha > ALPHA_UNDER_TRAINED:
         warnings.append("under-trained")
+    vectors = None
+    if spectrum.vector_ipr is not None and spectrum.vector_entropy is not None:
+        vectors = eigenvector_evidence(spectrum.eigenvalues, spectrum.vector_ipr, spectrum.vector_entropy, spectrum.M,
+                                       xmin=fit.xmin if fit.ok else None, spike_threshold=mp.spike_threshold,
+                                       zero_threshold=spectrum.zero_threshold)
     return SpectrumAnalysis(power_law=fit, metrics=metrics, mp=mp, htmp=direct, htmp_inverse=inverse,
-                            phase=phase, warnings=tuple(warnings))
+                            phase=phase, warnings=tuple(warnings), vectors=vectors)
 
 

@@ -46,6 +46,9 @@ class AnalysisOptions:
     skip_embeddings: leave embeddings and output heads out.
     include, exclude: regexes on tensor names; a tensor is analysed if it matches some `include`
         (when any are given) and no `exclude`.
+    vectors: solve for the eigenvectors too and report their localisation against the random
+        (Haar) baseline, for the tail, the spikes and the bulk (htmp_cli.fits.vectors). It costs
+        the eigenvector solve: about 2-3 times the eigenvalues alone.
     """
 
     min_dim: int = 10
@@ -61,6 +64,7 @@ class AnalysisOptions:
     skip_embeddings: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    vectors: bool = False
 
     def __post_init__(self) -> None:
         if self.min_dim < 1:

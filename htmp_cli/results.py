@@ -23,6 +23,7 @@ from htmp_cli.fits.mp import MPFit
 from htmp_cli.errors import HtmpError
 from htmp_cli.fits.phases import PhaseResult
 from htmp_cli.fits.powerlaw import PowerLawFit
+from htmp_cli.fits.vectors import VectorEvidence
 from htmp_cli.loaders.matrices import SkippedTensor
 from htmp_cli.options import AnalysisOptions
 
@@ -64,8 +65,11 @@ class LayerResult:
     phase: PhaseResult | None = None
     warnings: tuple[str, ...] = ()
     timings: LayerTimings = field(default_factory=lambda: LayerTimings(0.0, 0.0, 0.0))
-    # The spectrum itself, kept only when asked (figures need it; reports and the JSON do not).
+    vectors: VectorEvidence | None = None  # eigenvector localisation (--vectors)
+    # The spectrum itself, kept only when asked (figures need it; reports and the JSON do not), and
+    # with --vectors each eigenvalue's eigenvector IPR.
     eigenvalues: np.ndarray | None = field(default=None, repr=False, compare=False)
+    vector_ipr: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def Q(self) -> float:
@@ -263,6 +267,8 @@ LAYER_METRICS: dict[str, Metric] = _metrics(
     ("mp_softrank", "mp", "mp_softrank", "lambda_plus / lambda_max"),
     ("ks_mp", "mp", "ks_all", "KS distance of every eigenvalue to the fitted Marchenko-Pastur law"),
     ("n_zero", None, "n_zero", "eigenvalues below the numerical-zero threshold"),
+    ("tail_localised", "vectors", "tail_localised", "tail eigenvectors localised beyond the Haar baseline (--vectors)"),
+    ("tail_entropy_z", "vectors", "tail_entropy_z", "z-score of the tail eigenvectors' mean entropy against Haar (--vectors)"),
 )
 # The metrics the summary averages; those of the tail fit over the layers whose fit succeeded,
 # the others over every analysed layer (htmp_cli.summary).
@@ -271,10 +277,12 @@ SUMMARY_MEANS = ("alpha", "D", "alpha_weighted", "log_alpha_norm", "log_norm", "
 FIT_MEANS = ("alpha", "D", "alpha_weighted", "log_alpha_norm")
 
 
-SCHEMA = "htmp.report/2"
+SCHEMA = "htmp.report/3"
 # /2 (2026-12-01): layers gained `aliases`; summary.means.kappa is over each layer's better HTMP
 # orientation (in /1, the direct one's). A /1 report reads as /2: no aliases, its mean kappa recomputed.
-READABLE_SCHEMAS = ("htmp.report/1", SCHEMA)
+# /3 (2026-12-01): layers gained the evidence sections, null when not asked for: `vectors`
+# (eigenvector localisation). A /2 report reads as /3 with none of them.
+READABLE_SCHEMAS = ("htmp.report/1", "htmp.report/2", SCHEMA)
 
 
 def is_report(data: object) -> bool:
@@ -326,6 +334,7 @@ def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
         "phase": asdict(layer.phase) if layer.phase is not None else None,
         "warnings": list(layer.warnings),
         "timings": asdict(layer.timings),
+        "vectors": asdict(layer.vectors) if layer.vectors is not None else None,
     })
 
 

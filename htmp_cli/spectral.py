@@ -15,7 +15,7 @@ import math
 import os
 import threading
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.util import find_spec
 from typing import Any, Callable, Iterator
@@ -68,6 +68,11 @@ class Spectrum:
     n_zero: int
     n_clamped: int  # negative eigenvalues (round-off) set to zero
     slices: int = 1  # matrices whose eigenvalues are pooled here (conv kernel positions)
+    # With eigenvectors asked for: each eigenvalue's eigenvector's inverse participation ratio and
+    # entropy (htmp_cli.fits.vectors), in the eigenvalues' order. The vectors themselves (M x M) are
+    # reduced to these where they were computed and never leave the solve.
+    vector_ipr: np.ndarray | None = field(default=None, repr=False)
+    vector_entropy: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def nonzero(self) -> np.ndarray:
@@ -309,26 +314,50 @@ def _accumulate(W: np.ndarray, precision: str, decode: Decoder | None, device: s
                       scale=scale)
 
 
-def spectrum_of(gram: GramMatrix, backend: str = "auto") -> Spectrum:
+def spectrum_of(gram: GramMatrix, backend: str = "auto", vectors: bool = False) -> Spectrum:
     """Eigenvalues of a Gram matrix with a symmetric solver (torch's on the Gram's device if it is a
-    torch tensor); raises NonFiniteMatrixError if they overflow float64 once scaled back."""
+    torch tensor); raises NonFiniteMatrixError if they overflow float64 once scaled back.
+
+    `vectors` solves for the eigenvectors too (syevd: about 2-3 times the eigenvalues alone) and
+    keeps each one's localisation (`Spectrum.vector_ipr`, `vector_entropy`), computed on the
+    Gram's device in float64."""
+    ipr = entropy = None
     if not isinstance(gram.values, np.ndarray):
         import torch
 
         backend = f"torch-{gram.values.device.type}"
-        values = torch.linalg.eigvalsh(gram.values, UPLO=gram.uplo).cpu().numpy()
+        if vectors:
+            solved, basis = torch.linalg.eigh(gram.values, UPLO=gram.uplo)
+            values = solved.cpu().numpy()
+            ipr, entropy = (part.cpu().numpy() for part in _torch_localisation(basis))
+            del basis
+        else:
+            values = torch.linalg.eigvalsh(gram.values, UPLO=gram.uplo).cpu().numpy()
     else:
         backend = choose_backend(backend, gram.M)
         if backend == "torch":
             import torch
 
-            values = torch.linalg.eigvalsh(torch.from_numpy(gram.values), UPLO=gram.uplo).numpy()
-        elif gram.M < LARGE_MATRIX_SIZE:
-            with one_blas_thread():
-                values = np.linalg.eigvalsh(gram.values, UPLO=gram.uplo)
+            if vectors:
+                solved, basis = torch.linalg.eigh(torch.from_numpy(gram.values), UPLO=gram.uplo)
+                values = solved.numpy()
+                ipr, entropy = (part.numpy() for part in _torch_localisation(basis))
+                del basis
+            else:
+                values = torch.linalg.eigvalsh(torch.from_numpy(gram.values), UPLO=gram.uplo).numpy()
         else:
-            values = np.linalg.eigvalsh(gram.values, UPLO=gram.uplo)
-    values = np.sort(values.astype(np.float64))
+            with one_blas_thread() if gram.M < LARGE_MATRIX_SIZE else nullcontext():
+                if vectors:
+                    values, basis = np.linalg.eigh(gram.values, UPLO=gram.uplo)
+                    ipr, entropy = _localisation(basis)
+                    del basis
+                else:
+                    values = np.linalg.eigvalsh(gram.values, UPLO=gram.uplo)
+    values = values.astype(np.float64)
+    order = np.argsort(values, kind="stable")
+    values = values[order]
+    if ipr is not None and entropy is not None:
+        ipr, entropy = ipr[order], entropy[order]
     if gram.scale != 1.0:
         with np.errstate(over="ignore"):
             values = np.ldexp(values, -2 * math.frexp(gram.scale)[1] + 2)  # exact: scale is 2^(1-e)
@@ -348,7 +377,34 @@ def spectrum_of(gram: GramMatrix, backend: str = "auto") -> Spectrum:
         zero_threshold=zero_threshold,
         n_zero=n_zero,
         n_clamped=n_clamped,
+        vector_ipr=ipr,
+        vector_entropy=entropy,
     )
+
+
+def _localisation(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's IPR (sum v^4) and entropy (-sum v^2 ln v^2), in float64, a block of columns
+    at a time so that no second M x M float64 array exists."""
+    M = basis.shape[1]
+    ipr, entropy = np.empty(M), np.empty(M)
+    step = max(1, (16 * 2**20) // (8 * basis.shape[0]))
+    for start in range(0, M, step):
+        squares = np.square(basis[:, start:start + step], dtype=np.float64)
+        ipr[start:start + step] = np.einsum("ij,ij->j", squares, squares)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.where(squares > 0, np.log(squares), 0.0)
+        entropy[start:start + step] = -np.einsum("ij,ij->j", squares, logs)
+    return ipr, entropy
+
+
+def _torch_localisation(basis: Any) -> tuple[Any, Any]:
+    """`_localisation` with torch, on the basis's device."""
+    import torch
+
+    squares = basis.to(torch.float64).square()
+    ipr = squares.square().sum(dim=0)
+    entropy = -torch.special.xlogy(squares, squares).sum(dim=0)
+    return ipr, entropy
 
 
 def pool_spectra(spectra: list[Spectrum]) -> Spectrum:
@@ -357,16 +413,22 @@ def pool_spectra(spectra: list[Spectrum]) -> Spectrum:
     Numerical zeros are judged against the largest eigenvalue of all of them, as for one matrix.
     """
     first = spectra[0]
-    values = np.sort(np.concatenate([s.eigenvalues for s in spectra]))
+    values = np.concatenate([s.eigenvalues for s in spectra])
+    order = np.argsort(values, kind="stable")
+    values = values[order]
+    ipr = entropy = None
+    if all(s.vector_ipr is not None and s.vector_entropy is not None for s in spectra):
+        ipr = np.concatenate([s.vector_ipr for s in spectra])[order]  # type: ignore[misc]
+        entropy = np.concatenate([s.vector_entropy for s in spectra])[order]  # type: ignore[misc]
     lambda_max = float(values[-1])
     zero_threshold = first.M * float(np.finfo(_dtype(first.precision)).eps) * lambda_max
     n_zero = int(np.count_nonzero(values < zero_threshold)) if lambda_max > 0 else values.size
     return Spectrum(eigenvalues=values, N=first.N, M=first.M, precision=first.precision, backend=first.backend,
                     zero_threshold=zero_threshold, n_zero=n_zero, n_clamped=sum(s.n_clamped for s in spectra),
-                    slices=len(spectra))
+                    slices=len(spectra), vector_ipr=ipr, vector_entropy=entropy)
 
 
 def eigenvalues(W: np.ndarray, precision: str = "float64", backend: str = "auto",
-                decode: Decoder | None = None, device: str | None = None) -> Spectrum:
+                decode: Decoder | None = None, device: str | None = None, vectors: bool = False) -> Spectrum:
     """The spectrum of a 2-D weight matrix W; raises NonFiniteMatrixError on NaN or Inf."""
-    return spectrum_of(gram_matrix(W, precision, decode, device), backend)
+    return spectrum_of(gram_matrix(W, precision, decode, device), backend, vectors)

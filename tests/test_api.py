@@ -244,7 +244,7 @@ def test_a_report_of_the_first_schema_still_reads(tmp_path) -> None:  # type: ig
     assert Report.from_json(tmp_path / "old.json") == report
     done = run_htmp("report", str(tmp_path / "old.json"), "-o", str(tmp_path / "old.html"))
     assert done.returncode == 0, done.stderr
-    with pytest.raises(htmp_cli.HtmpError, match="expected schema 'htmp.report/1' or 'htmp.report/2', found 'x/9'"):
+    with pytest.raises(htmp_cli.HtmpError, match="expected schema 'htmp.report/1' or 'htmp.report/2' or 'htmp.report/3', found 'x/9'"):
         Report.from_dict({**old, "schema": "x/9"})
 
 

@@ -41,7 +41,7 @@ def test_json_follows_the_contract(fixtures: Path) -> None:
     result = runner.invoke(app, ["analyze", str(fixtures / "demo_model.safetensors"), "--format", "json"])
     assert result.exit_code == 0, result.output
     data = _strict_json(result.output)
-    assert data["schema"] == "htmp.report/2"
+    assert data["schema"] == "htmp.report/3"
     assert data["htmp_version"] == __version__
     assert set(data["source"]) >= {"path", "format", "size_bytes", "fingerprint"}
     assert data["options"]["fit"] == "csn"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from htmp_cli.report.formats import flat_layer_row, format_number, kappa_text
-from htmp_cli.report.table import COLUMNS, ELLIPSIS, plan_layout, shorten_middle, shorten_name, shortened_names
+from htmp_cli.report.table import ASKED_FOR, COLUMNS, ELLIPSIS, plan_layout, shorten_middle, shorten_name, shortened_names
 from htmp_cli.results import Report, read_report
 from tests.conftest import run_htmp
 
@@ -90,7 +90,9 @@ def _check_terminal_table(text: str, report: Report, columns: int) -> None:
         assert format_number(row["alpha"]) in cells
         assert kappa_text(row).split()[0] in cells
         assert row["phase"].split(":")[0] in line
-    hidden = [c.key for c in COLUMNS if c.label not in header and c.key != "warn"]
+    # This report has no optional evidence (--vectors): its columns are not candidates, not left out.
+    assert all(layer.vectors is None for layer in report.layers)
+    hidden = [c.key for c in COLUMNS if c.label not in header and c.key != "warn" and c.key not in ASKED_FOR]
     if hidden:
         note = re.search(r"\(columns left out[^)]*\)", " ".join(line.strip() for line in lines)).group(0)
         for key in hidden:
@@ -113,7 +115,7 @@ def test_a_fresh_analysis_in_a_120_column_terminal(minilm_path: Path, minilm_rep
 def _check_complete(text: str, report: Report) -> None:
     lines = _rows(text)
     header = _header(lines)
-    assert header == [c.label for c in COLUMNS if c.key != "warn"]
+    assert header == [c.label for c in COLUMNS if c.key != "warn" and c.key not in ASKED_FOR]  # no --vectors here
     assert ELLIPSIS not in text and "left out" not in text
     for layer in report.layers:
         line = _row_of(lines, layer.name)

@@ -74,3 +74,108 @@ def test_bad_input_is_refused():
         vector_stats(np.ones(5))
     with pytest.raises(ValueError, match="n >= 2"):
         haar_moments(1)
+
+
+# --- Through the analysis: the solve keeps each eigenvector's IPR and entropy, the fits group them ---
+
+import json  # noqa: E402
+
+from typer.testing import CliRunner  # noqa: E402
+
+import htmp_cli  # noqa: E402
+from htmp_cli.cli import app  # noqa: E402
+from htmp_cli.fits.vectors import stats_of  # noqa: E402
+from htmp_cli.spectral import eigenvalues, pool_spectra  # noqa: E402
+
+
+def _planted(seed: int, N: int = 1200, M: int = 300, planted: tuple[int, ...] = (5, 77, 150, 222)) -> np.ndarray:
+    """Gaussian noise plus spikes s * u e_i^T: the Gram side's eigenvectors of the spikes are the basis vectors e_i."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((N, M)) / np.sqrt(N)
+    for k, column in enumerate(planted):
+        u = rng.standard_normal(N)
+        W += (5.0 + k) * np.outer(u / np.linalg.norm(u), np.eye(M)[column])
+    return W
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_the_solve_keeps_each_eigenvectors_localisation_in_the_eigenvalues_order(backend):
+    W = _planted(1)
+    spectrum = eigenvalues(W, backend=backend, vectors=True)
+    values, vectors = np.linalg.eigh(W.T @ W)
+    assert np.allclose(spectrum.eigenvalues, values, rtol=1e-10, atol=1e-12)
+    assert np.allclose(spectrum.vector_ipr, ipr(vectors), rtol=1e-8)
+    assert np.allclose(spectrum.vector_entropy, entropy(vectors), rtol=1e-8)
+    # A wide matrix is solved on its other side: the same n = M vectors.
+    wide = eigenvalues(W.T, backend=backend, vectors=True)
+    assert np.allclose(wide.vector_ipr, spectrum.vector_ipr, rtol=1e-6)
+    plain = eigenvalues(W, backend=backend)
+    assert plain.vector_ipr is None and np.array_equal(plain.eigenvalues, spectrum.eigenvalues) is not None
+
+
+def test_pooled_slices_keep_each_vector_with_its_eigenvalue():
+    rng = np.random.default_rng(2)
+    slices = [eigenvalues(rng.standard_normal((40, 30)) * (k + 1), vectors=True) for k in range(3)]
+    pooled = pool_spectra(slices)
+    pairs = sorted((v, i) for s in slices for v, i in zip(s.eigenvalues, s.vector_ipr))
+    assert np.allclose(pooled.eigenvalues, [v for v, _ in pairs])
+    assert np.allclose(pooled.vector_ipr, [i for _, i in pairs])
+
+
+@pytest.mark.parametrize("shape", [(400, 100), (256, 256), (100, 900), (2000, 64)])
+def test_gaussian_layers_analysed_with_vectors_flag_fewer_than_one_percent(shape):
+    W = np.random.default_rng(shape[0]).standard_normal(shape).astype(np.float32)
+    layer = htmp_cli.analyze({"w": W}, vectors=True, htmp=False).layers[0]
+    evidence = layer.vectors
+    assert evidence is not None and evidence.n == min(shape)
+    assert evidence.bulk is not None and evidence.bulk.count + (evidence.spikes.count if evidence.spikes else 0) == min(shape)
+    assert evidence.n_localised <= 0.01 * min(shape)
+    assert abs(evidence.bulk.entropy_z) < 5 and abs(evidence.bulk.ipr_z) < 5
+
+
+def test_a_layer_with_planted_localised_spikes_has_exactly_those_tail_vectors_flagged():
+    layer = htmp_cli.analyze({"w": _planted(4)}, vectors=True, htmp=False).layers[0]
+    evidence = layer.vectors
+    assert evidence.spikes is not None and evidence.spikes.count == 4 and evidence.spikes.n_localised == 4
+    assert evidence.tail is not None and evidence.tail.n_localised == 4  # the spikes, and none of the rest
+    assert evidence.bulk.n_localised <= 0.01 * evidence.bulk.count  # the rule's false alarms only
+    assert evidence.tail_entropy_z < -5  # the tail's four basis vectors pull its mean entropy far below Haar's
+    # The kept IPRs (for the figure) flag the four largest eigenvalues' vectors, and the bulk's false alarms.
+    flagged = set(np.flatnonzero(layer.vector_ipr > evidence.threshold))
+    top = set(range(layer.n_eigenvalues - 4, layer.n_eigenvalues))
+    assert top <= flagged and len(flagged - top) == evidence.bulk.n_localised
+
+
+def test_the_evidence_is_the_same_from_its_parts():
+    rng = np.random.default_rng(5)
+    iprs, entropies = rng.uniform(0.01, 0.03, 50), rng.uniform(3.0, 4.0, 50)
+    stats = stats_of(100, iprs, entropies)
+    assert stats.count == 50 and stats.mean_ipr == pytest.approx(iprs.mean())
+    assert stats.mean_q_pt == pytest.approx(((iprs - 3 / 102) / (1 - 3 / 102)).mean())
+
+
+def test_vectors_through_the_cli_json_table_and_round_trip(tmp_path):
+    runner = CliRunner()
+    path = tmp_path / "m.safetensors"
+    from safetensors.numpy import save_file
+
+    save_file({"planted.weight": _planted(6).astype(np.float32),
+               "plain.weight": np.random.default_rng(0).standard_normal((300, 120)).astype(np.float32)}, str(path))
+    plain = runner.invoke(app, ["analyze", str(path), "-f", "json"])
+    assert plain.exit_code == 0, plain.output
+    assert all(layer["vectors"] is None for layer in json.loads(plain.output)["layers"])
+    result = runner.invoke(app, ["analyze", str(path), "--vectors", "-f", "json", "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["options"]["vectors"] is True
+    planted = next(layer for layer in data["layers"] if layer["name"] == "planted.weight")
+    assert planted["vectors"]["tail"]["n_localised"] == 4 and planted["vectors"]["spikes"]["count"] == 4
+    report = htmp_cli.Report.from_json(tmp_path / "r.json")
+    assert report.layer("planted.weight").vectors.tail.n_localised == 4
+    assert report.to_dict() == data
+    table = runner.invoke(app, ["analyze", str(tmp_path / "r.json")], env={"COLUMNS": "200"})
+    assert "tail_localised" in table.output and "4/" in table.output
+    plain_table = runner.invoke(app, ["analyze", str(path)], env={"COLUMNS": "200"})
+    assert "tail_localised" not in plain_table.output
+    frame = report.to_dataframe()
+    assert frame.set_index("name").loc["planted.weight", "tail_localised"] == 4

@@ -79,6 +79,9 @@ JOBS = typer.Option(None, "--jobs", "-j", min=1,
 HTMP_FIT = typer.Option(True, "--htmp/--no-htmp", help="Fit the HTMP law (both orientations) to every layer.")
 THRESHOLD = typer.Option([], "--threshold", metavar="NAME=VALUE",
                           help="Override a phase-rule threshold (repeatable); see the README for the names.")
+VECTORS = typer.Option(False, "--vectors",
+                        help="Eigenvector localisation against the random baseline, for the tail, spikes and bulk "
+                             "(solves for the eigenvectors: about 2-3x the eigenvalues alone).")
 PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal).")
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 
@@ -91,10 +94,13 @@ def selection_fields(min_dim: int, conv: ConvMode, split_fused: bool, skip_embed
 
 
 def analysis_options_from_flags(precision: Precision, fit: FitMethod, min_tail: int, backend: Backend, device: Device,
-                      htmp_fit: bool, threshold: list[str], selection: dict[str, object]) -> AnalysisOptions:
-    """AnalysisOptions from the analysis flags."""
+                      htmp_fit: bool, threshold: list[str], selection: dict[str, object],
+                      evidence: dict[str, object]) -> AnalysisOptions:
+    """AnalysisOptions from the analysis flags; `evidence` holds the optional evidence's fields
+    (EVIDENCE_FLAGS), by their AnalysisOptions names."""
     return AnalysisOptions(precision=precision.value, fit=fit.value, min_tail=min_tail, backend=backend.value,
-                           device=device.value, htmp=htmp_fit, thresholds=parse_thresholds(threshold), **selection)
+                           device=device.value, htmp=htmp_fit, thresholds=parse_thresholds(threshold), **selection,
+                           **evidence)  # type: ignore[arg-type]
 
 
 # Every flag that shapes an analysis: (parameter name, type, option).
@@ -105,6 +111,8 @@ ANALYSIS_FLAGS = (
     ("backend", Backend, BACKEND), ("device", Device, DEVICE), ("htmp_fit", bool, HTMP_FIT),
     ("threshold", list[str], THRESHOLD),
 )
+# The optional evidence, each flag an AnalysisOptions field of the same name.
+EVIDENCE_FLAGS = (("vectors", bool, VECTORS),)
 
 
 def with_analysis_flags(command: Callable[..., None]) -> Callable[..., None]:
@@ -115,17 +123,19 @@ def with_analysis_flags(command: Callable[..., None]) -> Callable[..., None]:
            if p.name != "analysis"]
     last = [p for p in own if p.name in ("progress", "debug")]
     flags = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=kind)
-             for name, kind, option in ANALYSIS_FLAGS]
+             for name, kind, option in ANALYSIS_FLAGS + EVIDENCE_FLAGS]
     parameters = [p for p in own if p not in last] + flags + last
 
     @functools.wraps(command)
     def wrapper(**values: object) -> None:
         given = {name: values.pop(name) for name, _, _ in ANALYSIS_FLAGS}
+        evidence = {name: values.pop(name) for name, _, _ in EVIDENCE_FLAGS}
         try:
             options = analysis_options_from_flags(given["precision"], given["fit"], given["min_tail"], given["backend"],  # type: ignore[arg-type]
                                         given["device"], given["htmp_fit"], given["threshold"],  # type: ignore[arg-type]
                                         selection_fields(given["min_dim"], given["conv"], given["split_fused"],  # type: ignore[arg-type]
-                                                   given["skip_embeddings"], given["include"], given["exclude"]))  # type: ignore[arg-type]
+                                                   given["skip_embeddings"], given["include"], given["exclude"]),  # type: ignore[arg-type]
+                                        evidence)
         except HtmpError as err:
             fail(str(err))
         return command(analysis=options, **values)

@@ -46,9 +46,8 @@ class HaarMoments:
 
 @dataclass(frozen=True)
 class VectorStats:
-    """Localisation of a set of unit eigenvectors of one dimension (the columns given)."""
+    """Localisation of a set of unit eigenvectors of one dimension, against the Haar baseline."""
 
-    n: int
     count: int
     mean_entropy: float
     entropy_z: float  # (mean entropy - Haar mean) / (its Haar standard error); negative: less spread
@@ -56,7 +55,36 @@ class VectorStats:
     ipr_z: float  # (mean IPR - Haar mean) / (its Haar standard error); positive: more localised
     mean_q_pt: float
     n_localised: int  # vectors whose IPR is above the Haar 1 - FALSE_ALARM quantile at n
-    threshold: float  # that quantile
+
+
+@dataclass(frozen=True)
+class VectorEvidence:
+    """A layer's eigenvectors (dimension n, the Gram's side), by part of the spectrum: the tail
+    (eigenvalues at or above the power law's xmin; None when the tail fit failed), the spikes (above
+    the MP spike threshold; None when there are none) and the bulk (the other eigenvalues above
+    numerical zero, whose eigenvectors are arbitrary within the null space and are left out)."""
+
+    n: int
+    haar_entropy: float  # a Haar vector's mean entropy at n
+    haar_ipr: float  # and its mean IPR, 3 / (n + 2)
+    threshold: float  # the IPR above which a vector is called localised (Haar 1 - FALSE_ALARM quantile)
+    tail: VectorStats | None
+    spikes: VectorStats | None
+    bulk: VectorStats | None
+    n_zero_left_out: int = 0
+
+    @property
+    def tail_localised(self) -> int | None:
+        return self.tail.n_localised if self.tail is not None else None
+
+    @property
+    def tail_entropy_z(self) -> float | None:
+        return self.tail.entropy_z if self.tail is not None else None
+
+    @property
+    def n_localised(self) -> int:
+        """Localised vectors anywhere above numerical zero (the bulk and the spikes)."""
+        return sum(part.n_localised for part in (self.bulk, self.spikes) if part is not None)
 
 
 def haar_moments(n: int) -> HaarMoments:
@@ -105,17 +133,43 @@ def vector_stats(vectors: np.ndarray) -> VectorStats:
     vectors = np.asarray(vectors, dtype=np.float64)
     if vectors.ndim != 2 or vectors.shape[1] == 0:
         raise ValueError(f"expected an n x k array of k >= 1 unit vectors, got shape {vectors.shape}")
-    n, count = vectors.shape
+    return stats_of(vectors.shape[0], ipr(vectors), entropy(vectors))
+
+
+def stats_of(n: int, iprs: np.ndarray, entropies: np.ndarray) -> VectorStats:
+    """`vector_stats` from each vector's IPR and entropy (k >= 1 vectors of dimension n)."""
     haar = haar_moments(n)
-    values, entropies = ipr(vectors), entropy(vectors)
+    count = int(iprs.size)
     entropy_sd = _haar_entropy_sd(n)
-    threshold = haar_ipr_quantile(n)
-    q_pt = (values - haar.ipr_mean) / (1.0 - haar.ipr_mean)
-    return VectorStats(n=n, count=count, mean_entropy=float(entropies.mean()),
+    q_pt = (iprs - haar.ipr_mean) / (1.0 - haar.ipr_mean)
+    return VectorStats(count=count, mean_entropy=float(entropies.mean()),
                        entropy_z=float((entropies.mean() - haar.entropy_mean) / (entropy_sd / math.sqrt(count))),
-                       mean_ipr=float(values.mean()),
-                       ipr_z=float((values.mean() - haar.ipr_mean) / (haar.ipr_sd / math.sqrt(count))),
-                       mean_q_pt=float(q_pt.mean()), n_localised=int((values > threshold).sum()), threshold=threshold)
+                       mean_ipr=float(iprs.mean()),
+                       ipr_z=float((iprs.mean() - haar.ipr_mean) / (haar.ipr_sd / math.sqrt(count))),
+                       mean_q_pt=float(q_pt.mean()), n_localised=int((iprs > haar_ipr_quantile(n)).sum()))
+
+
+def q_pt(iprs: np.ndarray, n: int) -> np.ndarray:
+    """The Porter-Thomas-centred localisation of IPRs at dimension n (0 for Haar on average, 1 for a basis vector)."""
+    base = 3.0 / (n + 2)
+    return (np.asarray(iprs, dtype=np.float64) - base) / (1.0 - base)
+
+
+def eigenvector_evidence(eigenvalues: np.ndarray, iprs: np.ndarray, entropies: np.ndarray, n: int, *,
+                         xmin: float | None, spike_threshold: float | None, zero_threshold: float) -> VectorEvidence:
+    """A layer's VectorEvidence from its eigenvalues and each one's eigenvector IPR and entropy."""
+    nonzero = (eigenvalues >= zero_threshold) & (eigenvalues > 0)
+    spike = nonzero & (eigenvalues > spike_threshold) if spike_threshold is not None else np.zeros_like(nonzero)
+
+    def part(mask: np.ndarray) -> VectorStats | None:
+        return stats_of(n, iprs[mask], entropies[mask]) if mask.any() else None
+
+    haar = haar_moments(n)
+    return VectorEvidence(n=n, haar_entropy=haar.entropy_mean, haar_ipr=haar.ipr_mean,
+                          threshold=haar_ipr_quantile(n),
+                          tail=part(nonzero & (eigenvalues >= xmin)) if xmin is not None else None,
+                          spikes=part(spike), bulk=part(nonzero & ~spike),
+                          n_zero_left_out=int((~nonzero).sum()))
 
 
 def _haar_entropy_sd(n: int) -> float:

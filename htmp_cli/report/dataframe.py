@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from htmp_cli.errors import HtmpError
+from htmp_cli.report.formats import VECTOR_PARTS, vector_fields
 from htmp_cli.results import LayerResult, Report
 
 # (column, pandas dtype): floats are float64 (NaN where a fit failed), counts nullable integers.
@@ -27,6 +28,9 @@ COLUMNS = (
     ("kappa_direct", "float64"), ("kappa_inverse", "float64"),
     ("phase", "string"), ("phase_reason", "string"), ("phase_rule", "string"), ("very_heavy", "boolean"),
     ("warnings", "string"),
+    # --vectors (missing without it): per part of the spectrum, its vectors, the localised ones, their entropy z
+    *((f"{part}_{suffix}", kind) for part in VECTOR_PARTS
+      for suffix, kind in (("vectors", "Int64"), ("localised", "Int64"), ("entropy_z", "float64"))),
 )
 
 
@@ -54,6 +58,7 @@ def layer_row(layer: LayerResult) -> dict[str, Any]:
         "phase": phase.phase if phase else None, "phase_reason": phase.summary if phase else None,
         "phase_rule": phase.rule if phase else None, "very_heavy": phase.very_heavy if phase else None,
         "warnings": ", ".join(layer.warnings) or None,
+        **vector_fields(layer),
     }
 
 

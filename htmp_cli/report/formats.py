@@ -76,8 +76,35 @@ def flat_layer_row(layer: LayerResult) -> dict[str, Any]:
         "phase": phase.summary if phase else None,
         "phase_name": phase.phase if phase else None,
         "warning": warning,
+        **vector_fields(layer),
     }
     return {key: finite(value) for key, value in row.items()}
+
+
+# The eigenvector evidence's flat columns (--vectors; None without it): per part of the spectrum
+# its vector count, localised vectors and entropy z-score.
+VECTOR_PARTS = ("tail", "spikes", "bulk")
+
+
+def vector_fields(layer: LayerResult) -> dict[str, Any]:
+    evidence = layer.vectors
+    fields: dict[str, Any] = {}
+    for name in VECTOR_PARTS:
+        part = getattr(evidence, name) if evidence is not None else None
+        fields[f"{name}_vectors"] = part.count if part is not None else (0 if evidence is not None else None)
+        fields[f"{name}_localised"] = part.n_localised if part is not None else (0 if evidence is not None else None)
+        fields[f"{name}_entropy_z"] = part.entropy_z if part is not None else None
+    return fields
+
+
+def vectors_text(row: dict[str, Any]) -> str:
+    """The table's eigenvector cell: the tail's localised vectors of its vectors, and the z-score of
+    their mean entropy against Haar's (negative: less spread than random vectors)."""
+    if row["tail_vectors"] is None:
+        return "-"
+    if not row["tail_vectors"]:
+        return "no tail"
+    return f"{row['tail_localised']}/{row['tail_vectors']} z={row['tail_entropy_z']:.3g}"
 
 
 def kappa_text(row: dict[str, Any]) -> str:
@@ -120,14 +147,30 @@ def skipped_shape(skipped: SkippedTensor) -> str:
     return "x".join(str(d) for d in skipped.shape) or "scalar"
 
 
+def report_columns(report: Report) -> tuple[tuple[str, str], ...]:
+    """TABLE_COLUMNS, and the evidence columns that some layer of the report has (--vectors)."""
+    if any(layer.vectors is not None for layer in report.layers):
+        return TABLE_COLUMNS + (("tail_localised", "tail_vectors"),)
+    return TABLE_COLUMNS
+
+
+def cell_text(key: str, row: dict[str, Any]) -> str:
+    """A flat row's value as the table, Markdown and HTML views show it."""
+    if key == "kappa":
+        return kappa_text(row)
+    if key == "tail_vectors":
+        return vectors_text(row)
+    return format_number(row[key])
+
+
 def to_markdown(report: Report) -> str:
     lines = [f"# htmp analysis of `{report.source.path}`", ""]
-    lines.append("| " + " | ".join(label for label, _ in TABLE_COLUMNS) + " |")
-    lines.append("|" + "---|" * len(TABLE_COLUMNS))
+    columns = report_columns(report)
+    lines.append("| " + " | ".join(label for label, _ in columns) + " |")
+    lines.append("|" + "---|" * len(columns))
     for layer in report.layers:
         row = flat_layer_row(layer)
-        cells = [(kappa_text(row) if key == "kappa" else format_number(row[key])).replace("|", "\\|")
-                 for _, key in TABLE_COLUMNS]
+        cells = [cell_text(key, row).replace("|", "\\|") for _, key in columns]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Summary", ""]
     lines += [f"- {line}" for line in summary_lines(report)]

@@ -12,7 +12,7 @@ from html import escape
 from typing import Any, Iterable
 
 from htmp_cli import __version__
-from htmp_cli.report.formats import (TABLE_COLUMNS, flat_layer_row, format_number, kappa_text, skipped_shape,
+from htmp_cli.report.formats import (cell_text, flat_layer_row, format_number, report_columns, skipped_shape,
                                      summary_lines)
 from htmp_cli.report.plots import FAILED_STYLE, PHASE_STYLE
 from htmp_cli.results import Report
@@ -197,12 +197,13 @@ def _phase_table(counts: dict[str, int]) -> str:
 
 _NUMERIC_KEYS = {"alpha", "D", "tail_size", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "kappa"}
 # Shown by default: what a reader scans for. The rest is behind "show all columns".
-_MAIN_KEYS = {"name", "shape", "alpha", "kappa", "phase", "warning"}
+_MAIN_KEYS = {"name", "shape", "alpha", "kappa", "phase", "warning", "tail_vectors"}  # evidence asked for: shown
 
 
 def analysis_html(report: Report, overview_svg: str | None, esd_svgs: dict[int, str]) -> str:
     """The page of one checkpoint's report, with its figures (SVG markup; the layers' by index)."""
     source = report.source
+    columns = report_columns(report)
     body = [
         f"<h1>htmp report: {escape(source.path)}</h1>\n",
         f"<p class=\"meta\">{escape(source.format)}, {source.size_bytes:,} bytes, fingerprint "
@@ -220,13 +221,13 @@ def analysis_html(report: Report, overview_svg: str | None, esd_svgs: dict[int, 
         "<input type=\"search\" id=\"layer-filter\" data-filter=\"layers\" data-count=\"layer-count\" "
         "placeholder=\"filter layers, e.g. attention heavy-tailed\"><span class=\"count\" id=\"layer-count\"></span>\n",
         # The box must be a sibling before the table's <div>: the CSS that shows the columns keys on it.
-        f"<br><input type=\"checkbox\" id=\"all-columns\"><label for=\"all-columns\">show all {len(TABLE_COLUMNS)} "
-        f"columns: also {', '.join(escape(label) for label, key in TABLE_COLUMNS if key not in _MAIN_KEYS)}</label>\n",
+        f"<br><input type=\"checkbox\" id=\"all-columns\"><label for=\"all-columns\">show all {len(columns)} "
+        f"columns: also {', '.join(escape(label) for label, key in columns if key not in _MAIN_KEYS)}</label>\n",
         "<section id=\"figure-panel\" hidden><p><strong class=\"caption\"></strong> "
         "<button id=\"figure-close\">close</button></p><div class=\"figure\"></div></section>\n",
         "<div class=\"wide\"><table id=\"layers\" class=\"sortable layers\"><thead><tr><th>ESD</th>",
     ]
-    for label, key in TABLE_COLUMNS:
+    for label, key in columns:
         classes = " ".join(["sortable", *(["num"] if key in _NUMERIC_KEYS else []), *(["extra"] if key not in _MAIN_KEYS else [])])
         body.append(f"<th class=\"{classes}\" data-key=\"{escape(key)}\" "
                     f"data-type=\"{'num' if key in _NUMERIC_KEYS else 'text'}\">{escape(label)}</th>")
@@ -236,7 +237,7 @@ def analysis_html(report: Report, overview_svg: str | None, esd_svgs: dict[int, 
         button = (f"<button data-figure=\"esd-{index}\" data-name=\"{escape(layer.name)}\">ESD</button>"
                   if index in esd_svgs else "")
         cells = []
-        for _, key in TABLE_COLUMNS:
+        for _, key in columns:
             classes = " ".join([f"k-{key}", *(["num"] if key in _NUMERIC_KEYS else []), *(["extra"] if key not in _MAIN_KEYS else [])])
             value = _sort_key(row[key])
             if key == "name":
@@ -246,7 +247,7 @@ def analysis_html(report: Report, overview_svg: str | None, esd_svgs: dict[int, 
                 cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\"><span class=\"swatch\" "
                              f"style=\"background:{PHASE_STYLE[row['phase_name']][0]}\"></span>{escape(_text(row[key]))}</td>")
             else:
-                text = kappa_text(row) if key == "kappa" else _text(row[key])
+                text = cell_text(key, row) if key in ("kappa", "tail_vectors") else _text(row[key])
                 cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\">{escape(text)}</td>")
         failed = ' class="failed"' if layer.status != "success" else ""
         body.append(f"<tr data-index=\"{index}\"{failed}><td>{button}</td>{''.join(cells)}</tr>\n")

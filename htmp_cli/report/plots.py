@@ -16,6 +16,7 @@ import numpy as np
 
 from htmp_cli.errors import HtmpError
 from htmp_cli.fits import curves
+from htmp_cli.fits.vectors import FALSE_ALARM
 from htmp_cli.results import LayerResult
 
 # Okabe-Ito; a marker per phase for greyscale.
@@ -89,7 +90,11 @@ def esd_figure(layer: LayerResult):  # type: ignore[no-untyped-def]
 
 
 def _esd_figure(layer: LayerResult, values: np.ndarray):  # type: ignore[no-untyped-def]
-    fig, ax = new_figure((6.4, 4.4), 100)
+    with_vectors = layer.vector_ipr is not None and layer.vectors is not None
+    if with_vectors:
+        fig, (ax, below) = new_figure((6.4, 6.6), 100, nrows=2)
+    else:
+        fig, ax = new_figure((6.4, 4.4), 100)
     edges, density = curves.esd_histogram(values)
     ax.stairs(density, edges, fill=True, color=COLOURS["histogram"], edgecolor="#666666", linewidth=0.6,
               label=f"ESD ({values.size} eigenvalues)", gid="esd-histogram")
@@ -126,9 +131,48 @@ def _esd_figure(layer: LayerResult, values: np.ndarray):  # type: ignore[no-unty
     ax.set_title(esd_title(layer))
     ax.legend(loc="lower left", fontsize=7.5, framealpha=0.9)
     ax.grid(True, which="major", color="#e5e5e5", linewidth=0.6)
+    if with_vectors:
+        _localisation_panel(below, layer, values, ax.get_xlim())
+        fig.subplots_adjust(left=0.12, right=0.97, bottom=0.08, top=0.91, hspace=0.28)
+        return fig
     # Fixed margins: tight_layout measured 0.4 s a figure (40% of a report of MiniLM-L6).
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.87)
     return fig
+
+
+def _localisation_panel(ax, layer: LayerResult, values: np.ndarray, xlim: tuple[float, float]) -> None:  # type: ignore[no-untyped-def]
+    """Each eigenvector's IPR over the Haar mean 3 / (n + 2), against its eigenvalue: 1 is a random
+    vector's, n a basis vector's; above the dashed line a vector is called localised."""
+    evidence = layer.vectors
+    assert evidence is not None and layer.vector_ipr is not None
+    relative = np.asarray(layer.vector_ipr, dtype=np.float64) / evidence.haar_ipr
+    shown = values > 0
+    flagged = shown & (layer.vector_ipr > evidence.threshold)
+    ax.scatter(values[shown & ~flagged], relative[shown & ~flagged], s=6, color="#0072B2", marker="o",
+               linewidths=0, label="eigenvector", gid="vector-ipr")
+    if flagged.any():
+        ax.scatter(values[flagged], relative[flagged], s=16, color="#D55E00", marker="^", linewidths=0,
+                   label=f"localised ({int(flagged.sum())})", gid="vector-localised")
+    ax.axhline(evidence.threshold / evidence.haar_ipr, color="#000000", linestyle="--", linewidth=1.0,
+               label=f"Haar {1 - FALSE_ALARM:.3g} quantile", gid="vector-threshold")
+    ax.axhline(1.0, color="#999999", linestyle=":", linewidth=1.0, label="Haar mean", gid="vector-haar")
+    fit, mp = layer.power_law, layer.mp
+    if fit is not None and fit.status == "success":
+        ax.axvline(fit.xmin, color=COLOURS["xmin"], linestyle="--", linewidth=1.2, gid="vector-xmin")
+    if mp is not None and mp.status == "success":
+        ax.axvline(mp.lambda_plus, color=COLOURS["edge"], linestyle=":", linewidth=1.6, gid="vector-edge")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(*xlim)
+    _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(ax.yaxis)
+    ax.set_xlabel("eigenvalue lambda of W^T W")
+    ax.set_ylabel("eigenvector IPR / Haar mean")
+    tail = evidence.tail
+    ax.set_title("eigenvector localisation" + (f": tail {tail.n_localised}/{tail.count} localised, entropy z "
+                                               f"{tail.entropy_z:.3g}" if tail is not None else ""))
+    ax.legend(loc="upper left", fontsize=7.5, framealpha=0.9)
+    ax.grid(True, which="major", color="#e5e5e5", linewidth=0.6)
 
 
 def _plain_log_ticks(axis) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,8 @@ from rich.text import Text
 
 from htmp_cli.loaders.matrices import SkippedTensor
 from htmp_cli.results import LayerResult, Report
-from htmp_cli.report.formats import finite, flat_layer_row, format_number, kappa_text, skipped_shape, summary_lines
+from htmp_cli.report.formats import (finite, flat_layer_row, format_number, kappa_text, skipped_shape, summary_lines,
+                                     vectors_text)
 
 ELLIPSIS = "…"
 MIN_NAME_WIDTH = 16  # a shortened name still shows its block number and its last parts
@@ -42,6 +43,7 @@ COLUMNS = (
     Column("kappa", "kappa", False),
     Column("phase", "phase", False),
     Column("warn", "!", False),
+    Column("vectors", "tail_localised", False),
     Column("warning", "warning", False),
     Column("D", "D", True),
     Column("tail", "tail", True),
@@ -55,6 +57,9 @@ COLUMNS = (
 )
 COLUMN_NAMES = tuple(c.key for c in COLUMNS)
 REQUIRED = ("name", "shape", "alpha", "kappa", "phase", "warn")
+# Columns of evidence computed only when asked (--vectors): shown first after the required ones
+# when a layer has them, and not at all otherwise.
+ASKED_FOR = ("vectors",)
 _BY_KEY = {c.key: c for c in COLUMNS}
 
 
@@ -128,6 +133,7 @@ def _cells(layer: LayerResult) -> dict[str, str]:
     for key in ("alpha", "D", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
         cells[key] = format_number(row[key])
     cells["kappa"] = kappa_text(row)
+    cells["vectors"] = vectors_text(row)
     return cells
 
 
@@ -155,8 +161,11 @@ def plan_layout(cells: Sequence[dict[str, str]], width: int | None, chosen: Sequ
 
     `chosen` (from --columns) fixes the columns; otherwise the required ones come first, the name
     gets its full width if it fits, and the others join in order while they fit. The marker column
-    gives way to the warning column when that fits, since it says the same in words."""
+    gives way to the warning column when that fits, since it says the same in words. A column of
+    evidence no layer has (ASKED_FOR) is not a candidate."""
     widths = {c.key: _width(c.key, cells) for c in COLUMNS}
+    absent = {key for key in ASKED_FOR if all(c[key] == "-" for c in cells)}
+    candidates = [k for k in COLUMN_NAMES if k not in absent]
     full_name, least_name = widths["name"], min(MIN_NAME_WIDTH, widths["name"])
     if chosen is not None:
         name_width = full_name
@@ -165,11 +174,11 @@ def plan_layout(cells: Sequence[dict[str, str]], width: int | None, chosen: Sequ
             name_width = max(min(full_name, width - rest), least_name)
         return Layout(tuple(chosen), name_width, (), widths)
     if width is None:
-        return Layout(tuple(k for k in COLUMN_NAMES if k != "warn"), full_name, (), widths)
+        return Layout(tuple(k for k in candidates if k != "warn"), full_name, (), widths)
     columns = list(REQUIRED)
     name_width = max(min(full_name, width - Layout(REQUIRED, 0, (), widths).total), least_name)
     left_out = []
-    for key in COLUMN_NAMES[len(REQUIRED):]:
+    for key in candidates[len(REQUIRED):]:
         trial = columns + [key]
         if key == "warning":
             trial.remove("warn")
