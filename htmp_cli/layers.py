@@ -4,6 +4,7 @@ and the fits (power-law tail, scale metrics, Marchenko-Pastur, HTMP, phase)."""
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
@@ -16,13 +17,14 @@ from htmp_cli.fits.metrics import ScaleMetrics, scale_metrics
 from htmp_cli.fits.mp import MIN_EIGENVALUES, MPFit, fit_mp
 from htmp_cli.fits.phases import PhaseResult, classify
 from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
+from htmp_cli.fits.randomize import RandomizationResult, randomization_result
 from htmp_cli.fits.vectors import VectorEvidence, eigenvector_evidence
 from htmp_cli.loaders.matrices import MatrixSpec
 from htmp_cli.loaders.pytorch import stored_from_tensor
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.results import LayerResult, LayerTimings
 from htmp_cli.spectral import (Decoder, NonFiniteMatrixError, Spectrum, gram_matrix, is_torch_tensor, pool_spectra,
-                               spectrum_of)
+                               shuffled_entries, spectrum_of)
 
 # WeightWatcher's names for the two ends of the alpha scale (math.md section 2).
 ALPHA_OVER_TRAINED = 2.0
@@ -41,6 +43,7 @@ class SpectrumAnalysis:
     phase: PhaseResult
     warnings: tuple[str, ...]
     vectors: VectorEvidence | None = None
+    randomized: RandomizationResult | None = None
 
 
 def _as_float32(block: np.ndarray) -> np.ndarray:
@@ -49,13 +52,21 @@ def _as_float32(block: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SolvedMatrix:
-    """One matrix's spectrum, or why it has none, and the seconds it took to read and to solve."""
+    """One matrix's spectrum, or why it has none, and the seconds it took to read and to solve;
+    with --randomize, the spectrum of its entries shuffled too."""
 
     spec: MatrixSpec
     spectrum: Spectrum | None
     failure: str | None  # the reason there is no spectrum
     read_seconds: float
     eigen_seconds: float
+    shuffled: Spectrum | None = None
+
+
+def shuffle_generator(options: AnalysisOptions, name: str) -> np.random.Generator:
+    """The permutation source of one layer: the analysis seed and the layer's name, so that a layer
+    is shuffled the same way in every run, process and order."""
+    return np.random.default_rng([options.seed, zlib.crc32(name.encode("utf-8"))])
 
 
 def solve_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder | None]],
@@ -80,22 +91,40 @@ def solve_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder 
         else:
             torch_device = str(W.device)
     try:
-        if W.ndim == 3:  # conv kernel slices, one spectrum each, pooled
-            spectrum = pool_spectra([spectrum_of(gram_matrix(W[k], options.precision, decode, torch_device),
-                                                 options.backend, options.vectors) for k in range(W.shape[0])])
-            del W
-        else:
-            gram = gram_matrix(W, options.precision, decode, torch_device)
-            del W
-            spectrum = spectrum_of(gram, options.backend, options.vectors)
-            del gram
+        shuffled = None
+        if options.randomize:  # first: the weights are let go once their own Gram matrix exists
+            shuffled = _solved([shuffled_entries(W, decode, shuffle_generator(options, spec.name))], None,
+                               options, torch_device, vectors=False)
+        held = [W]
+        del W
+        spectrum = _solved(held, decode, options, torch_device, options.vectors)
     except NonFiniteMatrixError as err:
         return SolvedMatrix(spec, None, str(err), read_seconds, time.perf_counter() - t0)
     if options.fit == "ww" and spec.kind == "conv2d":
         # WeightWatcher 0.7.7 scales pooled Conv2D slices by sqrt(1/2) (its conv2d_norm), halving
         # every eigenvalue; only its reproduction mode copies that (README: "Conv kernels").
-        spectrum = replace(spectrum, eigenvalues=spectrum.eigenvalues / 2, zero_threshold=spectrum.zero_threshold / 2)
-    return SolvedMatrix(spec, spectrum, None, read_seconds, time.perf_counter() - t0)
+        spectrum = _halved(spectrum)
+        shuffled = _halved(shuffled) if shuffled is not None else None
+    return SolvedMatrix(spec, spectrum, None, read_seconds, time.perf_counter() - t0, shuffled)
+
+
+def _halved(spectrum: Spectrum) -> Spectrum:
+    return replace(spectrum, eigenvalues=spectrum.eigenvalues / 2, zero_threshold=spectrum.zero_threshold / 2)
+
+
+def _solved(held: list[np.ndarray], decode: Decoder | None, options: AnalysisOptions, torch_device: str | None,
+            vectors: bool) -> Spectrum:
+    """The spectrum of the one matrix in `held` (a conv kernel's slices pooled), which is taken out
+    of it so that it is freed as soon as its Gram matrix exists."""
+    W = held.pop()
+    if W.ndim == 3:  # conv kernel slices, one spectrum each, pooled
+        spectrum = pool_spectra([spectrum_of(gram_matrix(W[k], options.precision, decode, torch_device),
+                                             options.backend, vectors) for k in range(W.shape[0])])
+        del W
+        return spectrum
+    gram = gram_matrix(W, options.precision, decode, torch_device)
+    del W
+    return spectrum_of(gram, options.backend, vectors)
 
 
 def fit_matrix(solved: SolvedMatrix, options: AnalysisOptions, keep_eigenvalues: bool = False) -> LayerResult:
@@ -116,12 +145,13 @@ def fit_matrix(solved: SolvedMatrix, options: AnalysisOptions, keep_eigenvalues:
         return layer(status="failed", reason=f"{spectrum.eigenvalues.size} eigenvalue(s): too few for the spectral "
                                              f"fits (they need at least {MIN_EIGENVALUES})", timings=unfitted)
     started = time.perf_counter()
-    analysis = spectrum_analysis(spectrum, options)
+    analysis = spectrum_analysis(spectrum, options, solved.shuffled)
     return layer(status="success", power_law=analysis.power_law, metrics=analysis.metrics, mp=analysis.mp,
                  htmp=analysis.htmp, htmp_inverse=analysis.htmp_inverse, phase=analysis.phase,
-                 warnings=analysis.warnings, vectors=analysis.vectors,
+                 warnings=analysis.warnings, vectors=analysis.vectors, randomized=analysis.randomized,
                  eigenvalues=spectrum.eigenvalues if keep_eigenvalues else None,
                  vector_ipr=spectrum.vector_ipr if keep_eigenvalues else None,
+                 shuffled_eigenvalues=solved.shuffled.eigenvalues if keep_eigenvalues and solved.shuffled else None,
                  timings=LayerTimings(solved.read_seconds, solved.eigen_seconds, time.perf_counter() - started))
 
 
@@ -131,13 +161,17 @@ def analyze_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decode
     return fit_matrix(solve_matrix(spec, load, options), options, keep_eigenvalues)
 
 
-def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions) -> SpectrumAnalysis:
-    """Tail fit, scale metrics, MP bulk, HTMP (both orientations) and phase of one spectrum."""
-    nonzero = spectrum.nonzero
+def _tail_fit(spectrum: Spectrum, options: AnalysisOptions) -> PowerLawFit:
     if options.fit == "ww":
-        fit = fit_power_law_ww(spectrum.eigenvalues)
-    else:
-        fit = fit_power_law(nonzero, min_tail=options.min_tail)
+        return fit_power_law_ww(spectrum.eigenvalues)
+    return fit_power_law(spectrum.nonzero, min_tail=options.min_tail)
+
+
+def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions, shuffled: Spectrum | None = None) -> SpectrumAnalysis:
+    """Tail fit, scale metrics, MP bulk, HTMP (both orientations) and phase of one spectrum; and
+    with the spectrum of its entries shuffled (--randomize), the comparison of the two."""
+    nonzero = spectrum.nonzero
+    fit = _tail_fit(spectrum, options)
     count = spectrum.eigenvalues.size  # M, or M per slice times the slices of a pooled conv kernel
     metrics = scale_metrics(spectrum.eigenvalues, nonzero, count, fit.alpha)
     mp = fit_mp(spectrum.eigenvalues, spectrum.N, spectrum.M)
@@ -155,7 +189,17 @@ def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions) -> SpectrumA
         vectors = eigenvector_evidence(spectrum.eigenvalues, spectrum.vector_ipr, spectrum.vector_entropy, spectrum.M,
                                        xmin=fit.xmin if fit.ok else None, spike_threshold=mp.spike_threshold,
                                        zero_threshold=spectrum.zero_threshold)
+    randomized = None
+    if shuffled is not None:
+        randomized = randomization_result(spectrum.eigenvalues, shuffled.eigenvalues, options.seed, mp,
+                                          _tail_fit(shuffled, options), fit_mp(shuffled.eigenvalues, shuffled.N, shuffled.M))
+        if randomized.tail_survives and phase.phase in ("heavy-tailed", "bulk-decay"):
+            # A tail of heavy-tailed entries, not of learned correlations: the phase says so.
+            phase = replace(phase, summary=f"{phase.summary}; the tail survives shuffling "
+                                           f"({randomized.n_traps} traps for {mp.n_spikes} spikes)")
+        phase = replace(phase, evidence={**phase.evidence, "shuffled_traps": randomized.n_traps,
+                                         "shuffled_spikes_kept": randomized.spikes_kept})
     return SpectrumAnalysis(power_law=fit, metrics=metrics, mp=mp, htmp=direct, htmp_inverse=inverse,
-                            phase=phase, warnings=tuple(warnings), vectors=vectors)
+                            phase=phase, warnings=tuple(warnings), vectors=vectors, randomized=randomized)
 
 

@@ -49,6 +49,10 @@ class AnalysisOptions:
     vectors: solve for the eigenvectors too and report their localisation against the random
         (Haar) baseline, for the tail, the spikes and the bulk (htmp_cli.fits.vectors). It costs
         the eigenvector solve: about 2-3 times the eigenvalues alone.
+    randomize: compare every layer with its entries shuffled (htmp_cli.fits.randomize): the two
+        spectra's distance, the shuffled matrix's traps and alpha, and whether the tail survives.
+        It costs a second spectrum per layer and a shuffled copy of the weights in memory.
+    seed: the seed of every random draw (the shuffles, the bootstrap): the same seed, the same numbers.
     """
 
     min_dim: int = 10
@@ -65,6 +69,8 @@ class AnalysisOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     vectors: bool = False
+    randomize: bool = False
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.min_dim < 1:
@@ -73,6 +79,8 @@ class AnalysisOptions:
             raise OptionError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.fit not in FIT_METHODS:
             raise OptionError(f"--fit must be one of {', '.join(FIT_METHODS)}, got {self.fit!r}")
+        if self.seed < 0:
+            raise OptionError(f"--seed must be at least 0, got {self.seed}")
         if self.min_tail < 2:
             raise OptionError(f"--min-tail must be at least 2, got {self.min_tail}")
         if self.backend not in BACKENDS:

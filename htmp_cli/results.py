@@ -23,6 +23,7 @@ from htmp_cli.fits.mp import MPFit
 from htmp_cli.errors import HtmpError
 from htmp_cli.fits.phases import PhaseResult
 from htmp_cli.fits.powerlaw import PowerLawFit
+from htmp_cli.fits.randomize import RandomizationResult
 from htmp_cli.fits.vectors import VectorEvidence
 from htmp_cli.loaders.matrices import SkippedTensor
 from htmp_cli.options import AnalysisOptions
@@ -66,10 +67,12 @@ class LayerResult:
     warnings: tuple[str, ...] = ()
     timings: LayerTimings = field(default_factory=lambda: LayerTimings(0.0, 0.0, 0.0))
     vectors: VectorEvidence | None = None  # eigenvector localisation (--vectors)
+    randomized: RandomizationResult | None = None  # against its entries shuffled (--randomize)
     # The spectrum itself, kept only when asked (figures need it; reports and the JSON do not), and
     # with --vectors each eigenvalue's eigenvector IPR.
     eigenvalues: np.ndarray | None = field(default=None, repr=False, compare=False)
     vector_ipr: np.ndarray | None = field(default=None, repr=False, compare=False)
+    shuffled_eigenvalues: np.ndarray | None = field(default=None, repr=False, compare=False)  # with --randomize
 
     @property
     def Q(self) -> float:
@@ -269,6 +272,9 @@ LAYER_METRICS: dict[str, Metric] = _metrics(
     ("n_zero", None, "n_zero", "eigenvalues below the numerical-zero threshold"),
     ("tail_localised", "vectors", "tail_localised", "tail eigenvectors localised beyond the Haar baseline (--vectors)"),
     ("tail_entropy_z", "vectors", "tail_entropy_z", "z-score of the tail eigenvectors' mean entropy against Haar (--vectors)"),
+    ("traps", "randomized", "n_traps", "eigenvalues of the shuffled matrix beyond its MP edge (--randomize)"),
+    ("shuffled_alpha", "randomized", "alpha", "alpha of the shuffled matrix's spectrum (--randomize)"),
+    ("shuffled_ks", "randomized", "ks_distance", "KS distance between the spectra of W and of W shuffled (--randomize)"),
 )
 # The metrics the summary averages; those of the tail fit over the layers whose fit succeeded,
 # the others over every analysed layer (htmp_cli.summary).
@@ -281,7 +287,7 @@ SCHEMA = "htmp.report/3"
 # /2 (2026-12-01): layers gained `aliases`; summary.means.kappa is over each layer's better HTMP
 # orientation (in /1, the direct one's). A /1 report reads as /2: no aliases, its mean kappa recomputed.
 # /3 (2026-12-01): layers gained the evidence sections, null when not asked for: `vectors`
-# (eigenvector localisation). A /2 report reads as /3 with none of them.
+# (eigenvector localisation), `randomized` (against the shuffled matrix). A /2 report reads as /3 with none of them.
 READABLE_SCHEMAS = ("htmp.report/1", "htmp.report/2", SCHEMA)
 
 
@@ -335,6 +341,7 @@ def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
         "warnings": list(layer.warnings),
         "timings": asdict(layer.timings),
         "vectors": asdict(layer.vectors) if layer.vectors is not None else None,
+        "randomized": asdict(layer.randomized) if layer.randomized is not None else None,
     })
 
 

@@ -428,6 +428,19 @@ def pool_spectra(spectra: list[Spectrum]) -> Spectrum:
                     slices=len(spectra), vector_ipr=ipr, vector_entropy=entropy)
 
 
+def shuffled_entries(W: Any, decode: Decoder | None, rng: np.random.Generator) -> Any:
+    """W's entries in the order of one permutation drawn from `rng`, in W's shape: the same values
+    (decoded to floats), none of their arrangement. A torch tensor is shuffled on its own device."""
+    if is_torch_tensor(W):
+        import torch
+
+        flat = W.detach().reshape(-1)
+        order = torch.from_numpy(rng.permutation(flat.numel())).to(flat.device)
+        return flat[order].reshape(W.shape)
+    values = np.asarray(W if decode is None else decode(W))
+    return rng.permutation(values.reshape(-1)).reshape(values.shape)
+
+
 def eigenvalues(W: np.ndarray, precision: str = "float64", backend: str = "auto",
                 decode: Decoder | None = None, device: str | None = None, vectors: bool = False) -> Spectrum:
     """The spectrum of a 2-D weight matrix W; raises NonFiniteMatrixError on NaN or Inf."""

@@ -82,6 +82,10 @@ THRESHOLD = typer.Option([], "--threshold", metavar="NAME=VALUE",
 VECTORS = typer.Option(False, "--vectors",
                         help="Eigenvector localisation against the random baseline, for the tail, spikes and bulk "
                              "(solves for the eigenvectors: about 2-3x the eigenvalues alone).")
+RANDOMIZE = typer.Option(False, "--randomize",
+                          help="Compare every layer with its entries shuffled: ESD distance, the shuffled matrix's "
+                               "traps and alpha, whether the tail survives (a second spectrum per layer).")
+SEED = typer.Option(0, "--seed", min=0, help="Seed of the shuffles and the bootstrap: the same seed, the same numbers.")
 PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal).")
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 
@@ -112,7 +116,7 @@ ANALYSIS_FLAGS = (
     ("threshold", list[str], THRESHOLD),
 )
 # The optional evidence, each flag an AnalysisOptions field of the same name.
-EVIDENCE_FLAGS = (("vectors", bool, VECTORS),)
+EVIDENCE_FLAGS = (("vectors", bool, VECTORS), ("randomize", bool, RANDOMIZE), ("seed", int, SEED))
 
 
 def with_analysis_flags(command: Callable[..., None]) -> Callable[..., None]:

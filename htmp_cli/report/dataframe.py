@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from htmp_cli.errors import HtmpError
-from htmp_cli.report.formats import VECTOR_PARTS, vector_fields
+from htmp_cli.report.formats import VECTOR_PARTS, randomized_fields, vector_fields
 from htmp_cli.results import LayerResult, Report
 
 # (column, pandas dtype): floats are float64 (NaN where a fit failed), counts nullable integers.
@@ -31,6 +31,9 @@ COLUMNS = (
     # --vectors (missing without it): per part of the spectrum, its vectors, the localised ones, their entropy z
     *((f"{part}_{suffix}", kind) for part in VECTOR_PARTS
       for suffix, kind in (("vectors", "Int64"), ("localised", "Int64"), ("entropy_z", "float64"))),
+    # --randomize (missing without it)
+    ("shuffled_traps", "Int64"), ("shuffled_alpha", "float64"), ("shuffled_ks", "float64"),
+    ("tail_survives_shuffling", "boolean"),
 )
 
 
@@ -59,6 +62,7 @@ def layer_row(layer: LayerResult) -> dict[str, Any]:
         "phase_rule": phase.rule if phase else None, "very_heavy": phase.very_heavy if phase else None,
         "warnings": ", ".join(layer.warnings) or None,
         **vector_fields(layer),
+        **randomized_fields(layer),
     }
 
 

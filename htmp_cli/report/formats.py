@@ -77,6 +77,7 @@ def flat_layer_row(layer: LayerResult) -> dict[str, Any]:
         "phase_name": phase.phase if phase else None,
         "warning": warning,
         **vector_fields(layer),
+        **randomized_fields(layer),
     }
     return {key: finite(value) for key, value in row.items()}
 
@@ -105,6 +106,23 @@ def vectors_text(row: dict[str, Any]) -> str:
     if not row["tail_vectors"]:
         return "no tail"
     return f"{row['tail_localised']}/{row['tail_vectors']} z={row['tail_entropy_z']:.3g}"
+
+
+def randomized_fields(layer: LayerResult) -> dict[str, Any]:
+    """The randomization's flat columns (--randomize; None without it)."""
+    result = layer.randomized
+    return {"shuffled_traps": result.n_traps if result else None, "shuffled_alpha": result.alpha if result else None,
+            "shuffled_ks": result.ks_distance if result else None,
+            "tail_survives_shuffling": result.tail_survives if result else None}
+
+
+def randomized_text(row: dict[str, Any]) -> str:
+    """The table's randomization cell: the shuffled matrix's traps, the KS distance of the two
+    spectra, and "survives" when the tail does."""
+    if row["shuffled_ks"] is None:
+        return "-"
+    traps = "-" if row["shuffled_traps"] is None else row["shuffled_traps"]
+    return f"{traps} ks={row['shuffled_ks']:.2g}" + (" survives" if row["tail_survives_shuffling"] else "")
 
 
 def kappa_text(row: dict[str, Any]) -> str:
@@ -149,9 +167,12 @@ def skipped_shape(skipped: SkippedTensor) -> str:
 
 def report_columns(report: Report) -> tuple[tuple[str, str], ...]:
     """TABLE_COLUMNS, and the evidence columns that some layer of the report has (--vectors)."""
+    extra: tuple[tuple[str, str], ...] = ()
     if any(layer.vectors is not None for layer in report.layers):
-        return TABLE_COLUMNS + (("tail_localised", "tail_vectors"),)
-    return TABLE_COLUMNS
+        extra += (("tail_localised", "tail_vectors"),)
+    if any(layer.randomized is not None for layer in report.layers):
+        extra += (("shuffled_traps", "shuffled_ks"),)
+    return TABLE_COLUMNS + extra
 
 
 def cell_text(key: str, row: dict[str, Any]) -> str:
@@ -160,6 +181,8 @@ def cell_text(key: str, row: dict[str, Any]) -> str:
         return kappa_text(row)
     if key == "tail_vectors":
         return vectors_text(row)
+    if key == "shuffled_ks":
+        return randomized_text(row)
     return format_number(row[key])
 
 

@@ -98,6 +98,15 @@ def _esd_figure(layer: LayerResult, values: np.ndarray):  # type: ignore[no-unty
     edges, density = curves.esd_histogram(values)
     ax.stairs(density, edges, fill=True, color=COLOURS["histogram"], edgecolor="#666666", linewidth=0.6,
               label=f"ESD ({values.size} eigenvalues)", gid="esd-histogram")
+    if layer.shuffled_eigenvalues is not None:
+        shuffled = np.asarray(layer.shuffled_eigenvalues, dtype=np.float64)
+        # On the ESD's own bins (those past them are left out): the two read bar by bar.
+        counts, _ = np.histogram(shuffled, bins=edges)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shuffled_density = np.where(counts > 0, counts / (shuffled.size * np.diff(edges)), 0.0)
+        traps = layer.randomized.n_traps if layer.randomized is not None else None
+        ax.stairs(shuffled_density, edges, fill=False, color="#CC79A7", linewidth=1.2,
+                  label="entries shuffled" + (f" ({traps} traps)" if traps is not None else ""), gid="esd-shuffled")
     grid = np.geomspace(edges[0], edges[-1], 400)
     total = max(values.size, 1)
     fit = layer.power_law
