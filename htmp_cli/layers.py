@@ -18,6 +18,7 @@ from htmp_cli.fits.mp import MIN_EIGENVALUES, MPFit, fit_mp
 from htmp_cli.fits.phases import PhaseResult, classify
 from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
 from htmp_cli.fits.randomize import RandomizationResult, randomization_result
+from htmp_cli.fits.tailtests import TailTests, tail_tests
 from htmp_cli.fits.vectors import VectorEvidence, eigenvector_evidence
 from htmp_cli.loaders.matrices import MatrixSpec
 from htmp_cli.loaders.pytorch import stored_from_tensor
@@ -44,6 +45,7 @@ class SpectrumAnalysis:
     warnings: tuple[str, ...]
     vectors: VectorEvidence | None = None
     randomized: RandomizationResult | None = None
+    tail_tests: TailTests | None = None
 
 
 def _as_float32(block: np.ndarray) -> np.ndarray:
@@ -149,6 +151,7 @@ def fit_matrix(solved: SolvedMatrix, options: AnalysisOptions, keep_eigenvalues:
     return layer(status="success", power_law=analysis.power_law, metrics=analysis.metrics, mp=analysis.mp,
                  htmp=analysis.htmp, htmp_inverse=analysis.htmp_inverse, phase=analysis.phase,
                  warnings=analysis.warnings, vectors=analysis.vectors, randomized=analysis.randomized,
+                 tail_tests=analysis.tail_tests,
                  eigenvalues=spectrum.eigenvalues if keep_eigenvalues else None,
                  vector_ipr=spectrum.vector_ipr if keep_eigenvalues else None,
                  shuffled_eigenvalues=solved.shuffled.eigenvalues if keep_eigenvalues and solved.shuffled else None,
@@ -199,7 +202,12 @@ def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions, shuffled: Sp
                                            f"({randomized.n_traps} traps for {mp.n_spikes} spikes)")
         phase = replace(phase, evidence={**phase.evidence, "shuffled_traps": randomized.n_traps,
                                          "shuffled_spikes_kept": randomized.spikes_kept})
+    tests = None
+    if options.bootstrap or options.alternatives:
+        tests = tail_tests(nonzero, fit, bootstrap=options.bootstrap, alternatives=options.alternatives,
+                           seed=options.seed, min_tail=options.min_tail)
     return SpectrumAnalysis(power_law=fit, metrics=metrics, mp=mp, htmp=direct, htmp_inverse=inverse,
-                            phase=phase, warnings=tuple(warnings), vectors=vectors, randomized=randomized)
+                            phase=phase, warnings=tuple(warnings), vectors=vectors, randomized=randomized,
+                            tail_tests=tests)
 
 

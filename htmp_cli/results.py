@@ -24,6 +24,7 @@ from htmp_cli.errors import HtmpError
 from htmp_cli.fits.phases import PhaseResult
 from htmp_cli.fits.powerlaw import PowerLawFit
 from htmp_cli.fits.randomize import RandomizationResult
+from htmp_cli.fits.tailtests import TailTests
 from htmp_cli.fits.vectors import VectorEvidence
 from htmp_cli.loaders.matrices import SkippedTensor
 from htmp_cli.options import AnalysisOptions
@@ -68,6 +69,7 @@ class LayerResult:
     timings: LayerTimings = field(default_factory=lambda: LayerTimings(0.0, 0.0, 0.0))
     vectors: VectorEvidence | None = None  # eigenvector localisation (--vectors)
     randomized: RandomizationResult | None = None  # against its entries shuffled (--randomize)
+    tail_tests: TailTests | None = None  # the tail's bootstrap p-value and alternatives (--bootstrap, --alternatives)
     # The spectrum itself, kept only when asked (figures need it; reports and the JSON do not), and
     # with --vectors each eigenvalue's eigenvector IPR.
     eigenvalues: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -275,6 +277,7 @@ LAYER_METRICS: dict[str, Metric] = _metrics(
     ("traps", "randomized", "n_traps", "eigenvalues of the shuffled matrix beyond its MP edge (--randomize)"),
     ("shuffled_alpha", "randomized", "alpha", "alpha of the shuffled matrix's spectrum (--randomize)"),
     ("shuffled_ks", "randomized", "ks_distance", "KS distance between the spectra of W and of W shuffled (--randomize)"),
+    ("bootstrap_p", "tail_tests", "bootstrap_p", "goodness-of-fit p-value of the power-law tail (--bootstrap)"),
 )
 # The metrics the summary averages; those of the tail fit over the layers whose fit succeeded,
 # the others over every analysed layer (htmp_cli.summary).
@@ -287,7 +290,8 @@ SCHEMA = "htmp.report/3"
 # /2 (2026-12-01): layers gained `aliases`; summary.means.kappa is over each layer's better HTMP
 # orientation (in /1, the direct one's). A /1 report reads as /2: no aliases, its mean kappa recomputed.
 # /3 (2026-12-01): layers gained the evidence sections, null when not asked for: `vectors`
-# (eigenvector localisation), `randomized` (against the shuffled matrix). A /2 report reads as /3 with none of them.
+# (eigenvector localisation), `randomized` (against the shuffled matrix), `tail_tests` (bootstrap
+# p-value, likelihood-ratio tests). A /2 report reads as /3 with none of them.
 READABLE_SCHEMAS = ("htmp.report/1", "htmp.report/2", SCHEMA)
 
 
@@ -342,6 +346,7 @@ def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
         "timings": asdict(layer.timings),
         "vectors": asdict(layer.vectors) if layer.vectors is not None else None,
         "randomized": asdict(layer.randomized) if layer.randomized is not None else None,
+        "tail_tests": asdict(layer.tail_tests) if layer.tail_tests is not None else None,
     })
 
 

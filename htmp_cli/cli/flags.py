@@ -85,6 +85,12 @@ VECTORS = typer.Option(False, "--vectors",
 RANDOMIZE = typer.Option(False, "--randomize",
                           help="Compare every layer with its entries shuffled: ESD distance, the shuffled matrix's "
                                "traps and alpha, whether the tail survives (a second spectrum per layer).")
+BOOTSTRAP = typer.Option(0, "--bootstrap", min=0, metavar="N",
+                          help="Goodness-of-fit p-value of each power-law tail from N bootstrap replicates "
+                               "(0: none; each replicate refits the tail).")
+ALTERNATIVES = typer.Option(False, "--alternatives",
+                             help="Likelihood-ratio tests of each tail against lognormal, exponential, stretched "
+                                  "exponential and truncated power law, with a verdict.")
 SEED = typer.Option(0, "--seed", min=0, help="Seed of the shuffles and the bootstrap: the same seed, the same numbers.")
 PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal).")
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
@@ -116,7 +122,8 @@ ANALYSIS_FLAGS = (
     ("threshold", list[str], THRESHOLD),
 )
 # The optional evidence, each flag an AnalysisOptions field of the same name.
-EVIDENCE_FLAGS = (("vectors", bool, VECTORS), ("randomize", bool, RANDOMIZE), ("seed", int, SEED))
+EVIDENCE_FLAGS = (("vectors", bool, VECTORS), ("randomize", bool, RANDOMIZE), ("bootstrap", int, BOOTSTRAP),
+                  ("alternatives", bool, ALTERNATIVES), ("seed", int, SEED))
 
 
 def with_analysis_flags(command: Callable[..., None]) -> Callable[..., None]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from htmp_cli.errors import HtmpError
-from htmp_cli.report.formats import VECTOR_PARTS, randomized_fields, vector_fields
+from htmp_cli.fits.tailtests import ALTERNATIVES
+from htmp_cli.report.formats import VECTOR_PARTS, randomized_fields, tail_test_fields, vector_fields
 from htmp_cli.results import LayerResult, Report
 
 # (column, pandas dtype): floats are float64 (NaN where a fit failed), counts nullable integers.
@@ -34,6 +35,9 @@ COLUMNS = (
     # --randomize (missing without it)
     ("shuffled_traps", "Int64"), ("shuffled_alpha", "float64"), ("shuffled_ks", "float64"),
     ("tail_survives_shuffling", "boolean"),
+    # --bootstrap, --alternatives (missing without them)
+    ("bootstrap_p", "float64"), ("tail_verdict", "string"), ("tail_favoured", "string"),
+    *((f"{kind}_{name}", "float64") for name in ALTERNATIVES for kind in ("R", "p")),
 )
 
 
@@ -63,6 +67,7 @@ def layer_row(layer: LayerResult) -> dict[str, Any]:
         "warnings": ", ".join(layer.warnings) or None,
         **vector_fields(layer),
         **randomized_fields(layer),
+        **tail_test_fields(layer),
     }
 
 

@@ -78,6 +78,7 @@ def flat_layer_row(layer: LayerResult) -> dict[str, Any]:
         "warning": warning,
         **vector_fields(layer),
         **randomized_fields(layer),
+        **tail_test_fields(layer),
     }
     return {key: finite(value) for key, value in row.items()}
 
@@ -123,6 +124,36 @@ def randomized_text(row: dict[str, Any]) -> str:
         return "-"
     traps = "-" if row["shuffled_traps"] is None else row["shuffled_traps"]
     return f"{traps} ks={row['shuffled_ks']:.2g}" + (" survives" if row["tail_survives_shuffling"] else "")
+
+
+def tail_test_fields(layer: LayerResult) -> dict[str, Any]:
+    """The tail tests' flat columns (--bootstrap, --alternatives; None without them): the bootstrap
+    p-value, the verdict and the favoured law, and each alternative's normalised R and p-value."""
+    from htmp_cli.fits.tailtests import ALTERNATIVES
+
+    tests = layer.tail_tests
+    fields: dict[str, Any] = {"bootstrap_p": tests.bootstrap_p if tests else None,
+                              "tail_verdict": tests.verdict if tests else None,
+                              "tail_favoured": tests.favoured if tests else None}
+    done = {c.alternative: c for c in tests.comparisons} if tests else {}
+    for name in ALTERNATIVES:
+        fields[f"R_{name}"] = done[name].normalized_R if name in done else None
+        fields[f"p_{name}"] = done[name].p_value if name in done else None
+    return fields
+
+
+_FAVOURED_SHORT = {"power_law": "power law", "lognormal": "lognormal", "exponential": "exponential",
+                   "stretched_exponential": "str. exp.", "truncated_power_law": "cut-off"}
+
+
+def tail_test_text(row: dict[str, Any]) -> str:
+    """The table's tail-test cell: the bootstrap p-value and the law the tests favour ("?": none)."""
+    parts = []
+    if row["bootstrap_p"] is not None:
+        parts.append(f"p={row['bootstrap_p']:.2g}")
+    if row["tail_verdict"] is not None:
+        parts.append(_FAVOURED_SHORT.get(row["tail_favoured"], "?") if row["tail_favoured"] else "?")
+    return " ".join(parts) or "-"
 
 
 def kappa_text(row: dict[str, Any]) -> str:
@@ -172,6 +203,8 @@ def report_columns(report: Report) -> tuple[tuple[str, str], ...]:
         extra += (("tail_localised", "tail_vectors"),)
     if any(layer.randomized is not None for layer in report.layers):
         extra += (("shuffled_traps", "shuffled_ks"),)
+    if any(layer.tail_tests is not None for layer in report.layers):
+        extra += (("tail_test", "tail_verdict"),)
     return TABLE_COLUMNS + extra
 
 
@@ -183,6 +216,8 @@ def cell_text(key: str, row: dict[str, Any]) -> str:
         return vectors_text(row)
     if key == "shuffled_ks":
         return randomized_text(row)
+    if key == "tail_verdict":
+        return tail_test_text(row)
     return format_number(row[key])
 
 

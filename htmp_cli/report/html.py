@@ -197,7 +197,7 @@ def _phase_table(counts: dict[str, int]) -> str:
 
 _NUMERIC_KEYS = {"alpha", "D", "tail_size", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "kappa"}
 # Shown by default: what a reader scans for. The rest is behind "show all columns".
-_MAIN_KEYS = {"name", "shape", "alpha", "kappa", "phase", "warning", "tail_vectors", "shuffled_ks"}  # evidence asked for: shown
+_MAIN_KEYS = {"name", "shape", "alpha", "kappa", "phase", "warning", "tail_vectors", "shuffled_ks", "tail_verdict"}  # evidence asked for: shown
 
 
 def analysis_html(report: Report, overview_svg: str | None, esd_svgs: dict[int, str]) -> str:
@@ -247,7 +247,7 @@ def analysis_html(report: Report, overview_svg: str | None, esd_svgs: dict[int, 
                 cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\"><span class=\"swatch\" "
                              f"style=\"background:{PHASE_STYLE[row['phase_name']][0]}\"></span>{escape(_text(row[key]))}</td>")
             else:
-                text = cell_text(key, row) if key in ("kappa", "tail_vectors", "shuffled_ks") else _text(row[key])
+                text = cell_text(key, row) if key in ("kappa", "tail_vectors", "shuffled_ks", "tail_verdict") else _text(row[key])
                 cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\">{escape(text)}</td>")
         failed = ' class="failed"' if layer.status != "success" else ""
         body.append(f"<tr data-index=\"{index}\"{failed}><td>{button}</td>{''.join(cells)}</tr>\n")

@@ -21,7 +21,7 @@ from rich.text import Text
 from htmp_cli.loaders.matrices import SkippedTensor
 from htmp_cli.results import LayerResult, Report
 from htmp_cli.report.formats import (finite, flat_layer_row, format_number, kappa_text, skipped_shape, summary_lines,
-                                     randomized_text, vectors_text)
+                                     randomized_text, tail_test_text, vectors_text)
 
 ELLIPSIS = "…"
 MIN_NAME_WIDTH = 16  # a shortened name still shows its block number and its last parts
@@ -45,6 +45,7 @@ COLUMNS = (
     Column("warn", "!", False),
     Column("vectors", "tail_localised", False),
     Column("randomized", "shuffled_traps", False),
+    Column("tail_tests", "tail_test", False),
     Column("warning", "warning", False),
     Column("D", "D", True),
     Column("tail", "tail", True),
@@ -58,9 +59,9 @@ COLUMNS = (
 )
 COLUMN_NAMES = tuple(c.key for c in COLUMNS)
 REQUIRED = ("name", "shape", "alpha", "kappa", "phase", "warn")
-# Columns of evidence computed only when asked (--vectors, --randomize): shown first after the required ones
+# Columns of evidence computed only when asked (--vectors, --randomize, --bootstrap, --alternatives): shown first after the required ones
 # when a layer has them, and not at all otherwise.
-ASKED_FOR = ("vectors", "randomized")
+ASKED_FOR = ("vectors", "randomized", "tail_tests")
 _BY_KEY = {c.key: c for c in COLUMNS}
 
 
@@ -136,6 +137,7 @@ def _cells(layer: LayerResult) -> dict[str, str]:
     cells["kappa"] = kappa_text(row)
     cells["vectors"] = vectors_text(row)
     cells["randomized"] = randomized_text(row)
+    cells["tail_tests"] = tail_test_text(row)
     return cells
 
 
