@@ -38,6 +38,13 @@ DELTA_MAX = 250.0  # the float64 path agrees with mpmath to ~1e-11 up to here (t
 # and Dumitriu-Edelman samples, 64 points came within 2.6% (samples: 0.07%) of the pointwise maximum,
 # where linear interpolation on 128 points came within 8.4% (0.4%), at twice the cost.
 _FIT_GRID = 64
+# kappa's interval: Wald's in log kappa from the observed information (two likelihood evaluations;
+# the profile-likelihood interval, the kappas within 1.92 of the maximum, agreed with it to 0.5% in
+# width on Dumitriu-Edelman samples and cost 15 times as many). The eigenvalues are treated as
+# independent draws of the limiting law (a pseudo-likelihood); on those samples the 95% interval
+# covered the true kappa 46-50 times in 50 (N = 400-2000, gamma 0.1-0.5, kappa 0.5-20; tests).
+Z_95 = 1.959964
+INFORMATION_STEP = 0.01  # the central difference's step in log kappa
 _TINY = 1e-150  # below it the float64 path loses its terms; the density is its power law there
 # scipy.special.hyp1f1 (1.17.1) is wrong at and around integer a >= 5 when 0 < b < 1 and -1 < z < 0:
 # M(5, 0.999, -0.68) comes out -1.63 where mpmath says -0.271, and the relative error falls off only
@@ -402,6 +409,10 @@ class HTMPFit:
     at_bound: str | None = None  # "lower" or "upper" when kappa sits at a bound of its range
     n_fitted: int = 0
     reason: str | None = None
+    # kappa's 95% interval (observed information, see Z_95). None when the likelihood is flat there;
+    # an end at a bound of the kappa range means it reaches past it.
+    kappa_low: float | None = None
+    kappa_high: float | None = None
 
 
 def _summed_interpolation_weights(u: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -465,6 +476,7 @@ def fit_htmp(eigenvalues: np.ndarray, gamma: float, orientation: str = "direct")
         return HTMPFit(status="failed", orientation=orientation, gamma=gamma, n_fitted=n,
                        reason="the likelihood is not finite anywhere on the kappa range")
     kappa = math.exp(log_kappa)
+    low, high = _interval(negative_loglik, log_kappa, best, bounds)
     at_bound = None
     if log_kappa - bounds[0] < 1e-3:
         at_bound = "lower"
@@ -488,4 +500,21 @@ def fit_htmp(eigenvalues: np.ndarray, gamma: float, orientation: str = "direct")
         ks_mp=ks_mp,
         at_bound=at_bound,
         n_fitted=n,
+        kappa_low=low,
+        kappa_high=high,
     )
+
+
+def _interval(negative_loglik: Callable[[float], float], log_kappa: float, best: float,
+              bounds: tuple[float, float]) -> tuple[float | None, float | None]:
+    """kappa's 95% interval from the observed information in log kappa: exp(log kappa +- 1.96 /
+    sqrt(I)), I the likelihood's curvature there (a central difference), cut at the kappa range.
+    None where the curvature is not positive (a flat likelihood: kappa at a bound, or MP-like)."""
+    h = INFORMATION_STEP
+    if log_kappa - h < bounds[0] or log_kappa + h > bounds[1]:
+        return None, None
+    information = (negative_loglik(log_kappa + h) - 2.0 * best + negative_loglik(log_kappa - h)) / (h * h)
+    if not (math.isfinite(information) and information > 0):
+        return None, None
+    half = Z_95 / math.sqrt(information)
+    return math.exp(max(log_kappa - half, bounds[0])), math.exp(min(log_kappa + half, bounds[1]))

@@ -12,6 +12,8 @@
   likely); its p-value is Vuong's, erfc(|R| / sqrt(2 n var)), var the pointwise ratios' variance,
   and `normalized_R` = R / sqrt(n var). The truncated power law holds the power law as its lambda
   -> 0 case, so its p-value is the nested test's, the chi-squared (1 degree of freedom) tail of 2|R|.
+  Where the two laws coincide on the tail (the cut-off at lambda = 0), every ratio is zero, and so
+  are R and its normalisation, with p = 1 (powerlaw's 0 / 0 gives NaN there).
   The `powerlaw` package (`Fit.distribution_compare`, `normalized_ratio=True`) uses the same
   normalisations and statistics; its optimiser (Nelder-Mead, tol 1e-4) can stop short of the
   maximum that these fits reach.
@@ -115,96 +117,179 @@ def lognormal_loglikelihoods(x: np.ndarray, mu: float, sigma: float, xmin: float
 
 
 def stretched_exponential_loglikelihoods(x: np.ndarray, rate: float, beta: float, xmin: float) -> np.ndarray:
-    return (math.log(beta) + beta * math.log(rate) + (beta - 1.0) * np.log(x)
-            + (rate * xmin) ** beta - (rate * x) ** beta)
+    log_rate = math.log(rate)
+    # (lambda x)^beta in logs: lambda runs to 1e300 where the law tends to a power law
+    return (math.log(beta) + beta * log_rate + (beta - 1.0) * np.log(x)
+            + math.exp(beta * (log_rate + math.log(xmin))) - np.exp(beta * (log_rate + np.log(x))))
 
 
 def truncated_power_law_loglikelihoods(x: np.ndarray, alpha: float, rate: float, xmin: float) -> np.ndarray:
     # Density lambda^(1 - alpha) x^(-alpha) e^(-lambda x) / Gamma(1 - alpha, lambda xmin).
+    if rate <= 0.0:  # the cut-off's lambda -> 0 limit: the power law itself
+        return power_law_loglikelihoods(x, alpha, xmin) if alpha > 1.0 else np.full(np.shape(x), -math.inf)
     return ((1.0 - alpha) * math.log(rate) - log_upper_gamma(1.0 - alpha, rate * xmin)
             - alpha * np.log(x) - rate * x)
 
 
 def log_upper_gamma(s: float, z: float) -> float:
-    """ln Gamma(s, z), the upper incomplete gamma function, for any real s and z > 0."""
-    from scipy.special import exp1, gammaincc, gammaln
+    """ln Gamma(s, z), the upper incomplete gamma function, for any real s and z > 0.
 
-    if z > 40 + 2 * abs(s):
-        # Asymptotic series: Gamma(s, z) ~ z^(s-1) e^(-z) sum_k (s-1)(s-2)...(s-k) / z^k.
-        term, total = 1.0, 1.0
-        for k in range(1, 30):
-            term *= (s - k) / z
-            total += term
-            if abs(term) < 1e-17 * abs(total):
-                break
-        return (s - 1.0) * math.log(z) - z + math.log(total)
-    if s > 0:
-        upper = float(gammaincc(s, z))
-        if upper > 0:
-            return math.log(upper) + float(gammaln(s))
-    # Upward recursion Gamma(s, z) = (Gamma(s + 1, z) - z^s e^(-z)) / s from s + k > 0 (or = 0).
-    k = max(0, math.ceil(-s))
-    top = s + k
-    value = float(exp1(z)) if top == 0 else float(gammaincc(top, z)) * math.exp(float(gammaln(top)))
-    for step in range(k - 1, -1, -1):
-        a = s + step
-        value = (value - z ** a * math.exp(-z)) / a
-    return math.log(value)
+    Legendre's continued fraction (modified Lentz) for s <= 0 or z > s + 1, where it converges for
+    every s (checked against mpmath to 3e-11 relative for s in [-6, 0.5], z in [0.001, 1]), but
+    slowly for small z, where the series of `_upper_gamma_series` takes over; scipy's regularised
+    function otherwise. (The recursion Gamma(s, z) = (Gamma(s + 1, z) - z^s e^(-z)) / s
+    loses every digit near s = 0 and many at large z.)"""
+    from scipy.special import gammaincc, gammaln
+
+    if s > 0 and z <= s + 1.0:
+        return math.log(float(gammaincc(s, z))) + float(gammaln(s))
+    if z < 0.5:  # the fraction needs ~1/z terms there
+        return math.log(_upper_gamma_series(s, z))
+    tiny = 1e-300
+    b = z + 1.0 - s
+    c, d = 1.0 / tiny, 1.0 / b
+    h = d
+    for i in range(1, 1_000_000):
+        a = -i * (i - s)
+        b += 2.0
+        d = a * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + a / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        step = d * c
+        h *= step
+        if abs(step - 1.0) < 1e-16:
+            break
+    return s * math.log(z) - z + math.log(h)
 
 
-def _maximise(negative: Callable[[np.ndarray], float], start: list[float]) -> np.ndarray:
-    """The parameters minimising `negative` (in unbounded coordinates), by Nelder-Mead polished
-    by BFGS: robust from a rough start, then converged to the optimum's last digits."""
+def _lognormal_ab(u: np.ndarray, logs: np.ndarray, a: float, b: float) -> np.ndarray:
+    """The lognormal on [xmin, inf) in coordinates that stay finite at its power-law limit: with
+    u = ln(x / xmin), log-density -ln x - b u^2 / 2 - a u - ln Z(a, b), Z the integral of
+    exp(-b u^2 / 2 - a u) over u >= 0. (sigma = 1 / sqrt(b), mu = ln xmin - a / b; b -> 0 with
+    a = alpha - 1 is the power law, where mu and sigma run off to -inf and inf.)"""
+    from scipy.special import erfcx
+
+    if b <= 0.0:
+        if a <= 0.0:
+            return np.full(u.shape, -math.inf)
+        log_z = -math.log(a)
+    else:
+        t = a / math.sqrt(2.0 * b)
+        if t >= -5.0:
+            log_erfcx = math.log(float(erfcx(t)))
+        else:  # erfcx(t) = 2 e^(t^2) - erfcx(-t): its log without the overflow
+            log_erfcx = t * t + math.log(2.0) + math.log1p(-float(erfcx(-t)) * math.exp(-t * t) / 2.0)
+        log_z = 0.5 * math.log(math.pi / (2.0 * b)) + log_erfcx
+    return -logs - 0.5 * b * u * u - a * u - log_z
+
+
+def _stretched_kb(u: np.ndarray, logs: np.ndarray, log_k: float, beta: float) -> np.ndarray:
+    """The stretched exponential on [xmin, inf) with k = beta (lambda xmin)^beta: log-density
+    ln k - ln x + beta u - k (e^(beta u) - 1) / beta, u = ln(x / xmin), finite at its power-law
+    limit beta -> 0 (alpha = 1 + k), where lambda runs off to infinity."""
+    k = math.exp(log_k)
+    growth = u + 0.5 * beta * u * u if beta < 1e-10 else np.expm1(beta * u) / beta
+    return log_k - logs + beta * u - k * growth
+
+
+def _upper_gamma_series(s: float, z: float) -> float:
+    """Gamma(s, z) = Gamma(s) - sum_n (-1)^n z^(s+n) / (n! (s+n)) for s <= 0 and small z. Near a
+    pole s = -m + e of Gamma(s), it and the n = m term are taken together, from their expansions
+    (Gamma's Laurent series at -m): (-1)^m / m! (psi(m+1) - ln z + e/2 (pi^2/3 + psi(m+1)^2
+    - psi'(m+1) - ln^2 z)) + O(e^2)."""
+    from scipy.special import digamma, gamma, polygamma
+
+    pole = round(-s)
+    epsilon = s + pole
+    near_pole = abs(epsilon) < 1e-5
+    total = 0.0 if near_pole else float(gamma(s))
+    factorial = 1.0
+    for n in range(0, 200):
+        if n:
+            factorial *= n
+        if near_pole and n == pole:
+            psi, log_z = float(digamma(pole + 1)), math.log(z)
+            total += (-1) ** pole / factorial * (psi - log_z + epsilon / 2 * (
+                math.pi ** 2 / 3 + psi * psi - float(polygamma(1, pole + 1)) - log_z * log_z))
+            continue
+        term = (-1) ** n * z ** (s + n) / (factorial * (s + n))
+        total -= term
+        if n > pole and abs(term) < 1e-17 * abs(total):
+            break
+    return total
+
+
+def _maximise(loglikelihoods: Callable[[np.ndarray], np.ndarray], starts: list[list[float]],
+              bounds: list[tuple[float | None, float | None]]) -> np.ndarray:
+    """The parameters maximising the summed log-likelihood, by L-BFGS-B within `bounds` from each
+    start (the best kept), then from where it stopped until it stops improving."""
     from scipy.optimize import minimize
 
-    def guarded(point: np.ndarray) -> float:
+    def negative(point: np.ndarray) -> float:
         with np.errstate(all="ignore"):
             try:
-                value = negative(point)
+                value = -float(np.sum(loglikelihoods(point)))
             except (ValueError, OverflowError, ZeroDivisionError):
-                return math.inf
-        return value if math.isfinite(value) else math.inf
+                return 1e300
+        return value if math.isfinite(value) else 1e300
 
-    rough = minimize(guarded, np.asarray(start, dtype=np.float64), method="Nelder-Mead",
-                     options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 400})
-    best = rough
-    for _ in range(3):  # BFGS from where the last one stopped: a long valley (a lognormal tending
-        # to a power law, mu far below ln xmin) takes it more than one run to walk down
-        polished = minimize(guarded, best.x, method="BFGS", options={"gtol": 1e-8})
-        if not polished.fun < best.fun - 1e-12:
+    best = None
+    for start in starts:
+        result = minimize(negative, np.asarray(start, dtype=np.float64), method="L-BFGS-B", bounds=bounds,
+                          options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 2000})
+        if best is None or result.fun < best.fun:
+            best = result
+    assert best is not None
+    for _ in range(3):
+        again = minimize(negative, best.x, method="L-BFGS-B", bounds=bounds,
+                         options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 2000})
+        if not again.fun < best.fun - 1e-12:
             break
-        best = polished
+        best = again
     return best.x
 
 
 def fit_alternative(name: str, tail: np.ndarray, xmin: float, alpha: float) -> tuple[dict[str, float], np.ndarray]:
     """The maximum-likelihood parameters of one alternative on `tail` (values >= xmin) and its
-    pointwise log-likelihoods there. `alpha` (the power law's) starts the truncated power law."""
+    pointwise log-likelihoods there. `alpha` (the power law's) starts the fits near its limit.
+
+    The lognormal and the stretched exponential are fitted in coordinates in which their power-law
+    limits are finite boundary points (`_lognormal_ab`, `_stretched_kb`): in (mu, sigma) and (lambda,
+    beta) a power-law-like tail sends the optimum off to infinity, which an optimiser walks slowly
+    and never reaches. Their parameters are reported as (mu, sigma) and (lambda, beta); a value
+    that has left float range is infinite."""
+    tail = np.asarray(tail, dtype=np.float64)
     logs = np.log(tail)
+    u = np.log(tail / xmin)
     if name == "exponential":
         rate = 1.0 / max(float(np.mean(tail)) - xmin, np.finfo(float).tiny)  # closed form
         return {"lambda": rate}, exponential_loglikelihoods(tail, rate, xmin)
     if name == "lognormal":
-        def negative(p: np.ndarray) -> float:
-            return -float(np.sum(lognormal_loglikelihoods(tail, p[0], math.exp(p[1]), xmin)))
-
-        mu, log_sigma = _maximise(negative, [float(logs.mean()), math.log(max(float(logs.std()), 1e-3))])
-        params = {"mu": float(mu), "sigma": math.exp(log_sigma)}
-        return params, lognormal_loglikelihoods(tail, params["mu"], params["sigma"], xmin)
+        spread = max(float(logs.std()), 1e-3)
+        moments = [(math.log(xmin) - float(logs.mean())) / spread ** 2, 1.0 / spread ** 2]
+        a, b = _maximise(lambda p: _lognormal_ab(u, logs, p[0], p[1]), [moments, [alpha - 1.0, 1e-6]],
+                         [(None, None), (0.0, None)])
+        mu = math.log(xmin) - a / b if b > 0 else -math.inf
+        return ({"mu": mu, "sigma": 1.0 / math.sqrt(b) if b > 0 else math.inf},
+                _lognormal_ab(u, logs, float(a), float(b)))
     if name == "stretched_exponential":
-        def negative(p: np.ndarray) -> float:
-            return -float(np.sum(stretched_exponential_loglikelihoods(tail, math.exp(p[0]), math.exp(p[1]), xmin)))
-
-        log_rate, log_beta = _maximise(negative, [-math.log(float(np.mean(tail))), math.log(0.5)])
-        params = {"lambda": math.exp(log_rate), "beta": math.exp(log_beta)}
-        return params, stretched_exponential_loglikelihoods(tail, params["lambda"], params["beta"], xmin)
+        start_k = math.log(max(alpha - 1.0, 1e-3))
+        log_k, beta = _maximise(lambda p: _stretched_kb(u, logs, p[0], p[1]),
+                                [[start_k, 0.5], [start_k, 1e-4], [math.log(xmin / float(np.mean(tail))), 1.0]],
+                                [(None, None), (0.0, None)])
+        if beta > 0:
+            log_rate = (log_k - math.log(beta)) / beta - math.log(xmin)
+            rate = math.exp(log_rate) if log_rate < 709 else math.inf
+        else:
+            rate = math.inf
+        return {"lambda": rate, "beta": float(beta)}, _stretched_kb(u, logs, float(log_k), float(beta))
     if name == "truncated_power_law":
-        def negative(p: np.ndarray) -> float:
-            return -float(np.sum(truncated_power_law_loglikelihoods(tail, p[0], math.exp(p[1]), xmin)))
-
-        a, log_rate = _maximise(negative, [alpha, math.log(0.01 / float(np.mean(tail)))])
-        params = {"alpha": float(a), "lambda": math.exp(log_rate)}
-        return params, truncated_power_law_loglikelihoods(tail, params["alpha"], params["lambda"], xmin)
+        mean = float(np.mean(tail))
+        a, rate = _maximise(lambda p: truncated_power_law_loglikelihoods(tail, p[0], p[1], xmin),
+                            [[alpha, 0.0], [alpha, 0.1 / mean], [1.0, 1.0 / mean]], [(None, None), (0.0, None)])
+        return {"alpha": float(a), "lambda": float(rate)}, truncated_power_law_loglikelihoods(tail, float(a), float(rate), xmin)
     raise ValueError(f"unknown alternative {name!r} (known: {', '.join(ALTERNATIVES)})")
 
 
