@@ -140,6 +140,8 @@ class ModelSummary:
     kind_counts: dict[str, int] = field(default_factory=dict)
     expert_groups: tuple[ExpertGroup, ...] = ()
     workers: int = 1  # processes that analysed layers (2 with a fitting process); timings are summed over them
+    # The standard error of each mean over layers: sd / sqrt(count), None with fewer than two values.
+    standard_errors: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -374,6 +376,8 @@ def report_from_dict(data: dict[str, Any]) -> Report:
         summary = _decode(ModelSummary, data["summary"])
         if data["schema"] == "htmp.report/1":  # its mean kappa was the direct orientation's: now the /2 one
             summary = replace(summary, means={**summary.means, "kappa": mean_metric("kappa", layers)})
+        if data["schema"] != SCHEMA:  # before /3 a summary held no standard errors: they follow from the layers
+            summary = replace(summary, standard_errors={name: mean_standard_error(name, layers) for name in SUMMARY_MEANS})
         return Report(
             htmp_version=data["htmp_version"],
             source=_decode(SourceInfo, data["source"]),
@@ -386,14 +390,25 @@ def report_from_dict(data: dict[str, Any]) -> Report:
         raise HtmpError(f"not a readable htmp report: {type(err).__name__}: {err}") from None
 
 
-def mean_metric(name: str, layers: tuple[LayerResult, ...]) -> float | None:
-    """A summary mean (SUMMARY_MEANS): over the successful layers, or for the FIT_MEANS over those
-    whose tail fit succeeded, of the finite values; None where there are none."""
+def summary_values(name: str, layers: tuple[LayerResult, ...]) -> list[float]:
+    """The values a summary mean (SUMMARY_MEANS) is taken over: the finite ones of the successful
+    layers, or for the FIT_MEANS of those whose tail fit succeeded."""
     chosen = [layer for layer in layers if layer.status == "success"]
     if name in FIT_MEANS:
         chosen = [layer for layer in chosen if layer.power_law is not None and layer.power_law.ok]
-    present = [v for v in (LAYER_METRICS[name].of(layer) for layer in chosen) if v is not None and math.isfinite(v)]
+    return [v for v in (LAYER_METRICS[name].of(layer) for layer in chosen) if v is not None and math.isfinite(v)]
+
+
+def mean_metric(name: str, layers: tuple[LayerResult, ...]) -> float | None:
+    """A summary mean (SUMMARY_MEANS) over `summary_values`; None where there are none."""
+    present = summary_values(name, layers)
     return float(np.mean(present)) if present else None
+
+
+def mean_standard_error(name: str, layers: tuple[LayerResult, ...]) -> float | None:
+    """The standard error of that mean across layers (sample sd / sqrt(count)); None below two values."""
+    present = summary_values(name, layers)
+    return float(np.std(present, ddof=1) / math.sqrt(len(present))) if len(present) >= 2 else None
 
 
 def layer_from_dict(data: dict[str, Any]) -> LayerResult:

@@ -7,7 +7,7 @@ import numpy as np
 
 from htmp_cli.fits.phases import PHASE_LABELS
 from htmp_cli.loaders.matrices import SkippedTensor
-from htmp_cli.results import SUMMARY_MEANS, ExpertGroup, LayerResult, ModelSummary, mean_metric
+from htmp_cli.results import SUMMARY_MEANS, ExpertGroup, LayerResult, ModelSummary, mean_metric, mean_standard_error
 
 
 def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...], timings: dict[str, float],
@@ -41,6 +41,7 @@ def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...
         worrying=worrying,
         timings=timings,
         workers=workers,
+        standard_errors={name: mean_standard_error(name, layers) for name in SUMMARY_MEANS},
     )
 
 

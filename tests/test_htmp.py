@@ -245,3 +245,20 @@ def test_the_bounded_minimiser_finds_what_scipys_finds() -> None:
         x, fx = minimize_bounded(fn, (-5.0, 5.0), xatol=xatol)
         reference = minimize_scalar(fn, bounds=(-5.0, 5.0), method="bounded", options={"xatol": xatol})
         assert x == pytest.approx(reference.x, abs=xatol) and fx == pytest.approx(reference.fun, abs=1e-9)
+
+
+@pytest.mark.parametrize(("kappa", "gamma"), [(1.9, 0.3255), (5.5, 0.5)])
+def test_the_kappa_interval_covers_the_true_kappa_at_least_90_percent_of_the_time(kappa: float, gamma: float) -> None:
+    covered = 0
+    for seed in range(50):
+        fit = H.fit_htmp(htmp_sample(400, kappa, gamma, np.random.default_rng(seed)), gamma)
+        assert fit.kappa_low is not None and fit.kappa_low < fit.kappa < fit.kappa_high
+        covered += fit.kappa_low <= kappa <= fit.kappa_high
+    assert covered >= 45  # nominal 95%; measured 49 and 50
+
+
+def test_the_kappa_interval_is_none_where_the_likelihood_is_flat() -> None:
+    # A Marchenko-Pastur sample: kappa runs to the top of its range, where the curvature says nothing.
+    W = np.random.default_rng(0).standard_normal((2000, 500))
+    fit = H.fit_htmp(np.linalg.eigvalsh(W.T @ W), 0.25)
+    assert fit.at_bound == "upper" and fit.kappa_low is None and fit.kappa_high is None

@@ -58,3 +58,13 @@ def test_heavy_tailed_matrices_get_a_poor_mp_fit(df: float) -> None:
     fit = fit_mp(_spectrum(W), N, M)
     assert fit.ks_all > 0.1
     assert fit.n_spikes > 0.05 * M
+
+
+def test_the_sigma2_interval_holds_the_entry_variance_of_gaussian_matrices() -> None:
+    covered = 0
+    for seed in range(40):
+        W = 0.3 * np.random.default_rng(seed).standard_normal((400, 200))
+        fit = fit_mp(np.linalg.eigvalsh(W.T @ W), 400, 200)
+        assert fit.sigma2_low < fit.sigma2 < fit.sigma2_high
+        covered += fit.sigma2_low <= 0.09 <= fit.sigma2_high
+    assert covered >= 34  # nominal 95% for a mean of squared Gaussian entries; the edge's trimming widens the spread ~10%

@@ -248,7 +248,9 @@ def summary_lines(report: Report) -> list[str]:
         f"{source.format}, {source.size_bytes:,} bytes" + (f"; {'; '.join(source.notes)}" if source.notes else ""),
         f"{s.n_layers} matrices analysed ({kinds or 'none'}), {s.n_skipped} tensors skipped, "
         f"{s.n_failed_layers} failed layers, {s.n_failed_fits} failed tail fits",
-        "mean alpha " + format_number(means["alpha"]) + ", mean D " + format_number(means["D"])
+        "mean alpha " + format_number(means["alpha"]) + _standard_error(s.standard_errors.get("alpha"))
+        + ", mean kappa " + format_number(means.get("kappa")) + _standard_error(s.standard_errors.get("kappa"))
+        + ", mean D " + format_number(means["D"])
         + ", mean alpha_weighted " + format_number(means["alpha_weighted"])
         + ", mean log_norm " + format_number(means["log_norm"])
         + ", mean log_spectral_norm " + format_number(means["log_spectral_norm"])
@@ -260,9 +262,41 @@ def summary_lines(report: Report) -> list[str]:
         *[f"{label}: {', '.join(names)}" for label, names in _failures(report.layers).items() if names],
         *[_group_line(group) for group in s.expert_groups],
         *[f"{layer.name}: {layer.note}" for layer in report.layers if (layer.note or "").startswith("--split-fused")],
+        *_evidence_lines(report.layers),
         "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in s.timings.items())
         + (f" (read, eigen and fit summed over {s.workers} processes)" if s.workers > 1 else ""),
     ]
+    return lines
+
+
+def _standard_error(value: float | None) -> str:
+    return "" if finite(value) is None else f" (se {format_number(value)})"
+
+
+def _evidence_lines(layers: Sequence[LayerResult]) -> list[str]:
+    """One line per kind of optional evidence the layers hold (--vectors, --randomize, the tail tests)."""
+    lines = []
+    with_vectors = [layer.vectors for layer in layers if layer.vectors is not None]
+    if with_vectors:
+        tails = [v.tail for v in with_vectors if v.tail is not None]
+        lines.append(f"eigenvectors: {sum(t.n_localised for t in tails)} of {sum(t.count for t in tails)} tail vectors "
+                     f"localised beyond the Haar baseline, in {sum(t.n_localised > 0 for t in tails)} of "
+                     f"{len(with_vectors)} layers")
+    shuffled = [layer.randomized for layer in layers if layer.randomized is not None]
+    if shuffled:
+        lines.append(f"entries shuffled: {sum(bool(r.n_traps) for r in shuffled)} of {len(shuffled)} layers have traps; "
+                     f"the tail survives shuffling in {sum(bool(r.tail_survives) for r in shuffled)}")
+    tests = [layer.tail_tests for layer in layers if layer.tail_tests is not None]
+    if tests:
+        parts = []
+        with_p = [t.bootstrap_p for t in tests if t.bootstrap_p is not None]
+        if with_p:
+            parts.append(f"bootstrap p <= 0.1 (power law ruled out) in {sum(p <= 0.1 for p in with_p)} of {len(with_p)}")
+        judged = [t for t in tests if t.verdict is not None]
+        if judged:
+            parts.append(", ".join(f"{name} {sum(t.verdict == name for t in judged)}" for name in
+                                   ("power_law", "alternative", "inconclusive")))
+        lines.append("tail tests: " + "; ".join(parts))
     return lines
 
 
