@@ -51,10 +51,10 @@ def layers(scale: int) -> None:
     if spec is not None and spec.origin is not None:
         paths["MiniLM-L6"] = Path(spec.origin).parent / "model" / "model.safetensors"
     digits = ROOT / "benchmarks" / "_data" / "digits"
-    if not (digits / "well.safetensors").exists():
+    if not (digits / "digits_well.safetensors").exists():
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_digits.py"), str(digits)], check=True)
-    paths["digits, well trained"] = digits / "well.safetensors"
-    paths["digits, 20 steps"] = digits / "badly.safetensors"
+    paths["digits, well trained"] = digits / "digits_well.safetensors"
+    paths["digits, 20 steps"] = digits / "digits_badly.safetensors"
     for title, path in paths.items():
         report = htmp_cli.analyze(path, **EVIDENCE)
         print(f"\n### {title}\n")

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from htmp_cli.device import device_for
+from htmp_cli.fits.farms import DEFAULT_WINDOW, farms_result
 from htmp_cli.fits.htmp import HTMPFit, fit_htmp
 from htmp_cli.fits.metrics import ScaleMetrics, scale_metrics
 from htmp_cli.fits.mp import MIN_EIGENVALUES, MPFit, fit_mp
@@ -25,7 +26,7 @@ from htmp_cli.loaders.pytorch import stored_from_tensor
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.results import LayerResult, LayerTimings
 from htmp_cli.spectral import (Decoder, NonFiniteMatrixError, Spectrum, gram_matrix, is_torch_tensor, pool_spectra,
-                               shuffled_entries, spectrum_of)
+                               WindowSpectra, shuffled_entries, spectrum_of, window_spectra)
 
 # WeightWatcher's names for the two ends of the alpha scale (math.md section 2).
 ALPHA_OVER_TRAINED = 2.0
@@ -63,6 +64,7 @@ class SolvedMatrix:
     read_seconds: float
     eigen_seconds: float
     shuffled: Spectrum | None = None
+    windows: WindowSpectra | None = None  # --farms
 
 
 def shuffle_generator(options: AnalysisOptions, name: str) -> np.random.Generator:
@@ -97,6 +99,11 @@ def solve_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder 
         if options.randomize:  # first: the weights are let go once their own Gram matrix exists
             shuffled = _solved([shuffled_entries(W, decode, shuffle_generator(options, spec.name))], None,
                                options, torch_device, vectors=False)
+        windows = None
+        if options.farms and W.ndim == 2:  # conv kernels are pooled slices already: no windows of them
+            window = min(options.farms_window or DEFAULT_WINDOW, *W.shape)
+            windows = window_spectra(W, decode, window, options.farms_grid, options.precision, options.backend,
+                                     torch_device)
         held = [W]
         del W
         spectrum = _solved(held, decode, options, torch_device, options.vectors)
@@ -107,7 +114,7 @@ def solve_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder 
         # every eigenvalue; only its reproduction mode copies that (README: "Conv kernels").
         spectrum = _halved(spectrum)
         shuffled = _halved(shuffled) if shuffled is not None else None
-    return SolvedMatrix(spec, spectrum, None, read_seconds, time.perf_counter() - t0, shuffled)
+    return SolvedMatrix(spec, spectrum, None, read_seconds, time.perf_counter() - t0, shuffled, windows)
 
 
 def _halved(spectrum: Spectrum) -> Spectrum:
@@ -148,10 +155,16 @@ def fit_matrix(solved: SolvedMatrix, options: AnalysisOptions, keep_eigenvalues:
                                              f"fits (they need at least {MIN_EIGENVALUES})", timings=unfitted)
     started = time.perf_counter()
     analysis = spectrum_analysis(spectrum, options, solved.shuffled)
+    farms = None
+    if solved.windows is not None:
+        asked = options.farms_window or DEFAULT_WINDOW
+        farms = farms_result(solved.windows.eigenvalues, solved.windows.window, solved.windows.grid,
+                             solved.windows.n_windows, precision=spectrum.precision, min_tail=options.min_tail,
+                             htmp=options.htmp, window_cut=solved.windows.window < asked and options.farms_window is not None)
     return layer(status="success", power_law=analysis.power_law, metrics=analysis.metrics, mp=analysis.mp,
                  htmp=analysis.htmp, htmp_inverse=analysis.htmp_inverse, phase=analysis.phase,
                  warnings=analysis.warnings, vectors=analysis.vectors, randomized=analysis.randomized,
-                 tail_tests=analysis.tail_tests,
+                 tail_tests=analysis.tail_tests, farms=farms,
                  eigenvalues=spectrum.eigenvalues if keep_eigenvalues else None,
                  vector_ipr=spectrum.vector_ipr if keep_eigenvalues else None,
                  shuffled_eigenvalues=solved.shuffled.eigenvalues if keep_eigenvalues and solved.shuffled else None,

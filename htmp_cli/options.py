@@ -16,6 +16,7 @@ from htmp_cli.fits.phases import PhaseThresholds
 from htmp_cli.loaders.matrices import CONV_MODES, MatrixRules
 
 PRECISIONS = ("float64", "float32")
+_OPTIONAL = {"farms_window": int}  # the type of each option whose default is None
 FIT_METHODS = ("csn", "ww")
 BACKENDS = ("auto", "numpy", "torch")
 
@@ -57,6 +58,11 @@ class AnalysisOptions:
         M = 4096, on one core).
     alternatives: likelihood-ratio tests of the power-law tail against the lognormal, exponential,
         stretched exponential and truncated power law, with a verdict (htmp_cli.fits.tailtests).
+    farms: fit the power law and HTMP (gamma = 1) to the pooled ESD of square windows of each layer
+        as well (FARMS, htmp_cli.fits.farms), so that layers of different shapes compare.
+    farms_window: the windows' side (None: min(2000, the layer's smaller side)). Layers compare only
+        under one window: give one no larger than the smallest layer's smaller side.
+    farms_grid: windows per side of the regular grid (farms_grid^2 windows at most).
     seed: the seed of every random draw (the shuffles, the bootstrap): the same seed, the same numbers.
     """
 
@@ -77,6 +83,9 @@ class AnalysisOptions:
     randomize: bool = False
     bootstrap: int = 0
     alternatives: bool = False
+    farms: bool = False
+    farms_window: int | None = None
+    farms_grid: int = 15
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -90,6 +99,10 @@ class AnalysisOptions:
             raise OptionError(f"--bootstrap must be at least 0 (0: no bootstrap), got {self.bootstrap}")
         if self.fit == "ww" and (self.bootstrap or self.alternatives):
             raise OptionError("--bootstrap and --alternatives test the csn tail fit; they cannot be combined with --fit ww")
+        if self.farms_window is not None and self.farms_window < 2:
+            raise OptionError(f"--farms-window must be at least 2, got {self.farms_window}")
+        if self.farms_grid < 1:
+            raise OptionError(f"--farms-grid must be at least 1, got {self.farms_grid}")
         if self.seed < 0:
             raise OptionError(f"--seed must be at least 0, got {self.seed}")
         if self.min_tail < 2:
@@ -139,7 +152,9 @@ class AnalysisOptions:
         for key, value in checked.items():
             if key in ("thresholds", "include", "exclude"):
                 continue
-            expected = type(getattr(defaults, key))
+            if value is None and getattr(defaults, key) is None:  # an option whose default is None takes None
+                continue
+            expected = type(getattr(defaults, key)) if getattr(defaults, key) is not None else _OPTIONAL[key]
             # numpy's integers and booleans are as good as Python's; a bool is not an integer here
             if expected is int and isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
                 checked[key] = int(value)

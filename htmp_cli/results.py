@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from htmp_cli.fits.farms import FarmsResult
 from htmp_cli.fits.htmp import HTMPFit
 from htmp_cli.fits.metrics import ScaleMetrics
 from htmp_cli.fits.mp import MPFit
@@ -70,6 +71,7 @@ class LayerResult:
     vectors: VectorEvidence | None = None  # eigenvector localisation (--vectors)
     randomized: RandomizationResult | None = None  # against its entries shuffled (--randomize)
     tail_tests: TailTests | None = None  # the tail's bootstrap p-value and alternatives (--bootstrap, --alternatives)
+    farms: FarmsResult | None = None  # alpha and kappa of the pooled ESD of square windows (--farms)
     # The spectrum itself, kept only when asked (figures need it; reports and the JSON do not), and
     # with --vectors each eigenvalue's eigenvector IPR.
     eigenvalues: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -280,6 +282,8 @@ LAYER_METRICS: dict[str, Metric] = _metrics(
     ("shuffled_alpha", "randomized", "alpha", "alpha of the shuffled matrix's spectrum (--randomize)"),
     ("shuffled_ks", "randomized", "ks_distance", "KS distance between the spectra of W and of W shuffled (--randomize)"),
     ("bootstrap_p", "tail_tests", "bootstrap_p", "goodness-of-fit p-value of the power-law tail (--bootstrap)"),
+    ("farms_alpha", "farms", "alpha", "alpha of the pooled ESD of square windows (--farms)"),
+    ("farms_kappa", "farms", "kappa", "HTMP kappa (gamma = 1) of the pooled ESD of square windows (--farms)"),
 )
 # The metrics the summary averages; those of the tail fit over the layers whose fit succeeded,
 # the others over every analysed layer (htmp_cli.summary).
@@ -293,7 +297,8 @@ SCHEMA = "htmp.report/3"
 # orientation (in /1, the direct one's). A /1 report reads as /2: no aliases, its mean kappa recomputed.
 # /3 (2026-12-01): layers gained the evidence sections, null when not asked for: `vectors`
 # (eigenvector localisation), `randomized` (against the shuffled matrix), `tail_tests` (bootstrap
-# p-value, likelihood-ratio tests). A /2 report reads as /3 with none of them.
+# p-value, likelihood-ratio tests), `farms` (alpha and kappa of pooled square windows); HTMP fits
+# gained kappa_low/kappa_high, MP fits sigma2_low/sigma2_high, the summary standard_errors. A /2 report reads as /3 with none of them.
 READABLE_SCHEMAS = ("htmp.report/1", "htmp.report/2", SCHEMA)
 
 
@@ -349,6 +354,7 @@ def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
         "vectors": asdict(layer.vectors) if layer.vectors is not None else None,
         "randomized": asdict(layer.randomized) if layer.randomized is not None else None,
         "tail_tests": asdict(layer.tail_tests) if layer.tail_tests is not None else None,
+        "farms": asdict(layer.farms) if layer.farms is not None else None,
     })
 
 

@@ -445,3 +445,34 @@ def eigenvalues(W: np.ndarray, precision: str = "float64", backend: str = "auto"
                 decode: Decoder | None = None, device: str | None = None, vectors: bool = False) -> Spectrum:
     """The spectrum of a 2-D weight matrix W; raises NonFiniteMatrixError on NaN or Inf."""
     return spectrum_of(gram_matrix(W, precision, decode, device), backend, vectors)
+
+
+@dataclass(frozen=True)
+class WindowSpectra:
+    """The eigenvalues of square windows of one matrix, pooled (FARMS, math.md section 6c)."""
+
+    eigenvalues: np.ndarray  # ascending
+    window: int  # the windows' side
+    grid: int  # windows per side of the regular grid asked for
+    n_windows: int  # distinct windows solved (a side no longer than the window has one start)
+
+
+def window_starts(length: int, window: int, grid: int) -> list[int]:
+    """FARMS's window starts along one side: min(i * step, length - window) for i < grid, step =
+    floor((length - window) / (grid - 1)); the distinct ones (a side equal to the window has one)."""
+    step = (length - window) // (grid - 1) if grid > 1 else 0
+    return sorted({min(i * step, length - window) for i in range(grid)})
+
+
+def window_spectra(W: Any, decode: Decoder | None, window: int, grid: int, precision: str = "float64",
+                   backend: str = "auto", device: str | None = None) -> WindowSpectra:
+    """The pooled eigenvalues of W's window x window windows on a grid x grid regular grid. Each
+    distinct window is solved once: the grid's windows are distinct along a side or all equal, so
+    every distinct window stands for the same number of the grid's, and pooling them once gives the
+    same ESD."""
+    rows, cols = W.shape
+    if window > min(rows, cols) or window < 1:
+        raise ValueError(f"a {window} x {window} window does not fit a {rows} x {cols} matrix")
+    pooled = [spectrum_of(gram_matrix(W[r:r + window, c:c + window], precision, decode, device), backend).eigenvalues
+              for r in window_starts(rows, window, grid) for c in window_starts(cols, window, grid)]
+    return WindowSpectra(eigenvalues=np.sort(np.concatenate(pooled)), window=window, grid=grid, n_windows=len(pooled))

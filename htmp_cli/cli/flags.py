@@ -7,7 +7,7 @@ import functools
 import inspect
 import typing
 from enum import Enum
-from typing import Callable
+from typing import Callable, Optional
 
 import typer
 
@@ -91,6 +91,13 @@ BOOTSTRAP = typer.Option(0, "--bootstrap", min=0, metavar="N",
 ALTERNATIVES = typer.Option(False, "--alternatives",
                              help="Likelihood-ratio tests of each tail against lognormal, exponential, stretched "
                                   "exponential and truncated power law, with a verdict.")
+FARMS = typer.Option(False, "--farms",
+                     help="Also fit alpha and kappa on the pooled ESD of square windows of each layer (FARMS), "
+                          "so that layers of different shapes compare; see --farms-window.")
+FARMS_WINDOW = typer.Option(None, "--farms-window", min=2, metavar="M",
+                            help="FARMS window side (default: min(2000, the layer's smaller side)). Layers compare "
+                                 "only under one window: give one no larger than the smallest layer's side.")
+FARMS_GRID = typer.Option(15, "--farms-grid", min=1, metavar="K", help="FARMS windows per side of the grid (K x K).")
 SEED = typer.Option(0, "--seed", min=0, help="Seed of the shuffles and the bootstrap: the same seed, the same numbers.")
 PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal).")
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
@@ -123,7 +130,8 @@ ANALYSIS_FLAGS = (
 )
 # The optional evidence, each flag an AnalysisOptions field of the same name.
 EVIDENCE_FLAGS = (("vectors", bool, VECTORS), ("randomize", bool, RANDOMIZE), ("bootstrap", int, BOOTSTRAP),
-                  ("alternatives", bool, ALTERNATIVES), ("seed", int, SEED))
+                  ("alternatives", bool, ALTERNATIVES), ("farms", bool, FARMS),
+                  ("farms_window", Optional[int], FARMS_WINDOW), ("farms_grid", int, FARMS_GRID), ("seed", int, SEED))
 
 
 def with_analysis_flags(command: Callable[..., None]) -> Callable[..., None]:

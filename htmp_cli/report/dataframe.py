@@ -38,6 +38,8 @@ COLUMNS = (
     # --bootstrap, --alternatives (missing without them)
     ("bootstrap_p", "float64"), ("tail_verdict", "string"), ("tail_favoured", "string"),
     *((f"{kind}_{name}", "float64") for name in ALTERNATIVES for kind in ("R", "p")),
+    # --farms (missing without it)
+    ("farms_alpha", "float64"), ("farms_kappa", "float64"), ("farms_window", "Int64"),
 )
 
 
@@ -68,6 +70,9 @@ def layer_row(layer: LayerResult) -> dict[str, Any]:
         **vector_fields(layer),
         **randomized_fields(layer),
         **tail_test_fields(layer),
+        "farms_alpha": layer.farms.alpha if layer.farms else None,
+        "farms_kappa": layer.farms.kappa if layer.farms else None,
+        "farms_window": layer.farms.window if layer.farms else None,
     }
 
 

@@ -79,6 +79,9 @@ def flat_layer_row(layer: LayerResult) -> dict[str, Any]:
         **vector_fields(layer),
         **randomized_fields(layer),
         **tail_test_fields(layer),
+        "farms_alpha": layer.farms.alpha if layer.farms else None,
+        "farms_kappa": layer.farms.kappa if layer.farms else None,
+        "farms_window": layer.farms.window if layer.farms else None,
     }
     return {key: finite(value) for key, value in row.items()}
 
@@ -205,6 +208,8 @@ def report_columns(report: Report) -> tuple[tuple[str, str], ...]:
         extra += (("shuffled_traps", "shuffled_ks"),)
     if any(layer.tail_tests is not None for layer in report.layers):
         extra += (("tail_test", "tail_verdict"),)
+    if any(layer.farms is not None for layer in report.layers):
+        extra += (("farms_alpha", "farms_alpha"), ("farms_kappa", "farms_kappa"))
     return TABLE_COLUMNS + extra
 
 

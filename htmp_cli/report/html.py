@@ -195,9 +195,11 @@ def _phase_table(counts: dict[str, int]) -> str:
     return f"<table class=\"phases\"><thead><tr><th>phase</th><th class=\"num\">layers</th></tr></thead><tbody>{rows}</tbody></table>"
 
 
-_NUMERIC_KEYS = {"alpha", "D", "tail_size", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "kappa"}
+_NUMERIC_KEYS = {"alpha", "D", "tail_size", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "kappa",
+                 "farms_alpha", "farms_kappa"}
 # Shown by default: what a reader scans for. The rest is behind "show all columns".
-_MAIN_KEYS = {"name", "shape", "alpha", "kappa", "phase", "warning", "tail_vectors", "shuffled_ks", "tail_verdict"}  # evidence asked for: shown
+_MAIN_KEYS = {"name", "shape", "alpha", "kappa", "phase", "warning", "tail_vectors", "shuffled_ks", "tail_verdict",
+              "farms_alpha", "farms_kappa"}  # evidence asked for: shown
 
 
 def analysis_html(report: Report, overview_svg: str | None, esd_svgs: dict[int, str]) -> str:

@@ -46,6 +46,8 @@ COLUMNS = (
     Column("vectors", "tail_localised", False),
     Column("randomized", "shuffled_traps", False),
     Column("tail_tests", "tail_test", False),
+    Column("farms_alpha", "farms_alpha", True),
+    Column("farms_kappa", "farms_kappa", True),
     Column("warning", "warning", False),
     Column("D", "D", True),
     Column("tail", "tail", True),
@@ -59,9 +61,9 @@ COLUMNS = (
 )
 COLUMN_NAMES = tuple(c.key for c in COLUMNS)
 REQUIRED = ("name", "shape", "alpha", "kappa", "phase", "warn")
-# Columns of evidence computed only when asked (--vectors, --randomize, --bootstrap, --alternatives): shown first after the required ones
+# Columns of evidence computed only when asked (--vectors, --randomize, --bootstrap, --alternatives, --farms): shown first after the required ones
 # when a layer has them, and not at all otherwise.
-ASKED_FOR = ("vectors", "randomized", "tail_tests")
+ASKED_FOR = ("vectors", "randomized", "tail_tests", "farms_alpha", "farms_kappa")
 _BY_KEY = {c.key: c for c in COLUMNS}
 
 
@@ -138,6 +140,8 @@ def _cells(layer: LayerResult) -> dict[str, str]:
     cells["vectors"] = vectors_text(row)
     cells["randomized"] = randomized_text(row)
     cells["tail_tests"] = tail_test_text(row)
+    cells["farms_alpha"] = format_number(row["farms_alpha"])
+    cells["farms_kappa"] = format_number(row["farms_kappa"])
     return cells
 
 
