@@ -305,3 +305,20 @@ def test_a_tensor_off_the_host_is_solved_by_torch_where_it_lives(shape) -> None:
     broken.view(-1)[7] = float("nan")
     failed = solve_matrix(spec, lambda: (view(broken), None), AnalysisOptions())
     assert failed.spectrum is None and "NaN" in failed.failure
+
+
+def test_the_summary_means_carry_their_standard_errors_and_older_reports_get_them() -> None:
+    from htmp_cli.report.formats import summary_lines
+
+    rng = np.random.default_rng(0)
+    weights = {f"l{k}.weight": rng.standard_t(3, (200, 100)).astype(np.float32) for k in range(5)}
+    report = htmp_cli.analyze(weights)
+    alphas = [layer.alpha for layer in report.layers]
+    assert report.summary.standard_errors["alpha"] == pytest.approx(np.std(alphas, ddof=1) / np.sqrt(5))
+    assert any(line.startswith("mean alpha") and "(se " in line for line in summary_lines(report))
+    older = report.to_dict()
+    older["schema"] = "htmp.report/2"
+    del older["summary"]["standard_errors"]
+    assert Report.from_dict(older).summary.standard_errors == report.summary.standard_errors
+    single = htmp_cli.analyze({"w": weights["l0.weight"]})
+    assert single.summary.standard_errors["alpha"] is None  # one layer: no spread to speak of

@@ -17,7 +17,7 @@ import numpy as np
 from htmp_cli.errors import HtmpError
 from htmp_cli.results import SUMMARY_MEANS
 
-# The model-level figures correlated with labels: the summary means of htmp.report/2.
+# The model-level figures correlated with labels: the summary means of htmp.report/3.
 SUMMARY_METRICS = SUMMARY_MEANS
 MIN_PAIRS = 3
 # Up to this many checkpoints Spearman's p-value is exact (all n! pairings); scipy's t approximation

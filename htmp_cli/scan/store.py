@@ -253,7 +253,7 @@ class ScanStore:
     def save(self, fingerprint: str, key: str, path: str, outcome: Outcome, owner: ScanOwner | None = None) -> None:
         """Store one checkpoint's outcome, replacing any earlier one, and drop `owner`'s claim on it, in a single transaction.
 
-        The report is stored as its JSON form (htmp.report/2), its layers one row each.
+        The report is stored as its JSON form (htmp.report/3), its layers one row each.
         """
         rest = report_to_dict(outcome.report) if outcome.report is not None else None
         layers = rest.pop("layers") if rest is not None else []
