@@ -194,7 +194,9 @@ def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions, shuffled: Sp
     gamma = spectrum.M / spectrum.N
     direct = fit_htmp(nonzero, gamma, "direct") if options.htmp else None
     inverse = fit_htmp(nonzero, gamma, "inverse") if options.htmp else None
-    phase = classify(spectrum.eigenvalues, count, metrics.rank_loss, fit, mp, direct, options.thresholds)
+    fitted = [f for f in (direct, inverse) if f is not None and f.status == "success"]
+    best_kappa = min(fitted, key=lambda f: f.ks_htmp).kappa if fitted else None  # as LayerResult.kappa picks it
+    phase = classify(spectrum.eigenvalues, count, metrics.rank_loss, fit, mp, direct, options.thresholds, best_kappa)
     warnings = []
     if fit.ok and fit.alpha < ALPHA_OVER_TRAINED:
         warnings.append("over-trained")

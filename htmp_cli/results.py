@@ -144,6 +144,9 @@ class ModelSummary:
     workers: int = 1  # processes that analysed layers (2 with a fitting process); timings are summed over them
     # The standard error of each mean over layers: sd / sqrt(count), None with fewer than two values.
     standard_errors: dict[str, float | None] = field(default_factory=dict)
+    # Layers per phase in the HTMP view (PhaseResult.htmp_phase), and the layers where the views differ.
+    htmp_phase_counts: dict[str, int] = field(default_factory=dict)
+    views_disagree: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

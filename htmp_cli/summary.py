@@ -42,6 +42,9 @@ def summarize(layers: tuple[LayerResult, ...], skipped: tuple[SkippedTensor, ...
         timings=timings,
         workers=workers,
         standard_errors={name: mean_standard_error(name, layers) for name in SUMMARY_MEANS},
+        htmp_phase_counts={phase: sum(layer.phase is not None and layer.phase.htmp_phase == phase for layer in ok)
+                           for phase in PHASE_LABELS},
+        views_disagree=[layer.name for layer in ok if layer.phase is not None and layer.phase.views_agree is False],
     )
 
 

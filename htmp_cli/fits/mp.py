@@ -109,6 +109,14 @@ def _mp_median(gamma: float) -> float:
     return float(np.interp(0.5, mp_cdf(grid, gamma), grid))
 
 
+def _ks_all(values: np.ndarray, scale: float, gamma: float) -> float:
+    # Eigenvalues beyond float64's range once divided by a tiny bulk scale (a spectrum whose bulk is
+    # all but zero) are past the edge all the same: inf, where the CDF is 1.
+    with np.errstate(over="ignore"):
+        standardised = values / scale
+    return ks_distance(standardised, mp_cdf(standardised, gamma))
+
+
 def tracy_widom_scale(scale: float, gamma: float, N: int) -> float:
     """s_TW = sigma^2 (1 + sqrt(gamma))^(4/3) gamma^(-1/6) N^(-2/3), in raw units (times N)."""
     return scale * (1 + math.sqrt(gamma)) ** (4 / 3) * gamma ** (-1 / 6) * N ** (-2 / 3)
@@ -152,7 +160,7 @@ def fit_mp(eigenvalues: np.ndarray, N: int, M: int) -> MPFit:
         n_bulk=int(bulk.size),
         mp_softrank=lambda_plus / float(values[-1]),
         ks_bulk=ks_distance(bulk / scale, mp_cdf(bulk / scale, gamma)),
-        ks_all=ks_distance(values / scale, mp_cdf(values / scale, gamma)),
+        ks_all=_ks_all(values, scale, gamma),
         iterations=iterations,
         sigma2_low=scale / N * max(1.0 - Z_95 * relative_error, 0.0),
         sigma2_high=scale / N * (1.0 + Z_95 * relative_error),

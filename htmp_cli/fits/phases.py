@@ -10,7 +10,7 @@ a gate treats random-like as untrained.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,6 +50,12 @@ class PhaseThresholds:
     gap_tw: float = 8.0  # a gap: smallest spike this many Tracy-Widom scales above the bulk's top
     bleed_lambda_ratio: float = 1.2  # bleeding-out: lambda_max below this many l+
     kappa_random: float = 50.0  # random-like: HTMP kappa above this
+    # The HTMP view (see `htmp_view`): heavy-tailed below this kappa, bulk-decay from it to kappa_random.
+    # Between the HTMP paper's Figure 2 anchors, kappa 1.9 (heavy-tailed) and 5.5 (bulk-decay); calibrated
+    # (benchmarks/calibrate_phases.py, seed 1000): their geometric mean, 3.23, left 9 of 40 Student-t
+    # matrices bulk-decay, 4.0 left 4, while keeping 38 of 40 bulk-decay matrices and 39 of 40 HTMP
+    # kappa-5.5 spectra bulk-decay.
+    kappa_heavy: float = 4.0
 
     @classmethod
     def from_mapping(cls, values: dict[str, object]) -> "PhaseThresholds":
@@ -67,11 +73,45 @@ class PhaseThresholds:
 
 @dataclass(frozen=True)
 class PhaseResult:
+    """A layer's phase. `phase` is the headline, the power-law view: Martin and Mahoney's rules, on
+    alpha bands and the MP bulk. `htmp_phase` is the HTMP view (None without an HTMP fit)."""
+
     phase: str
     rule: str  # which rule fired ("fallback: ..." when none did)
     very_heavy: bool
     evidence: dict[str, float | int | None]
     summary: str  # the short reason shown in the table
+    htmp_phase: str | None = None
+
+    @property
+    def views_agree(self) -> bool | None:
+        return None if self.htmp_phase is None else self.htmp_phase == self.phase
+
+
+MP_FAMILY = ("random-like", "bleeding-out", "bulk+spikes")
+
+
+def htmp_view(headline: str, kappa: float | None, t: PhaseThresholds = PhaseThresholds()) -> str | None:
+    """The phase as the HTMP paper's Figure 2 draws the 5+1 phases with HTMP densities: kappa =
+    infinity (MP) for random-like, bleeding-out and bulk+spikes, kappa 5.5 bulk-decay, 1.9
+    heavy-tailed, 1e-3 rank-collapse. Rank collapse (a mass at zero) and the MP family's three
+    phases, which kappa cannot tell apart (they differ in the spikes an MP bulk carries, and spikes
+    drag the kappa of the whole spectrum down), are read as the headline reads them; otherwise kappa
+    decides: heavy-tailed below kappa_heavy, bulk-decay below kappa_random, random-like above.
+
+    The bands are on kappa itself at every aspect ratio: the law's variance is gamma (1 + 2 / kappa),
+    so its excess over Marchenko-Pastur's, 2 / kappa, does not depend on gamma."""
+    if headline == "rank-collapse":  # a mass at zero, with or without an HTMP fit of what is left
+        return headline
+    if kappa is None:
+        return None
+    if headline in MP_FAMILY:
+        return headline
+    if kappa < t.kappa_heavy:
+        return "heavy-tailed"
+    if kappa < t.kappa_random:
+        return "bulk-decay"
+    return "random-like"
 
 
 def _fmt(value: float | None) -> str:
@@ -79,8 +119,23 @@ def _fmt(value: float | None) -> str:
 
 
 def classify(eigenvalues: np.ndarray, M: int, rank_loss: int, power_law: PowerLawFit | None,
-             mp: MPFit, htmp: HTMPFit | None, t: PhaseThresholds = PhaseThresholds()) -> PhaseResult:
-    """The phase of one layer from its spectrum and fits."""
+             mp: MPFit, htmp: HTMPFit | None, t: PhaseThresholds = PhaseThresholds(),
+             htmp_kappa: float | None = None) -> PhaseResult:
+    """The phase of one layer from its spectrum and fits, in both views: the headline (the power-law
+    view) and the HTMP view (`htmp_view`) from `htmp_kappa`, the better orientation's kappa (by
+    default the direct fit's)."""
+    headline = _classify(eigenvalues, M, rank_loss, power_law, mp, htmp, t)
+    if htmp_kappa is None and htmp is not None and htmp.status == "success":
+        htmp_kappa = htmp.kappa
+    view = htmp_view(headline.phase, htmp_kappa, t)
+    summary = headline.summary
+    if view is not None and view != headline.phase:
+        summary = f"{summary}; HTMP view: {view} (kappa {_fmt(htmp_kappa)})"
+    return replace(headline, htmp_phase=view, summary=summary)
+
+
+def _classify(eigenvalues: np.ndarray, M: int, rank_loss: int, power_law: PowerLawFit | None,
+              mp: MPFit, htmp: HTMPFit | None, t: PhaseThresholds) -> PhaseResult:
     values = np.sort(eigenvalues)
     lambda_max = float(values[-1])
     l_plus = mp.lambda_plus or 0.0

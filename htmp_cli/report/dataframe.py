@@ -28,6 +28,7 @@ COLUMNS = (
     ("kappa", "float64"), ("kappa_orientation", "string"), ("kappa_at_bound", "string"), ("ks_htmp", "float64"),
     ("kappa_direct", "float64"), ("kappa_inverse", "float64"),
     ("phase", "string"), ("phase_reason", "string"), ("phase_rule", "string"), ("very_heavy", "boolean"),
+    ("phase_htmp", "string"), ("views_agree", "boolean"),
     ("warnings", "string"),
     # --vectors (missing without it): per part of the spectrum, its vectors, the localised ones, their entropy z
     *((f"{part}_{suffix}", kind) for part in VECTOR_PARTS
@@ -66,6 +67,7 @@ def layer_row(layer: LayerResult) -> dict[str, Any]:
         "kappa_inverse": layer.htmp_inverse.kappa if layer.htmp_inverse else None,
         "phase": phase.phase if phase else None, "phase_reason": phase.summary if phase else None,
         "phase_rule": phase.rule if phase else None, "very_heavy": phase.very_heavy if phase else None,
+        "phase_htmp": phase.htmp_phase if phase else None, "views_agree": phase.views_agree if phase else None,
         "warnings": ", ".join(layer.warnings) or None,
         **vector_fields(layer),
         **randomized_fields(layer),

@@ -75,6 +75,7 @@ def flat_layer_row(layer: LayerResult) -> dict[str, Any]:
         "kappa_inverse": layer.htmp_inverse.kappa if layer.htmp_inverse else None,
         "phase": phase.summary if phase else None,
         "phase_name": phase.phase if phase else None,
+        "phase_htmp": phase.htmp_phase if phase else None,
         "warning": warning,
         **vector_fields(layer),
         **randomized_fields(layer),
@@ -263,6 +264,8 @@ def summary_lines(report: Report) -> list[str]:
         f"alpha < 2 (over-trained): {s.warning_counts['over-trained']}, "
         f"alpha > 6 (under-trained): {s.warning_counts['under-trained']}",
         "phases: " + ", ".join(f"{name} {count}" for name, count in s.phase_counts.items()),
+        *(["phases in the HTMP view: " + ", ".join(f"{name} {count}" for name, count in s.htmp_phase_counts.items())
+           + f"; the views differ on {len(s.views_disagree)} layers"] if sum(s.htmp_phase_counts.values()) else []),
         *[f"{label}: {', '.join(names)}" for label, names in s.worrying.items() if names],
         *[f"{label}: {', '.join(names)}" for label, names in _failures(report.layers).items() if names],
         *[_group_line(group) for group in s.expert_groups],
