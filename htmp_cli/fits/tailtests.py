@@ -12,8 +12,9 @@
   likely); its p-value is Vuong's, erfc(|R| / sqrt(2 n var)), var the pointwise ratios' variance,
   and `normalized_R` = R / sqrt(n var). The truncated power law holds the power law as its lambda
   -> 0 case, so its p-value is the nested test's, the chi-squared (1 degree of freedom) tail of 2|R|.
-  Where the two laws coincide on the tail (the cut-off at lambda = 0), every ratio is zero, and so
-  are R and its normalisation, with p = 1 (powerlaw's 0 / 0 gives NaN there).
+  Where the two laws coincide on the tail (the cut-off at lambda = 0), every ratio is zero to
+  rounding, and R and its normalisation are taken as zero, with p = 1 (powerlaw's ratio of two
+  rounding errors there gives any number, or NaN).
   The `powerlaw` package (`Fit.distribution_compare`, `normalized_ratio=True`) uses the same
   normalisations and statistics; its optimiser (Nelder-Mead, tol 1e-4) can stop short of the
   maximum that these fits reach.
@@ -33,6 +34,7 @@ import numpy as np
 from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law
 
 SIGNIFICANCE = 0.1  # CSN's level for the likelihood-ratio tests' p-values
+COINCIDE = 1e-12  # pointwise log-likelihoods this close (relative) are the same law
 ALTERNATIVES = ("lognormal", "exponential", "stretched_exponential", "truncated_power_law")
 NESTED = ("truncated_power_law",)
 VERDICTS = ("power_law", "alternative", "inconclusive")
@@ -141,7 +143,7 @@ def log_upper_gamma(s: float, z: float) -> float:
     loses every digit near s = 0 and many at large z.)"""
     from scipy.special import gammaincc, gammaln
 
-    if s > 0 and z <= s + 1.0:
+    if s >= 1e-5 and z <= s + 1.0:  # (below, Gamma(s) ~ 1/s and the regularised value underflow apart)
         return math.log(float(gammaincc(s, z))) + float(gammaln(s))
     if z < 0.5:  # the fraction needs ~1/z terms there
         return math.log(_upper_gamma_series(s, z))
@@ -195,7 +197,7 @@ def _stretched_kb(u: np.ndarray, logs: np.ndarray, log_k: float, beta: float) ->
 
 
 def _upper_gamma_series(s: float, z: float) -> float:
-    """Gamma(s, z) = Gamma(s) - sum_n (-1)^n z^(s+n) / (n! (s+n)) for s <= 0 and small z. Near a
+    """Gamma(s, z) = Gamma(s) - sum_n (-1)^n z^(s+n) / (n! (s+n)) for s < 1e-5 and small z. Near a
     pole s = -m + e of Gamma(s), it and the n = m term are taken together, from their expansions
     (Gamma's Laurent series at -m): (-1)^m / m! (psi(m+1) - ln z + e/2 (pi^2/3 + psi(m+1)^2
     - psi'(m+1) - ln^2 z)) + O(e^2)."""
@@ -298,8 +300,11 @@ def likelihood_ratio(first: np.ndarray, second: np.ndarray, nested: bool) -> tup
     from scipy.special import erfc
     from scipy.stats import chi2
 
-    differences = np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64)
+    first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    differences = first - second
     n = differences.size
+    if float(np.max(np.abs(differences), initial=0.0)) <= COINCIDE * max(1.0, float(np.max(np.abs(first), initial=0.0))):
+        return 0.0, 0.0, 1.0  # the same law on this tail, to rounding: R / sqrt(n var) would be noise over noise
     R = float(differences.sum())
     variance = float(np.mean((differences - differences.mean()) ** 2))
     spread = math.sqrt(n * variance)
