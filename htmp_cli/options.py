@@ -99,6 +99,8 @@ class AnalysisOptions:
             raise OptionError(f"--bootstrap must be at least 0 (0: no bootstrap), got {self.bootstrap}")
         if self.fit == "ww" and (self.bootstrap or self.alternatives):
             raise OptionError("--bootstrap and --alternatives test the csn tail fit; they cannot be combined with --fit ww")
+        if not self.farms and (self.farms_window is not None or self.farms_grid != 15):
+            raise OptionError("--farms-window and --farms-grid set up --farms, which is off: add --farms")
         if self.farms_window is not None and self.farms_window < 2:
             raise OptionError(f"--farms-window must be at least 2, got {self.farms_window}")
         if self.farms_grid < 1:

@@ -90,3 +90,20 @@ def test_farms_through_the_cli_json_table_and_round_trip(tmp_path):
     table = runner.invoke(app, ["analyze", str(tmp_path / "r.json")], env={"COLUMNS": "220"})
     assert "farms_alpha" in table.output
     assert runner.invoke(app, ["analyze", str(path), "--farms-window", "1"]).exit_code == 2
+
+
+def test_the_farms_settings_need_farms_and_the_table_takes_its_column_names(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file({"w.weight": np.random.default_rng(0).standard_t(3, (300, 100)).astype(np.float32)}, str(path))
+    runner = CliRunner()
+    refused = runner.invoke(app, ["analyze", str(path), "--farms-window", "50"])
+    assert refused.exit_code == 2 and "--farms" in refused.output
+    shown = runner.invoke(app, ["analyze", str(path), "--farms", "--farms-window", "50", "--vectors", "--randomize",
+                                "--alternatives", "--columns", "name,alpha,localised,shuffled,tail_test,farms_alpha"],
+                          env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    header = next(line for line in shown.output.splitlines() if line.startswith("name"))
+    assert header.split() == ["name", "alpha", "localised", "shuffled", "tail_test", "farms_alpha"]
+    assert "FARMS: window 50 on a 15 x 15 grid, 1 layers" in shown.output

@@ -174,8 +174,8 @@ def test_vectors_through_the_cli_json_table_and_round_trip(tmp_path):
     assert report.layer("planted.weight").vectors.tail.n_localised == 4
     assert report.to_dict() == data
     table = runner.invoke(app, ["analyze", str(tmp_path / "r.json")], env={"COLUMNS": "200"})
-    assert "tail_localised" in table.output and "4/" in table.output
+    assert "localised" in table.output and "4/" in table.output and "z=" in table.output
     plain_table = runner.invoke(app, ["analyze", str(path)], env={"COLUMNS": "200"})
-    assert "tail_localised" not in plain_table.output
+    assert "localised" not in plain_table.output
     frame = report.to_dataframe()
     assert frame.set_index("name").loc["planted.weight", "tail_localised"] == 4

@@ -81,7 +81,7 @@ THRESHOLD = typer.Option([], "--threshold", metavar="NAME=VALUE",
                           help="Override a phase-rule threshold (repeatable); see the README for the names.")
 VECTORS = typer.Option(False, "--vectors",
                         help="Eigenvector localisation against the random baseline, for the tail, spikes and bulk "
-                             "(solves for the eigenvectors: about 2-3x the eigenvalues alone).")
+                             "(solves for the eigenvectors: 1.6x the plain analysis on MiniLM-L6, 2.5x at 4096 x 4096).")
 RANDOMIZE = typer.Option(False, "--randomize",
                           help="Compare every layer with its entries shuffled: ESD distance, the shuffled matrix's "
                                "traps and alpha, whether the tail survives (a second spectrum per layer).")
@@ -98,7 +98,7 @@ FARMS_WINDOW = typer.Option(None, "--farms-window", min=2, metavar="M",
                             help="FARMS window side (default: min(2000, the layer's smaller side)). Layers compare "
                                  "only under one window: give one no larger than the smallest layer's side.")
 FARMS_GRID = typer.Option(15, "--farms-grid", min=1, metavar="K", help="FARMS windows per side of the grid (K x K).")
-SEED = typer.Option(0, "--seed", min=0, help="Seed of the shuffles and the bootstrap: the same seed, the same numbers.")
+SEED = typer.Option(0, "--seed", min=0, metavar="N", help="Seed of the shuffles and the bootstrap: the same seed, the same numbers.")
 PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal).")
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 

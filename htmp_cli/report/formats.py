@@ -71,6 +71,8 @@ def flat_layer_row(layer: LayerResult) -> dict[str, Any]:
         "kappa": best.kappa if best else None,  # the better orientation's: the one kappa everywhere
         "kappa_orientation": best.orientation if best else None,
         "kappa_at_bound": best.at_bound if best else None,
+        "kappa_low": best.kappa_low if best else None,
+        "kappa_high": best.kappa_high if best else None,
         "kappa_direct": layer.htmp.kappa if layer.htmp else None,
         "kappa_inverse": layer.htmp_inverse.kappa if layer.htmp_inverse else None,
         "phase": phase.summary if phase else None,
@@ -146,17 +148,20 @@ def tail_test_fields(layer: LayerResult) -> dict[str, Any]:
     return fields
 
 
-_FAVOURED_SHORT = {"power_law": "power law", "lognormal": "lognormal", "exponential": "exponential",
-                   "stretched_exponential": "str. exp.", "truncated_power_law": "cut-off"}
+# How the table names the law the tail tests favour (JSON: `favoured`).
+FAVOURED_TEXT = {"power_law": "power-law", "lognormal": "lognormal", "exponential": "exponential",
+                 "stretched_exponential": "stretched-exp", "truncated_power_law": "cut-off"}
 
 
 def tail_test_text(row: dict[str, Any]) -> str:
-    """The table's tail-test cell: the bootstrap p-value and the law the tests favour ("?": none)."""
+    """The table's tail-test cell: the bootstrap p-value, then the law the likelihood-ratio tests
+    favour (FAVOURED_TEXT; "inconclusive" when none): `p=0.05 cut-off`."""
     parts = []
     if row["bootstrap_p"] is not None:
         parts.append(f"p={row['bootstrap_p']:.2g}")
     if row["tail_verdict"] is not None:
-        parts.append(_FAVOURED_SHORT.get(row["tail_favoured"], "?") if row["tail_favoured"] else "?")
+        parts.append(FAVOURED_TEXT.get(row["tail_favoured"], row["tail_favoured"]) if row["tail_favoured"]
+                     else "inconclusive")
     return " ".join(parts) or "-"
 
 
@@ -204,9 +209,9 @@ def report_columns(report: Report) -> tuple[tuple[str, str], ...]:
     """TABLE_COLUMNS, and the evidence columns that some layer of the report has (--vectors)."""
     extra: tuple[tuple[str, str], ...] = ()
     if any(layer.vectors is not None for layer in report.layers):
-        extra += (("tail_localised", "tail_vectors"),)
+        extra += (("localised", "tail_vectors"),)
     if any(layer.randomized is not None for layer in report.layers):
-        extra += (("shuffled_traps", "shuffled_ks"),)
+        extra += (("shuffled", "shuffled_ks"),)
     if any(layer.tail_tests is not None for layer in report.layers):
         extra += (("tail_test", "tail_verdict"),)
     if any(layer.farms is not None for layer in report.layers):
@@ -302,9 +307,17 @@ def _evidence_lines(layers: Sequence[LayerResult]) -> list[str]:
             parts.append(f"bootstrap p <= 0.1 (power law ruled out) in {sum(p <= 0.1 for p in with_p)} of {len(with_p)}")
         judged = [t for t in tests if t.verdict is not None]
         if judged:
-            parts.append(", ".join(f"{name} {sum(t.verdict == name for t in judged)}" for name in
-                                   ("power_law", "alternative", "inconclusive")))
+            parts.append(", ".join(f"{label} {sum(t.verdict == name for t in judged)}" for name, label in
+                                   (("power_law", "power law favoured"), ("alternative", "an alternative favoured"),
+                                    ("inconclusive", "inconclusive"))))
         lines.append("tail tests: " + "; ".join(parts))
+    windows = [layer.farms for layer in layers if layer.farms is not None]
+    if windows:
+        sizes = sorted({f.window for f in windows})
+        cut = sum(f.window_cut for f in windows)
+        lines.append(f"FARMS: {'window ' + str(sizes[0]) if len(sizes) == 1 else 'windows ' + ', '.join(map(str, sizes))} "
+                     f"on a {windows[0].grid} x {windows[0].grid} grid, {len(windows)} layers"
+                     + (f"; the window was cut to the layer in {cut}: those do not compare with the rest" if cut else ""))
     return lines
 
 

@@ -43,9 +43,9 @@ COLUMNS = (
     Column("kappa", "kappa", False),
     Column("phase", "phase", False),
     Column("warn", "!", False),
-    Column("vectors", "tail_localised", False),
-    Column("randomized", "shuffled_traps", False),
-    Column("tail_tests", "tail_test", False),
+    Column("localised", "localised", False),
+    Column("shuffled", "shuffled", False),
+    Column("tail_test", "tail_test", False),
     Column("farms_alpha", "farms_alpha", True),
     Column("farms_kappa", "farms_kappa", True),
     Column("warning", "warning", False),
@@ -63,7 +63,7 @@ COLUMN_NAMES = tuple(c.key for c in COLUMNS)
 REQUIRED = ("name", "shape", "alpha", "kappa", "phase", "warn")
 # Columns of evidence computed only when asked (--vectors, --randomize, --bootstrap, --alternatives, --farms): shown first after the required ones
 # when a layer has them, and not at all otherwise.
-ASKED_FOR = ("vectors", "randomized", "tail_tests", "farms_alpha", "farms_kappa")
+ASKED_FOR = ("localised", "shuffled", "tail_test", "farms_alpha", "farms_kappa")
 _BY_KEY = {c.key: c for c in COLUMNS}
 
 
@@ -137,9 +137,9 @@ def _cells(layer: LayerResult) -> dict[str, str]:
     for key in ("alpha", "D", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
         cells[key] = format_number(row[key])
     cells["kappa"] = kappa_text(row)
-    cells["vectors"] = vectors_text(row)
-    cells["randomized"] = randomized_text(row)
-    cells["tail_tests"] = tail_test_text(row)
+    cells["localised"] = vectors_text(row)
+    cells["shuffled"] = randomized_text(row)
+    cells["tail_test"] = tail_test_text(row)
     cells["farms_alpha"] = format_number(row["farms_alpha"])
     cells["farms_kappa"] = format_number(row["farms_kappa"])
     return cells
