@@ -106,4 +106,4 @@ def test_the_farms_settings_need_farms_and_the_table_takes_its_column_names(tmp_
     assert shown.exit_code == 0, shown.output
     header = next(line for line in shown.output.splitlines() if line.startswith("name"))
     assert header.split() == ["name", "alpha", "localised", "shuffled", "tail_test", "farms_alpha"]
-    assert "FARMS: window 50 on a 15 x 15 grid, 1 layers" in shown.output
+    assert "FARMS: window 50 on a 15 x 15 grid, 1 layer" in shown.output

@@ -270,7 +270,7 @@ def summary_lines(report: Report) -> list[str]:
         f"alpha > 6 (under-trained): {s.warning_counts['under-trained']}",
         "phases: " + ", ".join(f"{name} {count}" for name, count in s.phase_counts.items()),
         *(["phases in the HTMP view: " + ", ".join(f"{name} {count}" for name, count in s.htmp_phase_counts.items())
-           + f"; the views differ on {len(s.views_disagree)} layers"] if sum(s.htmp_phase_counts.values()) else []),
+           + f"; the views differ on {_count(len(s.views_disagree), 'layer')}"] if sum(s.htmp_phase_counts.values()) else []),
         *[f"{label}: {', '.join(names)}" for label, names in s.worrying.items() if names],
         *[f"{label}: {', '.join(names)}" for label, names in _failures(report.layers).items() if names],
         *[_group_line(group) for group in s.expert_groups],
@@ -280,6 +280,10 @@ def summary_lines(report: Report) -> list[str]:
         + (f" (read, eigen and fit summed over {s.workers} processes)" if s.workers > 1 else ""),
     ]
     return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _standard_error(value: float | None) -> str:
@@ -294,10 +298,11 @@ def _evidence_lines(layers: Sequence[LayerResult]) -> list[str]:
         tails = [v.tail for v in with_vectors if v.tail is not None]
         lines.append(f"eigenvectors: {sum(t.n_localised for t in tails)} of {sum(t.count for t in tails)} tail vectors "
                      f"localised beyond the Haar baseline, in {sum(t.n_localised > 0 for t in tails)} of "
-                     f"{len(with_vectors)} layers")
+                     f"{_count(len(with_vectors), 'layer')}")
     shuffled = [layer.randomized for layer in layers if layer.randomized is not None]
     if shuffled:
-        lines.append(f"entries shuffled: {sum(bool(r.n_traps) for r in shuffled)} of {len(shuffled)} layers have traps; "
+        lines.append(f"entries shuffled: {sum(bool(r.n_traps) for r in shuffled)} of {_count(len(shuffled), 'layer')} "
+                     "with traps; "
                      f"the tail survives shuffling in {sum(bool(r.tail_survives) for r in shuffled)}")
     tests = [layer.tail_tests for layer in layers if layer.tail_tests is not None]
     if tests:
@@ -316,7 +321,7 @@ def _evidence_lines(layers: Sequence[LayerResult]) -> list[str]:
         sizes = sorted({f.window for f in windows})
         cut = sum(f.window_cut for f in windows)
         lines.append(f"FARMS: {'window ' + str(sizes[0]) if len(sizes) == 1 else 'windows ' + ', '.join(map(str, sizes))} "
-                     f"on a {windows[0].grid} x {windows[0].grid} grid, {len(windows)} layers"
+                     f"on a {windows[0].grid} x {windows[0].grid} grid, {_count(len(windows), 'layer')}"
                      + (f"; the window was cut to the layer in {cut}: those do not compare with the rest" if cut else ""))
     return lines
 
