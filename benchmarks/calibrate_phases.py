@@ -70,9 +70,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-phase", type=int, default=40)
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--alternatives", action="store_true",
+                        help="with the likelihood-ratio tests, which turn an exponential tail's heavy-tailed into bulk-decay")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    options = AnalysisOptions()
+    options = AnalysisOptions(alternatives=args.alternatives)
     matrices: dict[str, list[Spectrum]] = {phase: [] for phase in PHASES}
     for phase in PHASES:
         for _ in range(args.per_phase):

@@ -16,7 +16,7 @@ from htmp_cli.fits.farms import DEFAULT_WINDOW, farms_result
 from htmp_cli.fits.htmp import HTMPFit, fit_htmp
 from htmp_cli.fits.metrics import ScaleMetrics, scale_metrics
 from htmp_cli.fits.mp import MIN_EIGENVALUES, MPFit, fit_mp
-from htmp_cli.fits.phases import PhaseResult, classify
+from htmp_cli.fits.phases import PhaseResult, classify, exponential_tail
 from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
 from htmp_cli.fits.randomize import RandomizationResult, randomization_result
 from htmp_cli.fits.tailtests import TailTests, tail_tests
@@ -221,6 +221,8 @@ def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions, shuffled: Sp
     if options.bootstrap or options.alternatives:
         tests = tail_tests(nonzero, fit, bootstrap=options.bootstrap, alternatives=options.alternatives,
                            seed=options.seed, min_tail=options.min_tail)
+        if tests is not None and tests.favoured == "exponential" and phase.phase == "heavy-tailed":
+            phase = exponential_tail(phase, tests.comparison("exponential"))
     return SpectrumAnalysis(power_law=fit, metrics=metrics, mp=mp, htmp=direct, htmp_inverse=inverse,
                             phase=phase, warnings=tuple(warnings), vectors=vectors, randomized=randomized,
                             tail_tests=tests)

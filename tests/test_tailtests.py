@@ -239,3 +239,17 @@ def test_tail_tests_through_the_cli_json_table_and_round_trip(tmp_path):
     assert math.isclose(frame.loc[0, "bootstrap_p"], tests["bootstrap_p"])
     refused = runner.invoke(app, ["analyze", str(path), "--bootstrap", "5", "--fit", "ww"])
     assert refused.exit_code == 2 and "csn" in refused.output
+
+
+def test_a_heavy_tailed_layer_whose_tail_is_exponential_is_bulk_decay_with_the_alternatives(minilm_path):
+    # MiniLM-L6's layer 3 query projection: heavy-tailed by its alpha (2.83), but the likelihood-ratio
+    # tests favour an exponential tail (docs/evidence.md).
+    name = "encoder.layer.3.attention.self.query.weight"
+    plain = htmp_cli.analyze(minilm_path, include=[name]).layer(name)
+    tested = htmp_cli.analyze(minilm_path, include=[name], alternatives=True).layer(name)
+    assert plain.phase.phase == "heavy-tailed"
+    assert tested.tail_tests.favoured == "exponential"
+    assert tested.phase.phase == "bulk-decay" and tested.phase.rule == "exponential tail, not a power law"
+    assert tested.phase.summary.startswith("bulk-decay: the tail is better explained by an exponential")
+    assert tested.phase.evidence["p_exponential"] < tt.SIGNIFICANCE
+    assert tested.phase.htmp_phase == plain.phase.htmp_phase

@@ -19,6 +19,7 @@ from htmp_cli.errors import OptionError
 
 if TYPE_CHECKING:  # the fits import scipy; the options (and `htmp ls`) need only the thresholds
     from htmp_cli.fits.htmp import HTMPFit
+    from htmp_cli.fits.tailtests import Comparison
     from htmp_cli.fits.mp import MPFit
     from htmp_cli.fits.powerlaw import PowerLawFit
 
@@ -116,6 +117,17 @@ def htmp_view(headline: str, kappa: float | None, t: PhaseThresholds = PhaseThre
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
+
+
+def exponential_tail(result: PhaseResult, comparison: "Comparison") -> PhaseResult:
+    """A heavy-tailed headline whose tail the likelihood-ratio tests (--alternatives) find better
+    explained by an exponential (R < 0, p < 0.1): not heavy-tailed but a tail decaying out of the
+    bulk, bulk-decay. The rule and the reason say why; the HTMP view is left as it was."""
+    evidence = {**result.evidence, "R_exponential": comparison.normalized_R, "p_exponential": comparison.p_value}
+    summary = (f"bulk-decay: the tail is better explained by an exponential (R {_fmt(comparison.normalized_R)}, "
+               f"p {_fmt(comparison.p_value)}) than by its power law ({result.summary.partition(': ')[2]})")
+    return replace(result, phase="bulk-decay", rule="exponential tail, not a power law", very_heavy=False,
+                   evidence=evidence, summary=summary)
 
 
 def classify(eigenvalues: np.ndarray, M: int, rank_loss: int, power_law: PowerLawFit | None,
