@@ -257,8 +257,9 @@ def summary_lines(report: Report) -> list[str]:
     kinds = ", ".join(f"{kind} {count}" for kind, count in s.kind_counts.items())
     lines = [
         f"{source.format}, {source.size_bytes:,} bytes" + (f"; {'; '.join(source.notes)}" if source.notes else ""),
-        f"{s.n_layers} matrices analysed ({kinds or 'none'}), {s.n_skipped} tensors skipped, "
-        f"{s.n_failed_layers} failed layers, {s.n_failed_fits} failed tail fits",
+        f"{s.n_layers} {'matrix' if s.n_layers == 1 else 'matrices'} analysed ({kinds or 'none'}), "
+        f"{_count(s.n_skipped, 'tensor')} skipped, {_count(s.n_failed_layers, 'failed layer')}, "
+        f"{_count(s.n_failed_fits, 'failed tail fit')}",
         "mean alpha " + format_number(means["alpha"]) + _standard_error(s.standard_errors.get("alpha"))
         + ", mean kappa " + format_number(means.get("kappa")) + _standard_error(s.standard_errors.get("kappa"))
         + ", mean D " + format_number(means["D"])
