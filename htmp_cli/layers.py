@@ -13,7 +13,7 @@ import numpy as np
 
 from htmp_cli.device import device_for
 from htmp_cli.fits.farms import DEFAULT_WINDOW, farms_result
-from htmp_cli.fits.htmp import HTMPFit, fit_htmp
+from htmp_cli.fits.htmp import HTMPFit, better_fit, fit_htmp
 from htmp_cli.fits.metrics import ScaleMetrics, scale_metrics
 from htmp_cli.fits.mp import MIN_EIGENVALUES, MPFit, fit_mp
 from htmp_cli.fits.phases import PhaseResult, classify, exponential_tail
@@ -157,10 +157,10 @@ def fit_matrix(solved: SolvedMatrix, options: AnalysisOptions, keep_eigenvalues:
     analysis = spectrum_analysis(spectrum, options, solved.shuffled)
     farms = None
     if solved.windows is not None:
-        asked = options.farms_window or DEFAULT_WINDOW
-        farms = farms_result(solved.windows.eigenvalues, solved.windows.window, solved.windows.grid,
-                             solved.windows.n_windows, precision=spectrum.precision, min_tail=options.min_tail,
-                             htmp=options.htmp, window_cut=solved.windows.window < asked and options.farms_window is not None)
+        windows = solved.windows
+        farms = farms_result(windows.eigenvalues, windows.window, windows.grid, windows.n_windows,
+                             precision=spectrum.precision, min_tail=options.min_tail, htmp=options.htmp,
+                             window_cut=options.farms_window is not None and windows.window < options.farms_window)
     return layer(status="success", power_law=analysis.power_law, metrics=analysis.metrics, mp=analysis.mp,
                  htmp=analysis.htmp, htmp_inverse=analysis.htmp_inverse, phase=analysis.phase,
                  warnings=analysis.warnings, vectors=analysis.vectors, randomized=analysis.randomized,
@@ -194,9 +194,9 @@ def spectrum_analysis(spectrum: Spectrum, options: AnalysisOptions, shuffled: Sp
     gamma = spectrum.M / spectrum.N
     direct = fit_htmp(nonzero, gamma, "direct") if options.htmp else None
     inverse = fit_htmp(nonzero, gamma, "inverse") if options.htmp else None
-    fitted = [f for f in (direct, inverse) if f is not None and f.status == "success"]
-    best_kappa = min(fitted, key=lambda f: f.ks_htmp).kappa if fitted else None  # as LayerResult.kappa picks it
-    phase = classify(spectrum.eigenvalues, count, metrics.rank_loss, fit, mp, direct, options.thresholds, best_kappa)
+    best = better_fit(direct, inverse)
+    phase = classify(spectrum.eigenvalues, count, metrics.rank_loss, fit, mp, direct, options.thresholds,
+                     best.kappa if best is not None else None)
     warnings = []
     if fit.ok and fit.alpha < ALPHA_OVER_TRAINED:
         warnings.append("over-trained")

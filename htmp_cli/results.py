@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from htmp_cli.fits.farms import FarmsResult
-from htmp_cli.fits.htmp import HTMPFit
+from htmp_cli.fits.htmp import HTMPFit, better_fit
 from htmp_cli.fits.metrics import ScaleMetrics
 from htmp_cli.fits.mp import MPFit
 from htmp_cli.errors import HtmpError
@@ -101,8 +101,7 @@ class LayerResult:
     @property
     def htmp_best(self) -> HTMPFit | None:
         """The HTMP orientation with the smaller KS distance (None if neither fit)."""
-        fits = [f for f in (self.htmp, self.htmp_inverse) if f is not None and f.status == "success"]
-        return min(fits, key=lambda f: f.ks_htmp) if fits else None
+        return better_fit(self.htmp, self.htmp_inverse)
 
 
 @dataclass(frozen=True)

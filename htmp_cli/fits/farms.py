@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from htmp_cli.fits.htmp import HTMPFit, fit_htmp
+from htmp_cli.fits.htmp import HTMPFit, better_fit, fit_htmp
 from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law
 
 DEFAULT_WINDOW = 2000  # the paper's LLM setting; vision models used 100
@@ -47,9 +47,6 @@ def farms_result(eigenvalues: np.ndarray, window: int, grid: int, n_windows: int
     values = np.asarray(eigenvalues, dtype=np.float64)
     eps = float(np.finfo(np.float64 if precision == "float64" else np.float32).eps)
     positive = values[(values > 0) & (values >= window * eps * float(values.max(initial=0.0)))]
-    best = None
-    if htmp:
-        fits = [f for f in (fit_htmp(positive, 1.0, "direct"), fit_htmp(positive, 1.0, "inverse")) if f.status == "success"]
-        best = min(fits, key=lambda f: f.ks_htmp) if fits else None
+    best = better_fit(fit_htmp(positive, 1.0, "direct"), fit_htmp(positive, 1.0, "inverse")) if htmp else None
     return FarmsResult(window=window, grid=grid, n_windows=n_windows, n_eigenvalues=int(values.size),
                        power_law=fit_power_law(positive, min_tail=min_tail), htmp=best, window_cut=window_cut)

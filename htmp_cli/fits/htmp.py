@@ -415,6 +415,13 @@ class HTMPFit:
     kappa_high: float | None = None
 
 
+def better_fit(*fits: HTMPFit | None) -> HTMPFit | None:
+    """Of the successful fits given (a layer's two orientations), the one with the smaller KS
+    distance: the kappa htmp shows everywhere. None if none succeeded."""
+    fitted = [f for f in fits if f is not None and f.status == "success"]
+    return min(fitted, key=lambda f: f.ks_htmp) if fitted else None
+
+
 def _summed_interpolation_weights(u: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """w with w @ f(grid) = the sum over u of the cubic interpolant of f at u (uniform grid, >= 4 points).
 

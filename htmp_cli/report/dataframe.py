@@ -10,7 +10,7 @@ from typing import Any
 
 from htmp_cli.errors import HtmpError
 from htmp_cli.fits.tailtests import ALTERNATIVES
-from htmp_cli.report.formats import VECTOR_PARTS, randomized_fields, tail_test_fields, vector_fields
+from htmp_cli.report.formats import VECTOR_PARTS, farms_fields, randomized_fields, tail_test_fields, vector_fields
 from htmp_cli.results import LayerResult, Report
 
 # (column, pandas dtype): floats are float64 (NaN where a fit failed), counts nullable integers.
@@ -75,9 +75,7 @@ def layer_row(layer: LayerResult) -> dict[str, Any]:
         **vector_fields(layer),
         **randomized_fields(layer),
         **tail_test_fields(layer),
-        "farms_alpha": layer.farms.alpha if layer.farms else None,
-        "farms_kappa": layer.farms.kappa if layer.farms else None,
-        "farms_window": layer.farms.window if layer.farms else None,
+        **farms_fields(layer),
     }
 
 

@@ -82,9 +82,7 @@ def flat_layer_row(layer: LayerResult) -> dict[str, Any]:
         **vector_fields(layer),
         **randomized_fields(layer),
         **tail_test_fields(layer),
-        "farms_alpha": layer.farms.alpha if layer.farms else None,
-        "farms_kappa": layer.farms.kappa if layer.farms else None,
-        "farms_window": layer.farms.window if layer.farms else None,
+        **farms_fields(layer),
     }
     return {key: finite(value) for key, value in row.items()}
 
@@ -113,6 +111,13 @@ def vectors_text(row: dict[str, Any]) -> str:
     if not row["tail_vectors"]:
         return "no tail"
     return f"{row['tail_localised']}/{row['tail_vectors']} z={row['tail_entropy_z']:.3g}"
+
+
+def farms_fields(layer: LayerResult) -> dict[str, Any]:
+    """FARMS's flat columns (--farms; None without it)."""
+    farms = layer.farms
+    return {"farms_alpha": farms.alpha if farms else None, "farms_kappa": farms.kappa if farms else None,
+            "farms_window": farms.window if farms else None}
 
 
 def randomized_fields(layer: LayerResult) -> dict[str, Any]:
@@ -219,17 +224,15 @@ def report_columns(report: Report) -> tuple[tuple[str, str], ...]:
     return TABLE_COLUMNS + extra
 
 
+# Columns whose cell is composed from several fields of the flat row, not its own value.
+COMPOSED_CELLS = {"kappa": kappa_text, "tail_vectors": vectors_text, "shuffled_ks": randomized_text,
+                  "tail_verdict": tail_test_text}
+
+
 def cell_text(key: str, row: dict[str, Any]) -> str:
     """A flat row's value as the table, Markdown and HTML views show it."""
-    if key == "kappa":
-        return kappa_text(row)
-    if key == "tail_vectors":
-        return vectors_text(row)
-    if key == "shuffled_ks":
-        return randomized_text(row)
-    if key == "tail_verdict":
-        return tail_test_text(row)
-    return format_number(row[key])
+    composed = COMPOSED_CELLS.get(key)
+    return composed(row) if composed is not None else format_number(row[key])
 
 
 def to_markdown(report: Report) -> str:

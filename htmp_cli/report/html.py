@@ -12,8 +12,8 @@ from html import escape
 from typing import Any, Iterable
 
 from htmp_cli import __version__
-from htmp_cli.report.formats import (cell_text, flat_layer_row, format_number, report_columns, skipped_shape,
-                                     summary_lines)
+from htmp_cli.report.formats import (COMPOSED_CELLS, cell_text, flat_layer_row, format_number, report_columns,
+                                     skipped_shape, summary_lines)
 from htmp_cli.report.plots import FAILED_STYLE, PHASE_STYLE
 from htmp_cli.results import Report
 from htmp_cli.trajectory import RuleSpan, Trajectory, summary_table
@@ -249,7 +249,7 @@ def analysis_html(report: Report, overview_svg: str | None, esd_svgs: dict[int, 
                 cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\"><span class=\"swatch\" "
                              f"style=\"background:{PHASE_STYLE[row['phase_name']][0]}\"></span>{escape(_text(row[key]))}</td>")
             else:
-                text = cell_text(key, row) if key in ("kappa", "tail_vectors", "shuffled_ks", "tail_verdict") else _text(row[key])
+                text = cell_text(key, row) if key in COMPOSED_CELLS else _text(row[key])
                 cells.append(f"<td class=\"{escape(classes)}\" data-value=\"{escape(value)}\">{escape(text)}</td>")
         failed = ' class="failed"' if layer.status != "success" else ""
         body.append(f"<tr data-index=\"{index}\"{failed}><td>{button}</td>{''.join(cells)}</tr>\n")
