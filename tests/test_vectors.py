@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from htmp_cli.fits.vectors import (FALSE_ALARM, entropy, haar_ipr_quantile, haar_moments, ipr, vector_stats)
 
@@ -46,13 +44,17 @@ def test_the_localisation_rule_flags_the_same_share_of_haar_vectors_at_every_n(n
     assert FALSE_ALARM / 3 <= flagged <= FALSE_ALARM * 3
 
 
-@settings(max_examples=6, deadline=None)
-@given(shape=st.sampled_from([(200, 64), (500, 128), (300, 300), (1000, 96)]), seed=st.integers(0, 2**16))
-def test_gaussian_layers_have_fewer_than_one_percent_of_vectors_localised(shape, seed):
-    W = np.random.default_rng(seed).standard_normal(shape)
-    _, vectors = np.linalg.eigh(W.T @ W)
-    stats = vector_stats(vectors)
-    assert stats.n_localised <= 0.01 * stats.count
+@pytest.mark.parametrize("shape", [(200, 64), (500, 128), (300, 300), (1000, 96)])
+def test_gaussian_layers_have_fewer_than_one_percent_of_vectors_localised(shape):
+    # Over the vectors of ten matrices per shape: the rule flags 0.1% of random vectors, so one layer
+    # of 64 has a flagged vector 6% of the time; a bound on one layer's share would be a coin toss.
+    flagged = total = 0
+    for seed in range(10):
+        W = np.random.default_rng([seed, *shape]).standard_normal(shape)
+        _, vectors = np.linalg.eigh(W.T @ W)
+        stats = vector_stats(vectors)
+        flagged, total = flagged + stats.n_localised, total + stats.count
+    assert flagged < 0.01 * total
 
 
 def test_planted_localised_spikes_are_exactly_the_vectors_flagged():
