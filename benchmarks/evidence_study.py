@@ -1,6 +1,6 @@
 """The numbers of docs/evidence.md: what the optional evidence says, and how well its rules separate.
 
-    .venv/bin/python benchmarks/evidence_study.py [--part all|layers|tails|shuffle|kappa] [--quick]
+    .venv/bin/python benchmarks/evidence_study.py [--part all|layers|tails|shuffle|kappa|farms] [--quick]
 
 - layers: MiniLM-L6 and the two digits networks (benchmarks/train_digits.py, trained first if their
   files are missing) with --vectors --randomize --bootstrap 100 --alternatives, one row per layer.
@@ -10,6 +10,8 @@
 - shuffle: layers with traps over 100 seeds of Gaussian, Student-t (3 degrees of freedom) and
   low-rank-plus-noise matrices (300 x 150 and 500 x 500).
 - kappa: how often kappa's 95% interval covers the true kappa on 50 Dumitriu-Edelman samples each.
+- farms: the medians over seeds 0-23 and 100-123 of the CSN alphas of Student-t (2.5 degrees of
+  freedom) matrices 256 x 256, 1024 x 256 and 4096 x 256, whole and under windows 256, 128 and 64.
 Everything is seeded; `--quick` cuts the seeds tenfold (a smoke run, not the documented numbers).
 """
 
@@ -142,13 +144,35 @@ def kappa(scale: int) -> None:
         print(f"  kappa {true}, gamma {gamma}, N {n}: {covered}")
 
 
+def farms(scale: int) -> None:
+    from htmp_cli.spectral import eigenvalues, window_spectra
+
+    windows = (None, 256, 128, 64)
+    print("\nFARMS: medians of the CSN alphas of Student-t(2.5) matrices 256 x 256, 1024 x 256, 4096 x 256")
+    for first in (0, 100):
+        seeds = range(first, first + 24 // scale)
+        alphas: dict[tuple[int | None, int], list[float]] = collections.defaultdict(list)
+        for seed in seeds:
+            for q in (1, 4, 16):
+                W = np.random.default_rng(seed).standard_t(2.5, (256 * q, 256)).astype(np.float32)
+                for window in windows:
+                    values = eigenvalues(W) if window is None else window_spectra(W, None, window, 15)
+                    alphas[window, q].append(fit_power_law(values.eigenvalues).alpha)
+        for window in windows:
+            medians = [float(np.median(alphas[window, q])) for q in (1, 4, 16)]
+            name = "full matrix" if window is None else f"window {window}"
+            print(f"  seeds {seeds.start}-{seeds.stop - 1}, {name}: {', '.join(f'{m:.2f}' for m in medians)}"
+                  f" ({max(medians) / min(medians) - 1:.1%} apart)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("all", "layers", "tails", "shuffle", "kappa"), default="all")
+    parser.add_argument("--part", choices=("all", "layers", "tails", "shuffle", "kappa", "farms"), default="all")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     scale = 10 if args.quick else 1
-    for name, part in (("layers", layers), ("tails", tails), ("shuffle", shuffle), ("kappa", kappa)):
+    for name, part in (("layers", layers), ("tails", tails), ("shuffle", shuffle), ("kappa", kappa),
+                       ("farms", farms)):
         if args.part in ("all", name):
             part(scale)
 

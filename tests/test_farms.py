@@ -48,13 +48,13 @@ def test_a_square_layer_under_its_own_window_keeps_its_alpha():
 
 @pytest.mark.slow
 def test_student_t_layers_of_three_shapes_compare_under_one_window():
-    # Aspect ratios 1, 1/4, 1/16 of Student-t (2.5 degrees of freedom) entries, 8 seeds: the medians of
-    # the full-matrix alphas are 32% apart (3.67, 4.85, 4.51, measured), of the FARMS alphas under one
-    # 128 x 128 window 12% (3.57, 3.40, 3.19). The windows of the larger matrices cover more entries,
-    # hence larger ones, and heavier tails: under heavy-tailed entries FARMS keeps that dependence.
+    # Aspect ratios 1, 1/4, 1/16 of Student-t (2.5 degrees of freedom) entries, 24 seeds: the medians
+    # of the full-matrix alphas are 30% apart (3.42, 3.88, 4.43, measured), of the FARMS alphas under
+    # one 128 x 128 window 1.7% (3.16, 3.19, 3.22). Seeds 100-123 gave 33% and 2.7%. Over 8 seeds
+    # the FARMS medians were 12% apart: one CSN fit's xmin moves alpha by about 10%.
     full: dict[int, list[float]] = {1: [], 4: [], 16: []}
     farms: dict[int, list[float]] = {1: [], 4: [], 16: []}
-    for seed in range(8):
+    for seed in range(24):
         for q in (1, 4, 16):
             W = np.random.default_rng(seed).standard_t(2.5, (256 * q, 256)).astype(np.float32)
             full[q].append(fit_power_law(eigenvalues(W).eigenvalues).alpha)
@@ -65,7 +65,7 @@ def test_student_t_layers_of_three_shapes_compare_under_one_window():
         return max(medians) / min(medians) - 1
 
     assert spread(full) > 0.25
-    assert spread(farms) < 0.15 and spread(farms) < spread(full) / 2
+    assert spread(farms) < 0.10
 
 
 def test_farms_through_the_cli_json_table_and_round_trip(tmp_path):
