@@ -9,7 +9,9 @@ U is Tricomi's function on its branch cut, evaluated through Kummer's M by the c
 U(c, 1-d, -y) = A + B e^{-i pi d}, A = Gamma(d)/Gamma(c+d) M(c, 1-d, -y),
 B = Gamma(-d)/Gamma(c) y^d M(c+d, 1+d, -y), so |U|^2 = A^2 + B^2 + 2 A B cos(pi d), with A and B
 carried in log space. This float64 path agrees with mpmath to about 1e-12 for kappa <= 100 and
-delta <= 250 (tested); above kappa = 100 its terms lose accuracy, and there the law is Marchenko-Pastur
+delta <= 250 (tested). Above delta = 250 its terms lose their digits, and U comes instead from an
+integral along a saddle-point contour (`htmp_cli.fits.contour`), within 1e-12 of mpmath up to
+delta = 1e5 (tested). Above kappa = 100 its terms lose accuracy, and there the law is Marchenko-Pastur
 to 0.005 in CDF: the functions switch to the MP law of the same mean and variance, and the fit stops at
 kappa = 100 and flags it. At integer delta Gamma(+-d) have poles that cancel: the path
 extrapolates from delta -+ h and -+ 2h there, h = min(1e-3, kappa / 200) (the fit, for speed, averages -+ h
@@ -25,6 +27,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from htmp_cli.fits import contour
 from htmp_cli.fits.mp import ks_distance, mp_cdf, mp_logpdf
 
 # scipy.special (0.3 s to import: it loads numpy's f2py, testing, ma and random too) is imported by
@@ -33,7 +36,8 @@ from htmp_cli.fits.mp import ks_distance, mp_cdf, mp_logpdf
 KAPPA_MIN = 1e-3
 KAPPA_MAX = 100.0  # upper end of the validated float64 path; beyond it the law is MP-like
 _INTEGER_DELTA_GAP = 1e-3  # rounding grows as 1/gap^2, the extrapolated bias as gap^4
-DELTA_MAX = 250.0  # the float64 path agrees with mpmath to ~1e-11 up to here (tested); not beyond
+DELTA_CONTOUR = 250.0  # Kummer's M agrees with mpmath to ~1e-11 up to here (tested); the contour above
+DELTA_MAX = 1e5  # the contour agrees with mpmath to ~1e-12 up to here (tested); not checked beyond
 # Points of the log-density grid the likelihood interpolates (cubically). On MiniLM-L6's 78 fits
 # and Dumitriu-Edelman samples, 64 points came within 2.6% (samples: 0.07%) of the pointwise maximum,
 # where linear interpolation on 128 points came within 8.4% (0.4%), at twice the cost.
@@ -104,16 +108,24 @@ def _u_parts(c: float, d: float, y: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return scale, a, b
 
 
+def _log_modulus_squared(c: float, d: float, y: np.ndarray) -> np.ndarray:
+    """log |U(c, 1-d, -y - i0)|^2."""
+    if d > DELTA_CONTOUR:
+        return 2.0 * contour.log_u(c, d, y).real
+    scale, a, b = _u_parts(c, d, y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 2.0 * scale + np.log(a * a + b * b + 2.0 * a * b * math.cos(math.pi * d))
+
+
 def _logpdf_cd(x: np.ndarray, c: float, d: float) -> np.ndarray:
     from scipy import special
 
     s = c + d
     y = s * x
-    scale, a, b = _u_parts(c, d, y)
-    modulus = a * a + b * b + 2.0 * a * b * math.cos(math.pi * d)
+    log_modulus = _log_modulus_squared(c, d, y)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (math.log(s) + (d - 1.0) * np.log(y) - y - special.gammaln(c + 1.0) - special.gammaln(c + d)
-                - 2.0 * scale - np.log(modulus))
+                - log_modulus)
 
 
 def _at_both_sides(fn, x: np.ndarray, c: float, d: float, richardson: bool = True) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -128,7 +140,7 @@ def _at_both_sides(fn, x: np.ndarray, c: float, d: float, richardson: bool = Tru
     n = round(d)
     # The step must also be small beside c, or the extrapolation spans a visibly different law.
     h = min(_INTEGER_DELTA_GAP, c / 100.0)
-    if abs(d - n) >= h:
+    if abs(d - n) >= h or d - 2 * h > DELTA_CONTOUR:  # the contour has no poles to step around
         return fn(x, c, d)
     below, above = fn(x, c, n - h), fn(x, c, n + h)
     centre = 0.5 * (below + above)
@@ -141,8 +153,8 @@ def _at_both_sides(fn, x: np.ndarray, c: float, d: float, richardson: bool = Tru
 def logpdf(x: np.ndarray, kappa: float, gamma: float) -> np.ndarray:
     """Log-density of the standardised HTMP law; -inf where x <= 0, never NaN.
 
-    Defined for delta <= DELTA_MAX, where the float64 path is validated against mpmath; beyond it
-    a ValueError says so (fits never go there; `logpdf_mpmath` is the slow exact route). Where float64 under- or overflows (x below 1e-150,
+    Defined for delta <= DELTA_MAX (1e5), where it is validated against mpmath; beyond it a
+    ValueError says so (fits never go there). Where float64 under- or overflows (x below 1e-150,
     or far out in the Gamma-like upper tail) the density continues as its asymptotic power law at 0
     (x^(delta-1)) or its tail x^(delta-1+kappa) e^(-s x), anchored at the last finite value.
     """
@@ -158,7 +170,7 @@ def _logpdf(x: np.ndarray, kappa: float, gamma: float, richardson: bool) -> np.n
     c, d, s = shape_parameters(kappa, gamma)
     positive = x > 0
     if d > DELTA_MAX:
-        raise ValueError(f"HTMP float64 path is validated for delta <= {DELTA_MAX:g}; kappa={kappa:g}, "
+        raise ValueError(f"the HTMP law is validated for delta <= {DELTA_MAX:g}; kappa={kappa:g}, "
                          f"gamma={gamma:g} give delta={d:g}")
     regular = x >= _TINY
     values = _at_both_sides(_logpdf_cd, x[regular], c, d, richardson)
@@ -187,6 +199,8 @@ def pdf(x: np.ndarray, kappa: float, gamma: float) -> np.ndarray:
 
 def _phase_cd(x: np.ndarray, c: float, d: float) -> np.ndarray:
     """arg U(c, 1-d, -(c+d) x - i0), wrapped to (-pi, pi]."""
+    if d > DELTA_CONTOUR:
+        return np.angle(np.exp(1j * contour.log_u(c, d, (c + d) * x).imag))
     _, a, b = _u_parts(c, d, (c + d) * x)
     return np.arctan2(-b * math.sin(math.pi * d), a + b * math.cos(math.pi * d))
 
@@ -202,6 +216,11 @@ def _cdf_cd(x: np.ndarray, c: float, d: float, exact_points: bool = True) -> np.
     top = float(x[-1])
     half = 512 if exact_points else 256
     base = np.r_[np.geomspace(min(float(x[0]), 1e-12), top, half), np.linspace(0, top, half)[1:]]
+    # The phase turns by pi c across the bulk, 1 +- a few sd: where that is narrow beside the grid
+    # (large delta), steps of 2 pi would alias, so the bulk gets its own points.
+    sd = math.sqrt((c + 1.0) / (c + d))
+    bulk = np.linspace(max(1.0 - 12.0 * sd, 0.0), 1.0 + 12.0 * sd, half)
+    base = np.r_[base, bulk[(bulk > 0) & (bulk < top)]]
     grid = np.unique(np.r_[base, x] if exact_points else base)
     theta = _phase_cd(grid, c, d)
     for _ in range(12):
@@ -278,7 +297,7 @@ def _cdf(x: np.ndarray, kappa: float, gamma: float, exact_points: bool, richards
     regular = x >= _TINY
     c, d, _ = shape_parameters(kappa, gamma)
     if d > DELTA_MAX:
-        raise ValueError(f"HTMP float64 path is validated for delta <= {DELTA_MAX:g}; got delta={d:g}")
+        raise ValueError(f"the HTMP law is validated for delta <= {DELTA_MAX:g}; got delta={d:g}")
     if regular.any():
         order = np.argsort(x[regular])
         values = np.empty(order.size)
@@ -475,7 +494,8 @@ def fit_htmp(eigenvalues: np.ndarray, gamma: float, orientation: str = "direct")
             return math.inf
         return -float(weights @ dens)
 
-    # The float64 path is validated up to delta = DELTA_MAX, i.e. kappa = 2 gamma DELTA_MAX / (1 - gamma).
+    # The law is validated up to delta = DELTA_MAX, i.e. kappa = 2 gamma DELTA_MAX / (1 - gamma): a cap
+    # only below gamma = 1/2001 (kappa = 100 there), shapes such as 262,144 x 100.
     kappa_max = KAPPA_MAX if gamma >= 1.0 else min(KAPPA_MAX, 2.0 * gamma * DELTA_MAX / (1.0 - gamma))
     bounds = (math.log(KAPPA_MIN), math.log(kappa_max))
     log_kappa, best = minimize_bounded(negative_loglik, bounds, xatol=1e-3)
