@@ -27,6 +27,7 @@ CONFIGS = {
     "--randomize": ["--randomize"],
     "--bootstrap 100": ["--bootstrap", "100"],
     "--alternatives": ["--alternatives"],
+    "--farms": ["--farms"],  # the default window, min(2000, the smaller side), on the 15 x 15 grid
 }
 
 
