@@ -67,6 +67,8 @@ def _path(c: float, delta: float, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
     else:
         # One root either side of 0, both minima of phi along the axis (phi is +inf at 0): the lower.
         p_real = np.where(_real_phi(r1, y, c, s) < _real_phi(r2, y, c, s), r1, r2)
+        # A far negative minimum (small y): the singular start to -1/s, where the power law
+        # (1 - tau)^-s sets in, then geometric steps over the decades beyond.
         split_real = np.where(p_real < -1.0 / s, -1.0 / s, 0.0)
     pair = discriminant < 0
     p = np.where(pair, -b / (2.0 * y), p_real)
