@@ -28,7 +28,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from htmp_cli.fits import contour
-from htmp_cli.fits.mp import ks_distance, mp_cdf, mp_logpdf
+from htmp_cli.fits.mp import Z_95, ks_distance, mp_cdf, mp_logpdf
 
 # scipy.special (0.3 s to import: it loads numpy's f2py, testing, ma and random too) is imported by
 # the functions that evaluate the law; importing this module costs nothing until a law is evaluated.
@@ -47,7 +47,6 @@ _FIT_GRID = 64
 # width on Dumitriu-Edelman samples and cost 15 times as many). The eigenvalues are treated as
 # independent draws of the limiting law (a pseudo-likelihood); on those samples the 95% interval
 # covered the true kappa 46-50 times in 50 (N = 400-2000, gamma 0.1-0.5, kappa 0.5-20; tests).
-Z_95 = 1.959964
 INFORMATION_STEP = 0.01  # the central difference's step in log kappa
 _TINY = 1e-150  # below it the float64 path loses its terms; the density is its power law there
 # scipy.special.hyp1f1 (1.17.1) is wrong at and around integer a >= 5 when 0 < b < 1 and -1 < z < 0:
