@@ -15,6 +15,13 @@ from htmp_cli.options import AnalysisOptions
 PARALLEL_MIN_WORK = 2e11
 
 
+def solve_work(matrix: MatrixSpec) -> int:
+    """Multiply-adds of one matrix's solve: N M^2 + M^3, or for a low-rank update of rank r the
+    QR factorisations of its factors, N r^2 + r^3."""
+    side = matrix.factor.shape[0] if matrix.factor is not None else min(matrix.shape)
+    return matrix.slices * (max(matrix.shape) * side ** 2 + side ** 3)
+
+
 def choose_jobs(matrices: list[MatrixSpec], options: AnalysisOptions, requested: int | None) -> int:
     """Worker processes for one checkpoint: `requested`, or for None as many as pay off."""
     if requested is not None:
@@ -24,8 +31,8 @@ def choose_jobs(matrices: list[MatrixSpec], options: AnalysisOptions, requested:
     if options.device == "cuda" or any(device_for(options.device, options.backend, min(m.shape)) == "cuda"
                                         for m in matrices if min(m.shape) >= LARGE_MATRIX_SIZE):
         return 1  # the GPU is the parallel worker
-    work = sum(m.slices * (max(m.shape) * min(m.shape) ** 2 + min(m.shape) ** 3) for m in matrices)
-    large = sum(min(m.shape) >= LARGE_MATRIX_SIZE for m in matrices)
+    work = sum(solve_work(m) for m in matrices)
+    large = sum(min(m.shape) >= LARGE_MATRIX_SIZE and not m.low_rank for m in matrices)
     if work < PARALLEL_MIN_WORK or large < 2:
         return 1
     return max(1, min(usable_cores(), large))
@@ -43,7 +50,7 @@ def fits_in_a_process(matrices: list[MatrixSpec], options: AnalysisOptions, requ
     None only: --jobs 1 means this process alone)."""
     if requested is not None or not options.htmp or options.device == "cuda" or usable_cores() < 2:
         return False
-    work = sum(m.slices * (max(m.shape) * min(m.shape) ** 2 + min(m.shape) ** 3) for m in matrices)
+    work = sum(solve_work(m) for m in matrices)
     return len(matrices) >= FIT_PROCESS_MIN_MATRICES and work >= FIT_PROCESS_MIN_WORK
 
 

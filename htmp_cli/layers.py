@@ -21,12 +21,12 @@ from htmp_cli.fits.powerlaw import PowerLawFit, fit_power_law, fit_power_law_ww
 from htmp_cli.fits.randomize import RandomizationResult, randomization_result
 from htmp_cli.fits.tailtests import TailTests, tail_tests
 from htmp_cli.fits.vectors import VectorEvidence, eigenvector_evidence
-from htmp_cli.loaders.matrices import MatrixSpec
+from htmp_cli.loaders.matrices import LowRankFactors, MatrixSpec
 from htmp_cli.loaders.pytorch import stored_from_tensor
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.results import LayerResult, LayerTimings
-from htmp_cli.spectral import (Decoder, NonFiniteMatrixError, Spectrum, gram_matrix, is_torch_tensor, pool_spectra,
-                               WindowSpectra, shuffled_entries, spectrum_of, window_spectra)
+from htmp_cli.spectral import (Decoder, NonFiniteMatrixError, Spectrum, WindowSpectra, gram_matrix, is_torch_tensor,
+                               low_rank_spectrum, pool_spectra, shuffled_entries, spectrum_of, window_spectra)
 
 # WeightWatcher's names for the two ends of the alpha scale (math.md section 2).
 ALPHA_OVER_TRAINED = 2.0
@@ -84,6 +84,8 @@ def solve_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder 
     started = time.perf_counter()
     W, decode = load()
     read_seconds = time.perf_counter() - started
+    if isinstance(W, LowRankFactors):
+        return _solved_low_rank(spec, W, options, read_seconds)
     if options.fit == "ww" and decode is None and W.dtype == np.float64:
         decode = _as_float32  # WeightWatcher 0.7.7 analyses float32 copies of the weights
     t0 = time.perf_counter()
@@ -117,6 +119,23 @@ def solve_matrix(spec: MatrixSpec, load: Callable[[], tuple[np.ndarray, Decoder 
     return SolvedMatrix(spec, spectrum, None, read_seconds, time.perf_counter() - t0, shuffled, windows)
 
 
+def _solved_low_rank(spec: MatrixSpec, factors: LowRankFactors, options: AnalysisOptions,
+                     read_seconds: float) -> SolvedMatrix:
+    """A low-rank update's spectrum from its factors (spectral.low_rank_spectrum), never the product.
+    The evidence options that need the matrix itself are not applied, and the note says so."""
+    t0 = time.perf_counter()
+    try:
+        spectra = [low_rank_spectrum(factors.B, a, factors.scale, options.precision) for a in factors.A]
+    except NonFiniteMatrixError as err:
+        return SolvedMatrix(spec, None, str(err), read_seconds, time.perf_counter() - t0)
+    spectrum = spectra[0] if len(spectra) == 1 else pool_spectra(spectra)
+    left_out = [flag for flag, asked in (("--vectors", options.vectors), ("--randomize", options.randomize),
+                                         ("--farms", options.farms)) if asked]
+    if left_out:
+        spec = replace(spec, note=f"{spec.note}; {', '.join(left_out)} not applied: they need the update formed")
+    return SolvedMatrix(spec, spectrum, None, read_seconds, time.perf_counter() - t0)
+
+
 def _halved(spectrum: Spectrum) -> Spectrum:
     return replace(spectrum, eigenvalues=spectrum.eigenvalues / 2, zero_threshold=spectrum.zero_threshold / 2)
 
@@ -142,7 +161,8 @@ def fit_matrix(solved: SolvedMatrix, options: AnalysisOptions, keep_eigenvalues:
     rows, cols = spec.shape
     layer = partial(LayerResult, name=spec.name, tensor=spec.tensor, kind=spec.kind, dtype=spec.dtype,
                     shape=spec.shape, N=max(rows, cols), M=min(rows, cols), slices=spec.slices, group=spec.group,
-                    note=spec.note, aliases=spec.entry.aliases)
+                    note=spec.note, aliases=spec.entry.aliases,
+                    update_rank=spec.factor.shape[0] if spec.factor is not None else None)
     unfitted = LayerTimings(solved.read_seconds, solved.eigen_seconds, 0.0)
     if spectrum is None:
         return layer(status="failed", reason=solved.failure, timings=unfitted)
@@ -155,6 +175,11 @@ def fit_matrix(solved: SolvedMatrix, options: AnalysisOptions, keep_eigenvalues:
                                              f"fits (they need at least {MIN_EIGENVALUES})", timings=unfitted)
     started = time.perf_counter()
     analysis = spectrum_analysis(spectrum, options, solved.shuffled)
+    if spec.factor is not None and not analysis.power_law.ok and analysis.power_law.n_fitted < options.min_tail:
+        rank = spec.factor.shape[0]
+        analysis = replace(analysis, power_law=replace(
+            analysis.power_law, reason=f"LoRA rank {rank}: the update has {analysis.power_law.n_fitted} non-zero "
+                                       f"eigenvalues, fewer than the {options.min_tail} a tail fit needs (--min-tail)"))
     farms = None
     if solved.windows is not None:
         windows = solved.windows

@@ -15,8 +15,8 @@ from htmp_cli import __version__
 from htmp_cli.device import require_cuda
 from htmp_cli.jobs import choose_jobs, fits_in_a_process
 from htmp_cli.layers import analyze_matrix, solve_matrix
-from htmp_cli.loaders import Checkpoint, open_checkpoint
-from htmp_cli.loaders.matrices import MatrixSpec, plan_matrices
+from htmp_cli.loaders import Checkpoint, open_checkpoint, plan_checkpoint
+from htmp_cli.loaders.matrices import MatrixSpec
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.results import LayerResult, Report, SourceInfo
 from htmp_cli.spectral import is_torch_tensor, one_blas_thread
@@ -113,8 +113,7 @@ def analyze(path: str | Path | Checkpoint, options: AnalysisOptions | None = Non
         require_cuda()
     started = time.perf_counter()
     checkpoint = path if isinstance(path, Checkpoint) else open_checkpoint(path)
-    matrices, planned_out = plan_matrices(checkpoint.tensors, options.matrix_rules)
-    skipped = planned_out + list(checkpoint.skipped)
+    matrices, skipped = plan_checkpoint(checkpoint, options.matrix_rules)
     # Worker processes open the checkpoint again from its files; weights in memory have none.
     workers = choose_jobs(matrices, options, jobs) if checkpoint.files and fitter is None else 1
     opened = time.perf_counter()

@@ -55,6 +55,7 @@ class LayerResult:
     group: str | None = None  # the expert group (stacked tensor or experts.*. name) of an expert
     note: str | None = None  # how the matrix was cut from its tensor, when that needs saying
     aliases: tuple[str, ...] = ()  # other names of the same tensor (tied weights), analysed once
+    update_rank: int | None = None  # a LoRA update scale * B A: its rank r (at most r non-zero eigenvalues)
     precision: str | None = None
     backend: str | None = None
     n_eigenvalues: int = 0
@@ -301,6 +302,7 @@ SCHEMA = "htmp.report/3"
 # (eigenvector localisation), `randomized` (against the shuffled matrix), `tail_tests` (bootstrap
 # p-value, likelihood-ratio tests), `farms` (alpha and kappa of pooled square windows); HTMP fits
 # gained kappa_low/kappa_high, MP fits sigma2_low/sigma2_high, the summary standard_errors. A /2 report reads as /3 with none of them.
+# Later in /3: `update_rank`, the rank of a LoRA adapter's update (null for weights; absent reads as null).
 READABLE_SCHEMAS = ("htmp.report/1", "htmp.report/2", SCHEMA)
 
 
@@ -337,6 +339,7 @@ def layer_to_dict(layer: LayerResult) -> dict[str, Any]:
         "group": layer.group,
         "note": layer.note,
         "aliases": list(layer.aliases),
+        "update_rank": layer.update_rank,
         "precision": layer.precision,
         "backend": layer.backend,
         "n_eigenvalues": layer.n_eigenvalues,

@@ -428,6 +428,36 @@ def pool_spectra(spectra: list[Spectrum]) -> Spectrum:
                     slices=len(spectra), vector_ipr=ipr, vector_entropy=entropy)
 
 
+def low_rank_spectrum(B: np.ndarray, A: np.ndarray, scale: float, precision: str = "float64") -> Spectrum:
+    """The spectrum of the (out, in) matrix scale * B A (B: out x r, A: r x in) from r x r work alone.
+
+    With B = Q_B R_B and A^T = Q_A R_A, scale * B A = Q_B (scale * R_B R_A^T) Q_A^T, and the two
+    outer factors have orthonormal columns: the singular values of the small core are those of the
+    product. The other min(out, in) - r eigenvalues are exact zeros and are stored as such, so the
+    spectrum has the size of the product's and its N and M. Always computed in float64 (it is cheap);
+    `precision` sets the numerical-zero cut, as for a solved matrix.
+    """
+    if not (np.isfinite(B).all() and np.isfinite(A).all()):
+        raise NonFiniteMatrixError("the update's factors hold NaN or infinite entries")
+    rows, cols = B.shape[0], A.shape[1]
+    N, M = max(rows, cols), min(rows, cols)
+    _, r_b = np.linalg.qr(np.asarray(B, dtype=np.float64), mode="reduced")
+    _, r_a = np.linalg.qr(np.asarray(A, dtype=np.float64).T, mode="reduced")
+    with np.errstate(over="ignore", invalid="ignore"):
+        core = scale * (r_b @ r_a.T)
+        singular = np.linalg.svd(core, compute_uv=False) if np.isfinite(core).all() else np.array([np.inf])
+    squared = np.square(singular)
+    if not np.isfinite(squared).all():
+        raise NonFiniteMatrixError("the update's eigenvalues overflow float64")
+    values = np.zeros(M)
+    values[M - squared.size:] = np.sort(squared)[-M:] if squared.size > M else np.sort(squared)
+    lambda_max = float(values[-1])
+    zero_threshold = M * float(np.finfo(_dtype(precision)).eps) * lambda_max
+    n_zero = int(np.count_nonzero(values < zero_threshold)) if lambda_max > 0 else M
+    return Spectrum(eigenvalues=values, N=N, M=M, precision=precision, backend="numpy-low-rank",
+                    zero_threshold=zero_threshold, n_zero=n_zero, n_clamped=0)
+
+
 def shuffled_entries(W: Any, decode: Decoder | None, rng: np.random.Generator) -> Any:
     """W's entries in the order of one permutation drawn from `rng`, in W's shape: the same values
     (decoded to floats), none of their arrangement. A torch tensor is shuffled on its own device."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -35,6 +36,9 @@ def analyze(
                                           help="Table: exactly these columns, in this order (names: "
                                                "name, shape, alpha, kappa, phase, warn, warning, D, tail, reason, "
                                                "alpha_weighted, log_norm, log_spectral_norm, stable_rank, kind, dtype)."),
+    base: Optional[str] = typer.Option(None, "--base", metavar="MODEL",
+                                       help="PATH is a LoRA adapter: also analyse the weights it changes in MODEL, "
+                                            "before and after merging, and show the change of every metric."),
     jobs: Optional[int] = JOBS,
     progress: Optional[bool] = PROGRESS,
     debug: bool = DEBUG,
@@ -55,19 +59,29 @@ def analyze(
             if analysis != AnalysisOptions():
                 raise HtmpError(f"{path} is a saved report, shown as it was analysed: analysis options apply "
                                 "only to checkpoints")
+            if base is not None:
+                raise HtmpError(f"{path} is a saved report: --base applies to a LoRA adapter's checkpoint")
             emit(read_report_file(Path(path), "report"), format, output, wide=wide, columns=chosen)
             return
 
         err_console = Console(stderr=True)
         show_progress = err_console.is_terminal if progress is None else progress
-        if show_progress:
-            from htmp_cli.progress import LayerProgress
+        listener = None
+        with ExitStack() as stack:
+            if show_progress:
+                from htmp_cli.progress import LayerProgress
 
-            with LayerProgress(err_console) as listener:
+                listener = stack.enter_context(LayerProgress(err_console))
+            if base is not None:
+                from htmp_cli.adapter import analyze_adapter
+
+                result = analyze_adapter(path, base, analysis, listener, jobs=jobs)
+            else:
                 report = run_analysis(path, analysis, listener, jobs=jobs)
+        if base is not None:
+            emit_adapter(result, format, output, wide=wide, columns=chosen)
         else:
-            report = run_analysis(path, analysis, jobs=jobs)
-        emit(report, format, output, wide=wide, columns=chosen)
+            emit(report, format, output, wide=wide, columns=chosen)
 
     run_guarded(debug, body)
 
@@ -225,6 +239,38 @@ def emit(report: Report, format: OutputFormat, output: Optional[Path], wide: boo
             handle.write(text)
 
 
+def emit_adapter(result, format: OutputFormat, output: Optional[Path], wide: bool = False,  # type: ignore[no-untyped-def]
+                 columns: Optional[tuple[str, ...]] = None) -> None:
+    """An adapter against its base: the update's report, then the base -> merged change per module.
+    JSON holds all three reports and the diff; CSV is the diff's rows (every metric before, after, delta)."""
+    from htmp_cli.compare_output import DEFAULT_METRICS, diff_csv, diff_markdown, render_diff
+    from htmp_cli.report import formats
+
+    unpaired = [f"not in the base: {name} ({why})" for name, why in result.unpaired]
+    if format is OutputFormat.table:
+        from htmp_cli.report.table import render_table
+
+        with ExitStack() as stack:
+            if output is None:
+                console: Console = StdoutConsole()
+                complete = wide or not console.is_terminal
+            else:
+                console, complete = Console(file=stack.enter_context(open_output(output)), no_color=True), True
+            render_table(result.update, console, complete=complete, columns=columns)
+            render_diff(result.diff, console, DEFAULT_METRICS, changed_only=False)
+            for line in unpaired:
+                console.print(line, highlight=False)
+        return
+    text = {OutputFormat.json: result.to_json, OutputFormat.csv: lambda: diff_csv(result.diff),
+            OutputFormat.md: lambda: formats.to_markdown(result.update) + "\n"
+            + diff_markdown(result.diff, DEFAULT_METRICS, False) + "".join(f"\n{line}\n" for line in unpaired)}[format]()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        with open_output(output) as handle:
+            handle.write(text)
+
+
 @app.command("ls")
 def list_tensors(
     path: str = typer.Argument(..., metavar="PATH", help=PATH_HELP),
@@ -240,12 +286,11 @@ def list_tensors(
     """List tensors, shapes and dtypes, and what would be analysed or skipped (headers only)."""
 
     def body() -> None:
-        from htmp_cli.loaders import open_checkpoint
-        from htmp_cli.loaders.matrices import plan_matrices
+        from htmp_cli.loaders import open_checkpoint, plan_checkpoint
 
         options = AnalysisOptions(**selection_fields(min_dim, conv, split_fused, skip_embeddings, include, exclude))
         checkpoint = open_checkpoint(path)
-        matrices, skipped = plan_matrices(checkpoint.tensors, options.matrix_rules)
+        matrices, skipped = plan_checkpoint(checkpoint, options.matrix_rules)
         verdict = _ls_verdicts(matrices)
         verdict.update({s.name: f"skip: {s.reason}" for s in skipped})
         rows = [(e.name, list(e.shape), e.dtype, verdict[e.name]) for e in checkpoint.tensors]
@@ -288,6 +333,11 @@ def _ls_verdicts(matrices) -> dict[str, str]:  # type: ignore[no-untyped-def]
     for tensor, specs in by_tensor.items():
         first = specs[0]
         shape = "x".join(map(str, first.shape))
+        if first.factor is not None:
+            pooled = f", {first.slices} slices pooled" if first.slices > 1 else ""
+            verdicts[tensor] = f"analyse (update {first.name}, {first.kind} {shape}{pooled}: scale {first.scale:g} * B A)"
+            verdicts[first.factor.name] = f"A factor of the update {first.name}"
+            continue
         if first.kind == "expert" and len(specs) > 1:
             text = f"analyse ({len(specs)} experts of {shape})"
         elif len(specs) > 1:

@@ -14,7 +14,7 @@ import re
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,10 +22,10 @@ from htmp_cli.errors import CheckpointError
 from htmp_cli.loaders.dtypes import Decoder
 from htmp_cli.loaders.entry import TensorEntry, read_stored
 from htmp_cli.loaders.index import check_weight_map, read_shard_index
-from htmp_cli.loaders.matrices import MatrixSpec, MatrixView, SkippedTensor
+from htmp_cli.loaders.matrices import MatrixRules, MatrixSpec, MatrixView, SkippedTensor, plan_matrices
 from htmp_cli.loaders.safetensors import read_header
 
-__all__ = ["Checkpoint", "TensorEntry", "open_checkpoint"]
+__all__ = ["Checkpoint", "TensorEntry", "open_checkpoint", "plan_checkpoint"]
 
 Reader = Callable[[TensorEntry], tuple[np.ndarray, Decoder | None]]
 
@@ -54,6 +54,9 @@ class Checkpoint:
     notes: tuple[str, ...] = ()
     reader: Reader = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
     skipped: tuple[SkippedTensor, ...] = ()  # left out by the loader itself (a module's buffers), with why
+    # A LoRA adapter's updates (htmp_cli.loaders.adapters.LowRankUpdate): then these, not the
+    # tensors themselves, are what is analysed.
+    updates: tuple[Any, ...] = ()
 
     def read(self, entry: TensorEntry) -> np.ndarray:
         """One tensor as a float array of its shape, converted exactly (GGUF blocks: dequantised)."""
@@ -71,6 +74,10 @@ class Checkpoint:
         expert stack can be gigabytes once dequantised, one expert is an ordinary matrix.
         """
         entry, view = spec.entry, spec.view
+        if spec.factor is not None:
+            from htmp_cli.loaders.adapters import low_rank_factors
+
+            return low_rank_factors(self.read(entry), self.read(spec.factor), view, spec.scale), None
         if view.how == "expert" and entry.nbytes:
             per_expert = entry.nbytes // entry.shape[0]
             entry = replace(entry, shape=entry.shape[1:], offset=entry.offset + view.index * per_expert,
@@ -81,14 +88,45 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Open a checkpoint file, a shard index, or a folder holding one."""
+    """Open a checkpoint file, a shard index, or a folder holding one; or a LoRA adapter (a folder
+    with `adapter_config.json`, or its weights file)."""
+    from htmp_cli.loaders import adapters
+
     path = Path(path)
     _require_file_or_folder(path)
+    if path.name == adapters.CONFIG_NAME:
+        path = path.parent
     if path.is_dir():
+        if (path / adapters.CONFIG_NAME).is_file():
+            weights = adapters.weights_in(path)
+            return _as_adapter(_with_notes(_open_file(weights), [f"folder: PEFT adapter {weights.name}"]), path)
         return _open_folder(path)
     if path.name.endswith(".index.json"):
         return _open_index(path)
-    return _open_file(path)
+    opened = _open_file(path)
+    if adapters.holds_lora_factors(opened.tensors):
+        return _as_adapter(opened, path)
+    return opened
+
+
+def _as_adapter(opened: Checkpoint, path: Path) -> Checkpoint:
+    from htmp_cli.loaders import adapters
+
+    config_path = adapters.find_config(path)
+    config = adapters.read_config(config_path) if config_path is not None else None
+    return replace(adapters.with_updates(opened, config, config_path), path=path)
+
+
+def plan_checkpoint(checkpoint: Checkpoint, rules: MatrixRules) -> tuple[list[MatrixSpec], list[SkippedTensor]]:
+    """The matrices a checkpoint's tensors give under `rules`, and the tensors skipped, with why
+    (those the loader left out included); for an adapter, the matrices of its updates."""
+    if checkpoint.format.startswith("peft-"):
+        from htmp_cli.loaders.adapters import plan_updates
+
+        matrices, skipped = plan_updates(checkpoint.updates, rules)
+    else:
+        matrices, skipped = plan_matrices(checkpoint.tensors, rules)
+    return matrices, skipped + list(checkpoint.skipped)
 
 
 def _require_file_or_folder(path: Path) -> None:
@@ -228,10 +266,7 @@ def _names(paths: list[Path], limit: int = 5) -> str:
 def _with_notes(checkpoint: Checkpoint, notes: list[str]) -> Checkpoint:
     if not notes:
         return checkpoint
-    return Checkpoint(path=checkpoint.path, format=checkpoint.format, files=checkpoint.files,
-                      tensors=checkpoint.tensors, size_bytes=checkpoint.size_bytes,
-                      fingerprint=checkpoint.fingerprint, notes=tuple(notes) + checkpoint.notes,
-                      reader=checkpoint.reader)
+    return replace(checkpoint, notes=tuple(notes) + checkpoint.notes)
 
 
 def _open_index(index_path: Path) -> Checkpoint:

@@ -81,6 +81,14 @@ class MatrixSpec:
     slices: int = 1  # matrices whose eigenvalues are pooled (conv kernel positions)
     group: str | None = None  # experts of one layer share a group
     note: str | None = None
+    # A low-rank update (a LoRA adapter's): `entry` holds its B factor, `factor` its A factor, and
+    # the matrix is scale * B A, never formed (htmp_cli.loaders.adapters).
+    factor: TensorEntry | None = None
+    scale: float = 1.0
+
+    @property
+    def low_rank(self) -> bool:
+        return self.factor is not None
 
     @property
     def tensor(self) -> str:
@@ -89,6 +97,21 @@ class MatrixSpec:
     @property
     def dtype(self) -> str:
         return self.entry.dtype
+
+
+@dataclass(frozen=True)
+class LowRankFactors:
+    """The factors of a low-rank matrix scale * B A_k, read and decoded to floats: B is (out, r),
+    each A_k is (r, in); one A for a linear or embedding update, one per kernel position for a
+    conv update's pooled slices."""
+
+    B: np.ndarray
+    A: tuple[np.ndarray, ...]
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return self.B.shape[1]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from htmp_cli.results import LayerResult, Report
 COLUMNS = (
     ("name", "string"), ("tensor", "string"), ("kind", "string"), ("dtype", "string"), ("shape", "string"),
     ("N", "Int64"), ("M", "Int64"), ("Q", "float64"), ("slices", "Int64"), ("status", "string"),
-    ("reason", "string"), ("aliases", "string"),
+    ("reason", "string"), ("aliases", "string"), ("update_rank", "Int64"),
     ("alpha", "float64"), ("alpha_sigma", "float64"), ("xmin", "float64"), ("xmax", "float64"), ("D", "float64"),
     ("tail_size", "Int64"), ("fit_status", "string"),
     ("alpha_weighted", "float64"), ("log_alpha_norm", "float64"), ("norm", "float64"), ("log_norm", "float64"),
@@ -52,7 +52,7 @@ def layer_row(layer: LayerResult) -> dict[str, Any]:
         "name": layer.name, "tensor": layer.tensor, "kind": layer.kind, "dtype": layer.dtype,
         "shape": "x".join(str(d) for d in layer.shape), "N": layer.N, "M": layer.M, "Q": layer.Q,
         "slices": layer.slices, "status": layer.status, "reason": layer.reason,
-        "aliases": ", ".join(layer.aliases) or None,
+        "aliases": ", ".join(layer.aliases) or None, "update_rank": layer.update_rank,
         "alpha": fit.alpha if fit else None, "alpha_sigma": fit.sigma if fit else None,
         "xmin": fit.xmin if fit else None, "xmax": fit.xmax if fit else None, "D": fit.D if fit else None,
         "tail_size": fit.tail_size if fit else None, "fit_status": fit.status if fit else None,

@@ -279,6 +279,7 @@ def summary_lines(report: Report) -> list[str]:
         *[f"{label}: {', '.join(names)}" for label, names in _failures(report.layers).items() if names],
         *[_group_line(group) for group in s.expert_groups],
         *[f"{layer.name}: {layer.note}" for layer in report.layers if (layer.note or "").startswith("--split-fused")],
+        *_update_lines(report.layers),
         *_evidence_lines(report.layers),
         "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in s.timings.items())
         + (f" (read, eigen and fit summed over {s.workers} processes)" if s.workers > 1 else ""),
@@ -292,6 +293,18 @@ def _count(n: int, noun: str) -> str:
 
 def _standard_error(value: float | None) -> str:
     return "" if finite(value) is None else f" (se {format_number(value)})"
+
+
+def _update_lines(layers: Sequence[LayerResult]) -> list[str]:
+    """What a LoRA adapter's updates are, and what their rank means for the fits."""
+    ranks = sorted({layer.update_rank for layer in layers if layer.update_rank is not None})
+    if not ranks:
+        return []
+    count = sum(layer.update_rank is not None for layer in layers)
+    span = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}-{ranks[-1]}"
+    return [f"LoRA updates: {_count(count, 'update')} scale * B A of {span}, solved from r x r products: each has "
+            "at most r non-zero eigenvalues, so its tail fit is limited to them and its phase is rank-collapse by "
+            "construction; --base MODEL compares the base and merged weights"]
 
 
 def _evidence_lines(layers: Sequence[LayerResult]) -> list[str]:
