@@ -16,6 +16,7 @@ from htmp_cli.options import AnalysisOptions
 from htmp_cli.results import Report, is_report_file
 
 if TYPE_CHECKING:
+    from htmp_cli.adapter import AdapterAnalysis
     from htmp_cli.compare import ReportDiff
     from htmp_cli.gate import Verdict
 
@@ -45,6 +46,26 @@ def analyze(source: Source, *, jobs: int | None = None, progress: bool = False, 
 
     with LayerProgress(Console(stderr=True)) as listener:
         return run_analysis(checkpoint, analysis, listener, keep_eigenvalues=True, jobs=jobs)
+
+
+def analyze_adapter(adapter: str | os.PathLike[str], base: str | os.PathLike[str], *, jobs: int | None = None,
+                    progress: bool = False, **options: Any) -> AdapterAnalysis:
+    """`htmp analyze ADAPTER --base BASE`: a LoRA adapter's updates, and the weights they change in
+    `base` before and after merging (an `adapter.AdapterAnalysis`: `.update`, `.base`, `.merged`
+    Reports, `.diff` the per-module change, `.unpaired` the updates with no weight in the base)."""
+    from htmp_cli.adapter import analyze_adapter as run
+
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise OptionError(f"jobs must be a whole number of at least 1 (or None), got {jobs!r}")
+    analysis = AnalysisOptions.from_mapping(options)
+    if not progress:
+        return run(adapter, base, analysis, jobs=jobs)
+    from rich.console import Console
+
+    from htmp_cli.progress import LayerProgress
+
+    with LayerProgress(Console(stderr=True)) as listener:
+        return run(adapter, base, analysis, listener, jobs=jobs)
 
 
 def check(report_or_source: Report | Source, config: str | os.PathLike[str] | Mapping[str, Any] | None = None,

@@ -79,8 +79,8 @@ def test_update_eigenvalues_are_those_of_the_dense_delta_w(llama) -> None:  # ty
 
 def test_merged_model_matches_merge_and_unload_analysed_as_a_model(llama) -> None:  # type: ignore[no-untyped-def]
     out, deltas = llama
-    result = analyze_adapter(out / "adapter", out / "base", AnalysisOptions(), jobs=1)
-    assert result.unpaired == ()
+    result = htmp_cli.analyze_adapter(out / "adapter", out / "base", jobs=1)
+    assert isinstance(result, htmp_cli.AdapterAnalysis) and result.unpaired == ()
     names = [layer.name for layer in result.merged.layers]
     assert sorted(names) == sorted(deltas)
     merged = htmp_cli.analyze(out / "merged", include=[f"^{re.escape(n)}$" for n in names], jobs=1)
