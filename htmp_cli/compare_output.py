@@ -32,19 +32,40 @@ def render_diff(diff: ReportDiff, console: Console, metrics: tuple[str, ...], ch
     table.add_column("phase")
     for metric in metrics:
         table.add_column(f"d {metric}", justify="right")
+    with_ks = any(layer.ks_esd is not None for layer in diff.layers)
+    if with_ks:
+        table.add_column("KS ESD", justify="right")
     shown = diff.phase_changes if changed_only else diff.layers
     for layer in shown:
         table.add_row(layer.name, _phase_cell(layer.phase_before, layer.phase_after),
                       *[_delta(layer.metrics[m].delta) for m in metrics],
+                      *([_ks(layer.ks_esd)] if with_ks else []),
                       style="bold yellow" if layer.phase_changed else None)
     console.print(table)
     console.print(f"{len(diff.layers)} layers in both, {len(diff.phase_changes)} changed phase", highlight=False)
+    for line in pairing_lines(diff):
+        console.print(line, highlight=False, markup=False)
+    reasons = dict(diff.unpaired)
     for label, names in (("only in before", diff.only_before), ("only in after", diff.only_after)):
         if names:
-            console.print(f"{label} ({len(names)}): {', '.join(names)}", style="yellow", highlight=False, markup=False)
+            shown_names = [f"{name} ({reasons[name]})" if name in reasons else name for name in names]
+            console.print(f"{label} ({len(names)}): {', '.join(shown_names)}", style="yellow", highlight=False,
+                          markup=False)
     means = [f"{name} {_delta(c.delta)}" for name, c in sorted(diff.summary.items()) if c.delta is not None]
     if means:
         console.print("change of the summary means: " + ", ".join(means), highlight=False)
+
+
+def _ks(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def pairing_lines(diff: ReportDiff) -> list[str]:
+    """How the layers were paired, and how alike the two models' alphas rank."""
+    lines = [f"paired: {diff.pairing}"] if diff.pairing else []
+    if diff.alpha_rank_correlation is not None:
+        lines.append(f"rank correlation of the paired layers' alphas (Spearman): {diff.alpha_rank_correlation:.3f}")
+    return lines
 
 
 def diff_csv(diff: ReportDiff) -> str:
@@ -65,7 +86,9 @@ def diff_markdown(diff: ReportDiff, metrics: tuple[str, ...], changed_only: bool
         phase = f"**{phase}**" if layer.phase_changed else phase
         lines.append(f"| {layer.name} | {phase} | " + " | ".join(_delta(layer.metrics[m].delta) for m in metrics) + " |")
     lines += ["", f"{len(diff.layers)} layers in both, {len(diff.phase_changes)} changed phase."]
+    lines += [f"{line}." for line in pairing_lines(diff)]
+    reasons = dict(diff.unpaired)
     for label, names in (("Only in before", diff.only_before), ("Only in after", diff.only_after)):
         if names:
-            lines.append(f"{label}: {', '.join(names)}.")
+            lines.append(f"{label}: {', '.join(f'{n} ({reasons[n]})' if n in reasons else n for n in names)}.")
     return "\n".join(lines) + "\n"

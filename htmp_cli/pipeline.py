@@ -150,6 +150,7 @@ def analyze(path: str | Path | Checkpoint, options: AnalysisOptions | None = Non
         size_bytes=checkpoint.size_bytes,
         fingerprint=checkpoint.fingerprint,
         notes=checkpoint.notes,
+        architecture=checkpoint.architecture,
     )
     return Report(
         htmp_version=__version__,

@@ -113,6 +113,7 @@ class SourceInfo:
     size_bytes: int
     fingerprint: str
     notes: tuple[str, ...] = ()  # what the loader found and did: folder choice, wrappers removed, ...
+    architecture: str | None = None  # a GGUF file's general.architecture
 
 
 @dataclass(frozen=True)
@@ -302,7 +303,7 @@ SCHEMA = "htmp.report/3"
 # (eigenvector localisation), `randomized` (against the shuffled matrix), `tail_tests` (bootstrap
 # p-value, likelihood-ratio tests), `farms` (alpha and kappa of pooled square windows); HTMP fits
 # gained kappa_low/kappa_high, MP fits sigma2_low/sigma2_high, the summary standard_errors. A /2 report reads as /3 with none of them.
-# Later in /3: `update_rank`, the rank of a LoRA adapter's update (null for weights; absent reads as null).
+# Later in /3: source.architecture (a GGUF file's, else null); `update_rank`, the rank of a LoRA adapter's update (null for weights; absent reads as null).
 READABLE_SCHEMAS = ("htmp.report/1", "htmp.report/2", SCHEMA)
 
 

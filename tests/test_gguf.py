@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 from pathlib import Path
@@ -347,3 +348,58 @@ def test_a_wide_quantised_matrix_is_dequantised_a_column_block_at_a_time(tmp_pat
     W = gguf.quants.dequantize(codes, gguf.GGMLQuantizationType.Q4_K).astype(np.float64)
     expected = np.linalg.eigvalsh(W @ W.T)
     np.testing.assert_allclose(ours, expected, rtol=1e-10, atol=1e-10 * expected.max())
+
+
+@pytest.fixture(scope="module")
+def llama_formats(make_formats, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A tiny LLaMA-shaped model as Hugging Face safetensors and as GGUF F32, Q8_0 and Q4_K under
+    llama.cpp's names (make_formats.write_llama), and one extra matrix no map knows."""
+    out = tmp_path_factory.mktemp("llama")
+    make_formats.write_llama(out)
+    weights = make_formats.llama_weights()
+    weights["model.custom_proj.weight"] = np.eye(32, dtype=np.float32) + 0.1
+    make_formats.write_safetensors_file(out / "extra.safetensors", weights)
+    return out
+
+
+def _cross_diff(folder, gguf_path):  # type: ignore[no-untyped-def]
+    proc = run_htmp("diff", str(folder), str(gguf_path), "-f", "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_diff_pairs_hugging_face_names_with_llama_cpp_names(llama_formats) -> None:  # type: ignore[no-untyped-def]
+    f32 = _cross_diff(llama_formats / "llama", llama_formats / "llama-F32.gguf")
+    assert f32["schema"] == "htmp.diff/2" and "gguf package's map for llama" in f32["pairing"]
+    assert len(f32["layers"]) == 16 and f32["only_before"] == [] and f32["only_after"] == []
+    names = {layer["before_name"]: layer["name"] for layer in f32["layers"]}
+    assert names["model.layers.1.self_attn.q_proj.weight"] == "blk.1.attn_q.weight"
+    assert names["model.embed_tokens.weight"] == "token_embd.weight" and names["lm_head.weight"] == "output.weight"
+    for layer in f32["layers"]:
+        # The same weights (q and k rows in llama.cpp's order): the spectra agree to rounding, and a
+        # KS distance of samples equal to rounding is its resolution, one eigenvalue of M (128 or 256).
+        assert not layer["phase_changed"] and layer["ks_esd"] <= 1 / 128
+        for metric in ("alpha", "stable_rank", "log_norm", "log_spectral_norm", "alpha_weighted"):
+            change = layer["metrics"][metric]
+            assert abs(change["delta"]) <= 1e-9 * max(1.0, abs(change["before"])), (layer["name"], metric, change)
+        assert abs(layer["metrics"]["kappa"]["relative"]) < 1e-4
+    assert f32["alpha_rank_correlation"] == pytest.approx(1.0)
+    quantised = {q: _cross_diff(llama_formats / "llama", llama_formats / f"llama-{q}.gguf") for q in ("Q8_0", "Q4_K")}
+    ks = {q: [layer["ks_esd"] for layer in d["layers"]] for q, d in quantised.items()}
+    assert all(a < b for a, b in zip(ks["Q8_0"], ks["Q4_K"]))  # every layer's ESD moves less under Q8_0
+    for metric in ("stable_rank", "alpha"):
+        moved = {q: np.median([abs(layer["metrics"][metric]["relative"]) for layer in d["layers"]])
+                 for q, d in quantised.items()}
+        assert moved["Q8_0"] < moved["Q4_K"], (metric, moved)
+    assert quantised["Q8_0"]["alpha_rank_correlation"] > quantised["Q4_K"]["alpha_rank_correlation"]
+
+
+def test_cross_format_diff_names_the_layers_it_could_not_pair(llama_formats) -> None:  # type: ignore[no-untyped-def]
+    data = _cross_diff(llama_formats / "extra.safetensors", llama_formats / "llama-F32.gguf")
+    assert data["only_before"] == ["model.custom_proj.weight"]
+    assert data["unpaired"] == [{"name": "model.custom_proj.weight",
+                                 "why": "no llama.cpp name for it in the gguf package's map for llama"}]
+    table = run_htmp("diff", str(llama_formats / "extra.safetensors"), str(llama_formats / "llama-Q8_0.gguf"))
+    assert table.returncode == 0, table.stderr
+    assert "only in before (1): model.custom_proj.weight (no llama.cpp name" in table.stdout
+    assert "rank correlation of the paired layers' alphas" in table.stdout and "KS ESD" in table.stdout

@@ -191,7 +191,7 @@ def diff(
             else:
                 from htmp_cli.pipeline import analyze
 
-                reports.append(analyze(path, analysis))
+                reports.append(analyze(path, analysis, keep_eigenvalues=True))  # for the KS distance of the ESDs
         result = diff_reports(*reports)
         shown = tuple(metric) or DEFAULT_METRICS
         if format is OutputFormat.table:

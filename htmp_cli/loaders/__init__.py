@@ -57,6 +57,7 @@ class Checkpoint:
     # A LoRA adapter's updates (htmp_cli.loaders.adapters.LowRankUpdate): then these, not the
     # tensors themselves, are what is analysed.
     updates: tuple[Any, ...] = ()
+    architecture: str | None = None  # GGUF's general.architecture (the key to llama.cpp's tensor names)
 
     def read(self, entry: TensorEntry) -> np.ndarray:
         """One tensor as a float array of its shape, converted exactly (GGUF blocks: dequantised)."""
@@ -341,6 +342,7 @@ def _open_gguf(files: list[Path]) -> Checkpoint:
         fingerprint=_fingerprint([(h.header_sample, h.path, h.data_start, h.file_size) for h in headers]),
         notes=tuple(notes),
         reader=read_stored_gguf,
+        architecture=arch if isinstance(arch, str) else None,
     )
 
 
