@@ -90,10 +90,15 @@ class Checkpoint:
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Open a checkpoint file, a shard index, or a folder holding one; or a LoRA adapter (a folder
-    with `adapter_config.json`, or its weights file)."""
-    from htmp_cli.loaders import adapters
+    with `adapter_config.json`, or its weights file); or, where no such path exists, a Hugging Face
+    Hub model id (`org/name`, `org/name@revision`, htmp_cli.loaders.hub)."""
+    from htmp_cli.loaders import adapters, hub
 
+    text = os.fspath(path)
     path = Path(path)
+    if not os.path.lexists(path) and hub.hub_id(text) is not None:  # a path that exists always wins
+        resolved, note = hub.resolve(text)
+        return _with_notes(open_checkpoint(resolved), [note])
     _require_file_or_folder(path)
     if path.name == adapters.CONFIG_NAME:
         path = path.parent
