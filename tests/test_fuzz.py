@@ -299,3 +299,44 @@ def test_atheris_byte_fuzzer_short_run(tmp_path) -> None:  # type: ignore[no-unt
                               cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"Done {runs} runs" in done.stderr, done.stderr[-2000:]
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     max_leaves=12)
+_CONFIG_KEYS = ("peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "fan_in_fan_out", "rank_pattern",
+                "alpha_pattern", "base_model_name_or_path")
+
+
+@st.composite
+def hostile_adapters(draw):  # type: ignore[no-untyped-def]
+    """An adapter config of lying or absurd values, and factors of any shapes under LoRA's names."""
+    config = {key: draw(_JSON | st.sampled_from(["LORA", "IA3", 8, 16.0, True, {"q": 2}, {"(": 3}]))
+              for key in draw(st.lists(st.sampled_from(_CONFIG_KEYS), unique=True))}
+    side = st.integers(0, 24)
+    tensors = {}
+    for module in draw(st.lists(st.sampled_from(["m.q", "m.v", "m.emb", "m.conv"]), unique=True, min_size=1)):
+        for factor in draw(st.lists(st.sampled_from(["lora_A.weight", "lora_B.weight", "lora_embedding_A",
+                                                     "lora_embedding_B", "lora_magnitude_vector"]), unique=True)):
+            tensors[f"base_model.model.{module}.{factor}"] = tuple(draw(st.lists(side, min_size=1, max_size=4)))
+    raw = json.dumps(config).encode() if draw(st.booleans()) else draw(st.binary(max_size=64))
+    return raw, tensors
+
+
+def test_hostile_adapters(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    @FUZZ
+    @given(case=hostile_adapters())
+    def case(case) -> None:  # type: ignore[no-untyped-def]
+        raw, shapes = case
+        folder = Path(tempfile.mkdtemp(dir=tmp_path))
+        rng = np.random.default_rng(0)
+        save_file({name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()},
+                  str(folder / "adapter_model.safetensors"))
+        (folder / "adapter_config.json").write_bytes(raw)
+        OUTCOMES[("hostile adapters", check_case(folder))] += 1
+        shutil.rmtree(folder)
+
+    case()

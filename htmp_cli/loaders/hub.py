@@ -81,35 +81,39 @@ def _shards(index: Path) -> list[str]:
 
 
 def _download(text: str, repo: str, revision: str | None) -> tuple[Path, list[str]]:
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    """The first of WEIGHT_FILES the repo has (asked file by file: a metadata request each, which
+    the library does not retry, so an unreachable Hub fails at once), and what it needs beside it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     try:
-        files = set(HfApi().list_repo_files(repo, revision=revision))
-        chosen = next((name for name in WEIGHT_FILES if name in files), None)
-        if chosen is None:
-            ggufs = sorted(name for name in files if name.endswith(".gguf"))
-            singles = sorted(name for name in files if name.endswith(".safetensors"))
-            raise CheckpointError(f"{text}: the repo has none of {', '.join(WEIGHT_FILES)}"
-                                  + (f" (it holds {len(ggufs)} GGUF files: download the one to analyse)" if ggufs else "")
-                                  + (f" (it holds {', '.join(singles[:3])})" if singles and not ggufs else ""))
-        names = [chosen]
-        path = Path(hf_hub_download(repo, chosen, revision=revision))
-        if chosen.endswith(".index.json"):
-            names += _shards(path)
-        elif chosen.startswith("adapter_model"):
-            names.append("adapter_config.json")
-        for name in names[1:]:
-            hf_hub_download(repo, name, revision=revision)
+        for chosen in WEIGHT_FILES:
+            try:
+                path = Path(hf_hub_download(repo, chosen, revision=revision))
+            except LocalEntryNotFoundError:
+                raise
+            except EntryNotFoundError:
+                continue
+            names = [chosen]
+            if chosen.endswith(".index.json"):
+                names += _shards(path)
+            elif chosen.startswith("adapter_model"):
+                names.append("adapter_config.json")
+            for name in names[1:]:
+                hf_hub_download(repo, name, revision=revision)
+            return (path.parent if chosen.startswith("adapter_model") else path), names
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
         raise CheckpointError(f"{text}: no such file or directory, and not a model on the Hub "
                               f"({type(err).__name__})") from None
+    except LocalEntryNotFoundError:
+        raise CheckpointError(f"{text}: no such file or directory, not in the Hugging Face cache, and the Hub "
+                              "could not be reached") from None
     except HfHubHTTPError as err:
-        raise CheckpointError(f"{text}: not in the Hugging Face cache, and the Hub could not be reached "
-                              f"({str(err).splitlines()[0][:160]})") from None
-    except CheckpointError:
-        raise
-    except Exception as err:  # no network: the HTTP client's connection errors, whatever their class
+        raise CheckpointError(f"{text}: not in the Hugging Face cache, and the Hub answered "
+                              f"{str(err).splitlines()[0][:160]}") from None
+    except Exception as err:  # the HTTP client's connection errors, whatever their class
         raise CheckpointError(f"{text}: not in the Hugging Face cache, and the Hub could not be reached "
                               f"({type(err).__name__}: {str(err)[:160]})") from None
-    return (path.parent if chosen.startswith("adapter_model") else path), names
+    raise CheckpointError(f"{text}: the Hub repo has none of {', '.join(WEIGHT_FILES)} (a GGUF repo: download "
+                          "the one file to analyse and pass its path)")
