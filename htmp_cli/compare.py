@@ -170,10 +170,10 @@ def flat_rows(diff: ReportDiff) -> list[dict[str, Any]]:
     """One flat row per common layer: phase before/after and every metric before, after and delta."""
     rows = []
     for layer in diff.layers:
-        row: dict[str, Any] = {"name": layer.name, "before_name": layer.before_name or layer.name,
-                               "phase_before": layer.phase_before, "phase_after": layer.phase_after,
-                               "phase_changed": layer.phase_changed, "ks_esd": layer.ks_esd}
+        row: dict[str, Any] = {"name": layer.name, "phase_before": layer.phase_before, "phase_after": layer.phase_after,
+                               "phase_changed": layer.phase_changed}
         for name, c in layer.metrics.items():
             row.update({f"{name}_before": c.before, f"{name}_after": c.after, f"{name}_delta": c.delta})
+        row.update({"before_name": layer.before_name or layer.name, "ks_esd": layer.ks_esd})
         rows.append(row)
     return rows

@@ -32,7 +32,7 @@ def choose_jobs(matrices: list[MatrixSpec], options: AnalysisOptions, requested:
                                         for m in matrices if min(m.shape) >= LARGE_MATRIX_SIZE):
         return 1  # the GPU is the parallel worker
     work = sum(solve_work(m) for m in matrices)
-    large = sum(min(m.shape) >= LARGE_MATRIX_SIZE and not m.low_rank for m in matrices)
+    large = sum(min(m.shape) >= LARGE_MATRIX_SIZE and m.factor is None for m in matrices)
     if work < PARALLEL_MIN_WORK or large < 2:
         return 1
     return max(1, min(usable_cores(), large))

@@ -449,8 +449,8 @@ def low_rank_spectrum(B: np.ndarray, A: np.ndarray, scale: float, precision: str
     squared = np.square(singular)
     if not np.isfinite(squared).all():
         raise NonFiniteMatrixError("the update's eigenvalues overflow float64")
-    values = np.zeros(M)
-    values[M - squared.size:] = np.sort(squared)[-M:] if squared.size > M else np.sort(squared)
+    values = np.zeros(M)  # the core is at most min(r, out, in) square: never more than M values
+    values[M - squared.size:] = np.sort(squared)
     lambda_max = float(values[-1])
     zero_threshold = M * float(np.finfo(_dtype(precision)).eps) * lambda_max
     n_zero = int(np.count_nonzero(values < zero_threshold)) if lambda_max > 0 else M

@@ -59,7 +59,7 @@ class AdapterConfig:
         alpha = self.alpha_of(module)
         return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
 
-    def describe_scale(self, module: str, rank: int) -> str:
+    def describe_scale(self, module: str) -> str:
         alpha = self.alpha_of(module)
         if self.use_rslora:
             return f"lora_alpha {alpha:g} / sqrt(r), rsLoRA"
@@ -235,7 +235,7 @@ def _update(module: str, pair: dict[str, TensorEntry], config: AdapterConfig | N
         if expected != rank:
             return None, (f"the factors of {module} have rank {rank}, the config says r {expected}: "
                           "its scale cannot be trusted")
-        scale, source = config.scale_of(module, rank), config.describe_scale(module, rank)
+        scale, source = config.scale_of(module, rank), config.describe_scale(module)
     return LowRankUpdate(name=f"{module}.weight", layout=layout, shape=shape, a=a, b=b, rank=rank, scale=scale,
                          scale_source=source), None
 

@@ -87,10 +87,6 @@ class MatrixSpec:
     scale: float = 1.0
 
     @property
-    def low_rank(self) -> bool:
-        return self.factor is not None
-
-    @property
     def tensor(self) -> str:
         return self.entry.name
 
