@@ -19,7 +19,7 @@ import numpy as np
 from htmp_cli.compare import ReportDiff, diff_reports, diff_to_dict
 from htmp_cli.errors import CheckpointError
 from htmp_cli.loaders import Checkpoint, TensorEntry, open_checkpoint
-from htmp_cli.loaders.adapters import LowRankUpdate, read_config, find_config, update_in_base_layout
+from htmp_cli.loaders.adapters import LowRankUpdate, update_in_base_layout
 from htmp_cli.options import AnalysisOptions
 from htmp_cli.pipeline import ProgressListener, analyze
 from htmp_cli.results import Report, report_to_dict
@@ -50,19 +50,17 @@ def analyze_adapter(adapter: str | os.PathLike[str], base: str | os.PathLike[str
                     listener: ProgressListener | None = None, jobs: int | None = None) -> AdapterAnalysis:
     """Analyse an adapter's updates, and the weights they change in `base` before and after merging."""
     opened = open_checkpoint(adapter)
-    if not opened.format.startswith("peft-"):
+    if not opened.is_adapter:
         raise CheckpointError(f"{adapter}: not a LoRA adapter (no lora_A/lora_B factors), so --base has nothing to merge")
     base_checkpoint = open_checkpoint(base)
-    if base_checkpoint.format.startswith("peft-"):
+    if base_checkpoint.is_adapter:
         raise CheckpointError(f"{base}: is itself an adapter; --base takes the model the adapter was trained on")
     update = analyze(opened, options, listener, jobs=jobs)
     pairs, unpaired = _pair(opened.updates, base_checkpoint)
-    config_path = find_config(Path(adapter))
-    fan_in_fan_out = config_path is not None and read_config(config_path).fan_in_fan_out
     before = replace(base_checkpoint, tensors=tuple(entry for _, entry in pairs), skipped=(),
                      notes=base_checkpoint.notes + (f"the {len(pairs)} weight(s) the adapter changes",))
     before_report = analyze(before, options, listener, jobs=jobs)
-    merged = _merged(base_checkpoint, opened, pairs, fan_in_fan_out)
+    merged = _merged(base_checkpoint, opened, pairs)
     merged_report = analyze(merged, options, listener, jobs=1)
     diff = replace(diff_reports(before_report, merged_report), before=f"base {base}", after=f"merged {base} + {adapter}")
     return AdapterAnalysis(update, before_report, merged_report, diff, tuple(unpaired))
@@ -90,15 +88,14 @@ def _pair(updates: tuple[LowRankUpdate, ...], base: Checkpoint
     return pairs, unpaired
 
 
-def _merged(base: Checkpoint, adapter: Checkpoint, pairs: list[tuple[LowRankUpdate, TensorEntry]],
-            fan_in_fan_out: bool) -> Checkpoint:
+def _merged(base: Checkpoint, adapter: Checkpoint, pairs: list[tuple[LowRankUpdate, TensorEntry]]) -> Checkpoint:
     """The base's adapted weights with their updates added, read one at a time."""
     update_of = {entry.name: update for update, entry in pairs}
 
     def read(entry: TensorEntry) -> tuple[np.ndarray, None]:
         update = update_of[entry.name]
         W = np.asarray(base.read(entry), dtype=np.float64)
-        return W + update_in_base_layout(update, adapter.read(update.b), adapter.read(update.a), fan_in_fan_out), None
+        return W + update_in_base_layout(update, adapter.read(update.b), adapter.read(update.a)), None
 
     return Checkpoint(path=Path(f"{base.path} + {adapter.path}"), format="merged-" + adapter.format,
                       files=(), tensors=tuple(entry for _, entry in pairs), size_bytes=base.size_bytes,

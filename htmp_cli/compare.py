@@ -86,11 +86,7 @@ def diff_reports(before: Report, after: Report) -> ReportDiff:
     new = {key_after.get(layer.name, layer.name): layer for layer in after.layers if layer.name not in unmapped}
     changes = tuple(_change(old[key], layer) for key, layer in new.items() if key in old)
     means_before, means_after = before.summary.means, after.summary.means
-    unpaired = [(name, why) for name, why in unmapped.items()]
-    unpaired += [(layer.name, f"{'its GGUF name ' + key + ' is ' if key != layer.name else ''}not in {after.source.path}")
-                 for key, layer in old.items() if key not in new]
-    unpaired += [(layer.name, f"{'its GGUF name ' + key + ' is ' if key != layer.name else ''}not in {before.source.path}")
-                 for key, layer in new.items() if key not in old]
+    unpaired = [*unmapped.items(), *_unmatched(old, new, after.source.path), *_unmatched(new, old, before.source.path)]
     only_before = {layer.name for layer in before.layers} - {c.before_name or c.name for c in changes}
     only_after = {layer.name for layer in after.layers} - {c.name for c in changes}
     return ReportDiff(
@@ -102,6 +98,12 @@ def diff_reports(before: Report, after: Report) -> ReportDiff:
         pairing=pairing, unpaired=tuple(unpaired) if pairing else (),
         alpha_rank_correlation=_rank_correlation(changes),
     )
+
+
+def _unmatched(keyed: dict[str, LayerResult], other: dict[str, LayerResult], other_path: str) -> list[tuple[str, str]]:
+    """The layers of one side whose key the other side lacks, with why."""
+    return [(layer.name, (f"its GGUF name {key} is " if key != layer.name else "") + f"not in {other_path}")
+            for key, layer in keyed.items() if key not in other]
 
 
 def _pairing(before: Report, after: Report) -> tuple[str | None, dict[str, str], dict[str, str], dict[str, str]]:

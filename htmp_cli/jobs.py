@@ -18,7 +18,7 @@ PARALLEL_MIN_WORK = 2e11
 def solve_work(matrix: MatrixSpec) -> int:
     """Multiply-adds of one matrix's solve: N M^2 + M^3, or for a low-rank update of rank r the
     QR factorisations of its factors, N r^2 + r^3."""
-    side = matrix.factor.shape[0] if matrix.factor is not None else min(matrix.shape)
+    side = matrix.update_rank or min(matrix.shape)
     return matrix.slices * (max(matrix.shape) * side ** 2 + side ** 3)
 
 
@@ -32,7 +32,7 @@ def choose_jobs(matrices: list[MatrixSpec], options: AnalysisOptions, requested:
                                         for m in matrices if min(m.shape) >= LARGE_MATRIX_SIZE):
         return 1  # the GPU is the parallel worker
     work = sum(solve_work(m) for m in matrices)
-    large = sum(min(m.shape) >= LARGE_MATRIX_SIZE and m.factor is None for m in matrices)
+    large = sum(min(m.shape) >= LARGE_MATRIX_SIZE and m.update_rank is None for m in matrices)
     if work < PARALLEL_MIN_WORK or large < 2:
         return 1
     return max(1, min(usable_cores(), large))

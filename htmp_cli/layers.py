@@ -162,7 +162,7 @@ def fit_matrix(solved: SolvedMatrix, options: AnalysisOptions, keep_eigenvalues:
     layer = partial(LayerResult, name=spec.name, tensor=spec.tensor, kind=spec.kind, dtype=spec.dtype,
                     shape=spec.shape, N=max(rows, cols), M=min(rows, cols), slices=spec.slices, group=spec.group,
                     note=spec.note, aliases=spec.entry.aliases,
-                    update_rank=spec.factor.shape[0] if spec.factor is not None else None)
+                    update_rank=spec.update_rank)
     unfitted = LayerTimings(solved.read_seconds, solved.eigen_seconds, 0.0)
     if spectrum is None:
         return layer(status="failed", reason=solved.failure, timings=unfitted)
@@ -175,10 +175,9 @@ def fit_matrix(solved: SolvedMatrix, options: AnalysisOptions, keep_eigenvalues:
                                              f"fits (they need at least {MIN_EIGENVALUES})", timings=unfitted)
     started = time.perf_counter()
     analysis = spectrum_analysis(spectrum, options, solved.shuffled)
-    if spec.factor is not None and not analysis.power_law.ok and analysis.power_law.n_fitted < options.min_tail:
-        rank = spec.factor.shape[0]
+    if spec.update_rank is not None and not analysis.power_law.ok and analysis.power_law.n_fitted < options.min_tail:
         analysis = replace(analysis, power_law=replace(
-            analysis.power_law, reason=f"LoRA rank {rank}: the update has {analysis.power_law.n_fitted} non-zero "
+            analysis.power_law, reason=f"LoRA rank {spec.update_rank}: the update has {analysis.power_law.n_fitted} non-zero "
                                        f"eigenvalues, fewer than the {options.min_tail} a tail fit needs (--min-tail)"))
     farms = None
     if solved.windows is not None:

@@ -365,9 +365,7 @@ def spectrum_of(gram: GramMatrix, backend: str = "auto", vectors: bool = False) 
         raise NonFiniteMatrixError(f"eigenvalues overflow float64 (entries up to {gram.amax:.3g})")
     n_clamped = int(np.count_nonzero(values < 0))
     np.maximum(values, 0.0, out=values)
-    lambda_max = float(values[-1])
-    zero_threshold = gram.M * float(np.finfo(_dtype(gram.precision)).eps) * lambda_max
-    n_zero = int(np.count_nonzero(values < zero_threshold)) if lambda_max > 0 else gram.M
+    zero_threshold, n_zero = _numerical_zeros(values, gram.M, gram.precision)
     return Spectrum(
         eigenvalues=values,
         N=gram.N,
@@ -380,6 +378,14 @@ def spectrum_of(gram: GramMatrix, backend: str = "auto", vectors: bool = False) 
         vector_ipr=ipr,
         vector_entropy=entropy,
     )
+
+
+def _numerical_zeros(values: np.ndarray, M: int, precision: str) -> tuple[float, int]:
+    """The numerical-zero cut of sorted eigenvalues, M * eps * lambda_max, and how many lie below it
+    (all of them when lambda_max is 0)."""
+    lambda_max = float(values[-1])
+    zero_threshold = M * float(np.finfo(_dtype(precision)).eps) * lambda_max
+    return zero_threshold, int(np.count_nonzero(values < zero_threshold)) if lambda_max > 0 else values.size
 
 
 def _localisation(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -420,9 +426,7 @@ def pool_spectra(spectra: list[Spectrum]) -> Spectrum:
     if all(s.vector_ipr is not None and s.vector_entropy is not None for s in spectra):
         ipr = np.concatenate([s.vector_ipr for s in spectra])[order]  # type: ignore[misc]
         entropy = np.concatenate([s.vector_entropy for s in spectra])[order]  # type: ignore[misc]
-    lambda_max = float(values[-1])
-    zero_threshold = first.M * float(np.finfo(_dtype(first.precision)).eps) * lambda_max
-    n_zero = int(np.count_nonzero(values < zero_threshold)) if lambda_max > 0 else values.size
+    zero_threshold, n_zero = _numerical_zeros(values, first.M, first.precision)
     return Spectrum(eigenvalues=values, N=first.N, M=first.M, precision=first.precision, backend=first.backend,
                     zero_threshold=zero_threshold, n_zero=n_zero, n_clamped=sum(s.n_clamped for s in spectra),
                     slices=len(spectra), vector_ipr=ipr, vector_entropy=entropy)
@@ -445,15 +449,12 @@ def low_rank_spectrum(B: np.ndarray, A: np.ndarray, scale: float, precision: str
     _, r_a = np.linalg.qr(np.asarray(A, dtype=np.float64).T, mode="reduced")
     with np.errstate(over="ignore", invalid="ignore"):
         core = scale * (r_b @ r_a.T)
-        singular = np.linalg.svd(core, compute_uv=False) if np.isfinite(core).all() else np.array([np.inf])
-    squared = np.square(singular)
-    if not np.isfinite(squared).all():
+        squared = np.square(np.linalg.svd(core, compute_uv=False)) if np.isfinite(core).all() else None
+    if squared is None or not np.isfinite(squared).all():
         raise NonFiniteMatrixError("the update's eigenvalues overflow float64")
     values = np.zeros(M)  # the core is at most min(r, out, in) square: never more than M values
     values[M - squared.size:] = np.sort(squared)
-    lambda_max = float(values[-1])
-    zero_threshold = M * float(np.finfo(_dtype(precision)).eps) * lambda_max
-    n_zero = int(np.count_nonzero(values < zero_threshold)) if lambda_max > 0 else M
+    zero_threshold, n_zero = _numerical_zeros(values, M, precision)
     return Spectrum(eigenvalues=values, N=N, M=M, precision=precision, backend="numpy-low-rank",
                     zero_threshold=zero_threshold, n_zero=n_zero, n_clamped=0)
 

@@ -120,7 +120,7 @@ def test_the_fitting_process_leaves_with_its_parent(tmp_path) -> None:  # type: 
 
 
 def _plan(shapes: list[tuple[int, int]]) -> list[SimpleNamespace]:
-    return [SimpleNamespace(shape=shape, slices=1, factor=None) for shape in shapes]
+    return [SimpleNamespace(shape=shape, slices=1, update_rank=None) for shape in shapes]
 
 
 def test_a_fitting_process_is_used_where_it_pays(monkeypatch) -> None:  # type: ignore[no-untyped-def]

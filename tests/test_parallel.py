@@ -64,7 +64,7 @@ def test_workers_give_the_sequential_results_in_order(large_checkpoint) -> None:
 
 
 def _plan(shapes: list[tuple[int, int]]) -> list[SimpleNamespace]:
-    return [SimpleNamespace(shape=shape, slices=1, factor=None) for shape in shapes]
+    return [SimpleNamespace(shape=shape, slices=1, update_rank=None) for shape in shapes]
 
 
 def test_jobs_are_chosen_by_the_work(monkeypatch) -> None:  # type: ignore[no-untyped-def]

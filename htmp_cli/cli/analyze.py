@@ -232,6 +232,10 @@ def emit(report: Report, format: OutputFormat, output: Optional[Path], wide: boo
         return
     text = {OutputFormat.json: formats.to_json, OutputFormat.csv: formats.to_csv,
             OutputFormat.md: formats.to_markdown}[format](report)
+    _write(text, output)
+
+
+def _write(text: str, output: Optional[Path]) -> None:
     if output is None:
         sys.stdout.write(text)
     else:
@@ -264,11 +268,7 @@ def emit_adapter(result, format: OutputFormat, output: Optional[Path], wide: boo
     text = {OutputFormat.json: result.to_json, OutputFormat.csv: lambda: diff_csv(result.diff),
             OutputFormat.md: lambda: formats.to_markdown(result.update) + "\n"
             + diff_markdown(result.diff, DEFAULT_METRICS, False) + "".join(f"\n{line}\n" for line in unpaired)}[format]()
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        with open_output(output) as handle:
-            handle.write(text)
+    _write(text, output)
 
 
 @app.command("ls")

@@ -59,6 +59,11 @@ class Checkpoint:
     updates: tuple[Any, ...] = ()
     architecture: str | None = None  # GGUF's general.architecture (the key to llama.cpp's tensor names)
 
+    @property
+    def is_adapter(self) -> bool:
+        """A LoRA adapter (htmp_cli.loaders.adapters): its updates are analysed, not its tensors."""
+        return self.format.startswith("peft-")
+
     def read(self, entry: TensorEntry) -> np.ndarray:
         """One tensor as a float array of its shape, converted exactly (GGUF blocks: dequantised)."""
         stored, decode = self.read_stored(entry)
@@ -126,7 +131,7 @@ def _as_adapter(opened: Checkpoint, path: Path) -> Checkpoint:
 def plan_checkpoint(checkpoint: Checkpoint, rules: MatrixRules) -> tuple[list[MatrixSpec], list[SkippedTensor]]:
     """The matrices a checkpoint's tensors give under `rules`, and the tensors skipped, with why
     (those the loader left out included); for an adapter, the matrices of its updates."""
-    if checkpoint.format.startswith("peft-"):
+    if checkpoint.is_adapter:
         from htmp_cli.loaders.adapters import plan_updates
 
         matrices, skipped = plan_updates(checkpoint.updates, rules)

@@ -24,7 +24,7 @@ import numpy as np
 from htmp_cli.errors import CheckpointError
 from htmp_cli.loaders.entry import TensorEntry
 from htmp_cli.loaders.matrices import (CONV_KINDS, LowRankFactors, MatrixRules, MatrixSpec, MatrixView, SkippedTensor,
-                                       layer_kind, selection_reason, too_small)
+                                       layer_kind, left_out_as_embedding, selection_reason, too_small)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -85,6 +85,7 @@ class LowRankUpdate:
     name: str  # the changed weight's name in the base model
     layout: str  # linear | embedding | conv1d | conv2d | conv3d
     shape: tuple[int, ...]  # of Delta W, in the base weight's stored layout
+    transposed: bool  # that layout is (B A)^T: an embedding's, or a Conv1D's under fan_in_fan_out
     a: TensorEntry
     b: TensorEntry
     rank: int
@@ -215,17 +216,17 @@ def _update(module: str, pair: dict[str, TensorEntry], config: AdapterConfig | N
     if embedding:
         if len(a.shape) != 2 or len(b.shape) != 2:
             return None, f"embedding factors of {module} are not matrices: A {_shape(a)}, B {_shape(b)}"
-        layout, shape = "embedding", (a.shape[1], b.shape[0])  # the update is (B A)^T: (vocabulary, dim)
+        layout, shape, transposed = "embedding", (a.shape[1], b.shape[0]), True  # (vocabulary, dim)
     elif len(a.shape) == 2:
         if len(b.shape) != 2:
             return None, f"the factors of {module} do not multiply: A {_shape(a)}, B {_shape(b)}"
-        fan_in_fan_out = config is not None and config.fan_in_fan_out
+        transposed = config is not None and config.fan_in_fan_out
         layout = "linear"
-        shape = (a.shape[1], b.shape[0]) if fan_in_fan_out else (b.shape[0], a.shape[1])
+        shape = (a.shape[1], b.shape[0]) if transposed else (b.shape[0], a.shape[1])
     elif len(a.shape) in CONV_KINDS and len(b.shape) == len(a.shape):
         if any(side != 1 for side in b.shape[2:]):
             return None, f"conv update of {module} with a B kernel of {_shape(b)}: htmp analyses B kernels of 1 only"
-        layout, shape = CONV_KINDS[len(a.shape)], (b.shape[0], *a.shape[1:])
+        layout, shape, transposed = CONV_KINDS[len(a.shape)], (b.shape[0], *a.shape[1:]), False
     else:
         return None, f"the factors of {module} have shapes htmp does not pair: A {_shape(a)}, B {_shape(b)}"
     if config is None:
@@ -236,7 +237,7 @@ def _update(module: str, pair: dict[str, TensorEntry], config: AdapterConfig | N
             return None, (f"the factors of {module} have rank {rank}, the config says r {expected}: "
                           "its scale cannot be trusted")
         scale, source = config.scale_of(module, rank), config.describe_scale(module)
-    return LowRankUpdate(name=f"{module}.weight", layout=layout, shape=shape, a=a, b=b, rank=rank, scale=scale,
+    return LowRankUpdate(name=f"{module}.weight", layout=layout, shape=shape, transposed=transposed, a=a, b=b, rank=rank, scale=scale,
                          scale_source=source), None
 
 
@@ -265,11 +266,10 @@ def _spec(update: LowRankUpdate, rules: MatrixRules, include: list[re.Pattern], 
     reason = selection_reason(update.name, include, exclude)
     if reason:
         return None, reason
-    kind = update.layout if update.layout in CONV_KINDS.values() else layer_kind(update.name)
-    if update.layout == "embedding":
-        kind = "embedding"
-    if rules.skip_embeddings and kind in ("embedding", "head"):
-        return None, f"{'embedding' if kind == 'embedding' else 'output head'} left out by --skip-embeddings"
+    kind = update.layout if update.layout in (*CONV_KINDS.values(), "embedding") else layer_kind(update.name)
+    left_out = left_out_as_embedding(kind, rules)
+    if left_out:
+        return None, left_out
     out_channels, in_channels, *kernel = update.shape
     view, shape, slices = MatrixView("whole"), (out_channels, in_channels), 1
     if kernel:
@@ -317,12 +317,12 @@ def with_updates(checkpoint: Any, config: AdapterConfig | None, config_path: Pat
                    fingerprint=fingerprint)
 
 
-def update_in_base_layout(update: LowRankUpdate, B: np.ndarray, A: np.ndarray, fan_in_fan_out: bool) -> np.ndarray:
+def update_in_base_layout(update: LowRankUpdate, B: np.ndarray, A: np.ndarray) -> np.ndarray:
     """Delta W itself, in float64 and in the stored layout of the weight it changes: what merging the
     adapter adds to that weight (formed only to merge, one matrix at a time)."""
     B = np.asarray(B, dtype=np.float64).reshape(B.shape[0], B.shape[1])
     A = np.asarray(A, dtype=np.float64)
     product = update.scale * (B @ A.reshape(A.shape[0], -1))
-    if update.layout == "embedding" or (update.layout == "linear" and fan_in_fan_out):
+    if update.transposed:
         return product.T
     return product.reshape(update.shape)

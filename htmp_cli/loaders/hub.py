@@ -14,12 +14,13 @@ import re
 from pathlib import Path
 
 from htmp_cli.errors import CheckpointError
+from htmp_cli.loaders import FOLDER_FILES
+from htmp_cli.loaders.adapters import WEIGHT_NAMES
 
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
 # What a model repo's folder is read for, in the order the folder reader prefers; the adapter's
 # weights come with its config.
-WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
+WEIGHT_FILES = FOLDER_FILES + WEIGHT_NAMES
 
 
 def hub_id(text: str) -> tuple[str, str | None] | None:

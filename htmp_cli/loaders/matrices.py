@@ -87,6 +87,11 @@ class MatrixSpec:
     scale: float = 1.0
 
     @property
+    def update_rank(self) -> int | None:
+        """The rank r of a low-rank update (its A factor's first side); None for a weight."""
+        return self.factor.shape[0] if self.factor is not None else None
+
+    @property
     def tensor(self) -> str:
         return self.entry.name
 
@@ -104,10 +109,6 @@ class LowRankFactors:
     B: np.ndarray
     A: tuple[np.ndarray, ...]
     scale: float
-
-    @property
-    def rank(self) -> int:
-        return self.B.shape[1]
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,13 @@ def _dtype_reason(entry: TensorEntry) -> str | None:
     return None
 
 
+def left_out_as_embedding(kind: str, rules: MatrixRules) -> str | None:
+    """Why --skip-embeddings leaves a matrix of this kind out, or None."""
+    if rules.skip_embeddings and kind in ("embedding", "head"):
+        return f"{'embedding' if kind == 'embedding' else 'output head'} left out by --skip-embeddings"
+    return None
+
+
 def too_small(shape: tuple[int, int], min_dim: int) -> str | None:
     """Why --min-dim leaves a matrix of this shape out, or None."""
     if min(shape) < min_dim:
@@ -226,8 +234,9 @@ def _two_d(entry: TensorEntry, rules: MatrixRules) -> tuple[list[MatrixSpec], st
     name = entry.name
     rows, cols = entry.shape
     kind = layer_kind(name)
-    if rules.skip_embeddings and kind in ("embedding", "head"):
-        return [], f"{'embedding' if kind == 'embedding' else 'output head'} left out by --skip-embeddings"
+    left_out = left_out_as_embedding(kind, rules)
+    if left_out:
+        return [], left_out
     small = too_small((rows, cols), rules.min_dim)
     if small:
         return [], small
