@@ -340,3 +340,80 @@ def test_hostile_adapters(tmp_path) -> None:  # type: ignore[no-untyped-def]
         shutil.rmtree(folder)
 
     case()
+
+
+def _onnx_seed() -> bytes:
+    """A small ONNX model: MatMul, Gemm (transB), Conv and Gather weights, a float16 one among them."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"mm.weight": rng.standard_normal((16, 12)).astype(np.float32),
+               "gemm.weight": rng.standard_normal((12, 16)).astype(np.float16),
+               "conv.weight": rng.standard_normal((12, 12, 3)).astype(np.float32),
+               "emb.weight": rng.standard_normal((30, 16)).astype(np.float32), "bias": np.zeros(12, np.float32)}
+    nodes = [helper.make_node("Gather", ["emb.weight", "ids"], ["e"]), helper.make_node("MatMul", ["e", "mm.weight"], ["m"]),
+             helper.make_node("Gemm", ["m", "gemm.weight", "bias"], ["g"], transB=1),
+             helper.make_node("Conv", ["g", "conv.weight"], ["y"])]
+    graph = helper.make_graph(nodes, "seed", [helper.make_tensor_value_info("ids", TensorProto.INT64, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[numpy_helper.from_array(w, name) for name, w in weights.items()])
+    return helper.make_model(graph).SerializeToString()
+
+
+def test_mutated_onnx(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seed = _onnx_seed()
+    path = tmp_path / "case.onnx"
+
+    @FUZZ
+    @given(blob=mutated(seed, len(seed)))
+    def case(blob: bytes) -> None:
+        path.write_bytes(blob)
+        OUTCOMES[("mutated onnx", check_case(path))] += 1
+
+    case()
+
+
+@st.composite
+def hostile_keras(draw):  # type: ignore[no-untyped-def]
+    """A legacy Keras HDF5 layout whose names point at datasets of any shape and dtype, at groups,
+    or at nothing."""
+    layers = draw(st.lists(st.sampled_from(["fc", "conv", "emb", "", "a/b"]), max_size=4))
+    plan = []
+    for layer in layers:
+        for weight in draw(st.lists(st.sampled_from(["kernel:0", "bias:0", "embeddings:0", "x"]), max_size=3)):
+            kind = draw(st.sampled_from(["dataset", "group", "missing"]))
+            shape = tuple(draw(st.lists(st.integers(0, 20), max_size=4)))
+            dtype = draw(st.sampled_from(["f4", "f2", "f8", "i4", "u1", "c8"]))
+            plan.append((layer, f"{layer}/{weight}", kind, shape, dtype))
+    return layers, plan
+
+
+def test_hostile_keras_layouts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Structures built with h5py (libhdf5 parses the bytes themselves; mutating them tests that
+    library, whose crashes no Python code can catch)."""
+    import h5py
+    import numpy as np
+
+    path = tmp_path / "case.h5"
+
+    @FUZZ
+    @given(case=hostile_keras())
+    def case(case) -> None:  # type: ignore[no-untyped-def]
+        layers, plan = case
+        with h5py.File(path, "w") as h5:
+            h5.attrs["layer_names"] = [name.encode() for name in layers]
+            names: dict[str, list[bytes]] = {}
+            for layer, weight, kind, shape, dtype in plan:
+                if not layer or "/" in layer:
+                    continue
+                group = h5.require_group(layer)
+                names.setdefault(layer, []).append(weight.encode())
+                group.attrs["weight_names"] = names[layer]
+                if kind == "dataset" and weight not in group:
+                    group.create_dataset(weight, data=np.ones(shape, dtype=dtype))
+                elif kind == "group" and weight not in group:
+                    group.create_group(weight)
+        OUTCOMES[("hostile keras", check_case(path))] += 1
+
+    case()

@@ -294,6 +294,8 @@ def list_tensors(
         verdict = _ls_verdicts(matrices)
         verdict.update({s.name: f"skip: {s.reason}" for s in skipped})
         rows = [(e.name, list(e.shape), e.dtype, verdict[e.name]) for e in checkpoint.tensors]
+        listed = {e.name for e in checkpoint.tensors}
+        rows += [(s.name, list(s.shape), s.dtype, f"skip: {s.reason}") for s in checkpoint.skipped if s.name not in listed]
         if format is ListFormat.json:
             sys.stdout.write(json.dumps({
                 "source": {"path": str(checkpoint.path), "format": checkpoint.format,

@@ -39,6 +39,7 @@ _FINGERPRINT_SAMPLES = 16
 _FINGERPRINT_CHUNK = 4096
 _ZIP_MAGIC = b"PK\x03\x04"
 _GGUF_MAGIC = b"GGUF"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -170,10 +171,14 @@ def _open_file(path: Path) -> Checkpoint:
     magic = _magic(path)
     if magic.startswith(_GGUF_MAGIC) or path.suffix == ".gguf":
         return _open_gguf([path])
+    if path.suffix == ".onnx":  # a protobuf has no magic number
+        return _open_onnx(path)
+    if magic.startswith(_HDF5_MAGIC) or (magic.startswith(_ZIP_MAGIC) and _is_keras_archive(path)):
+        return _open_keras(path)
     if magic.startswith(_ZIP_MAGIC) and not _holds_a_pickle(path):
         raise CheckpointError(f"{path}: not a checkpoint htmp reads: it looks like a zip archive with no data.pkl "
                               "(a PyTorch checkpoint has one). htmp reads safetensors, PyTorch .pt/.pth/.bin/.ckpt, "
-                              "GGUF, shard indexes (.index.json) and folders of them")
+                              "GGUF, ONNX, Keras .keras and .h5, shard indexes (.index.json) and folders of them")
     if magic.startswith(_ZIP_MAGIC) or (magic[:1] == b"\x80" and path.suffix in PYTORCH_SUFFIXES):
         return _open_pytorch([path], index=None)
     if path.suffix in PYTORCH_SUFFIXES and not (len(magic) == 9 and magic[8:9] == b"{"):
@@ -182,7 +187,7 @@ def _open_file(path: Path) -> Checkpoint:
         # Every safetensors file starts with its header's length and then "{": this is something else.
         # (A damaged .safetensors file is left to its parser, which names the fault.)
         raise CheckpointError(f"{path}: not a checkpoint htmp reads: {looks_like(path)}. htmp reads safetensors, "
-                              "PyTorch .pt/.pth/.bin/.ckpt, GGUF, shard indexes (.index.json) and folders of them")
+                              "PyTorch .pt/.pth/.bin/.ckpt, GGUF, ONNX, Keras .keras and .h5, shard indexes (.index.json) and folders of them")
     return _open_safetensors([path], index=None)
 
 
@@ -327,6 +332,38 @@ def _open_pytorch(files: list[Path], index: tuple[Path, dict[str, str]] | None) 
         notes=tuple(notes),
         reader=PyTorchReader(next(((pt.path, flat) for pt, flat in reversed(opened) if flat is not None), None)).read_stored,
     )
+
+
+def _open_onnx(path: Path) -> Checkpoint:
+    from htmp_cli.loaders.onnx_file import read_onnx
+
+    model = read_onnx(path)
+    return Checkpoint(path=path, format="onnx" if len(model.files) == 1 else "onnx-external", files=model.files,
+                      tensors=model.tensors, size_bytes=sum(f.stat().st_size for f in model.files),
+                      fingerprint=_fingerprint([(b"", f, 0, f.stat().st_size) for f in model.files]),
+                      notes=model.notes, reader=model.reader, skipped=model.skipped)
+
+
+def _open_keras(path: Path) -> Checkpoint:
+    from htmp_cli.loaders.keras_file import read_keras
+
+    model = read_keras(path)
+    size = path.stat().st_size
+    return Checkpoint(path=path, format=model.format, files=(path,), tensors=model.tensors, size_bytes=size,
+                      fingerprint=_fingerprint([(b"", path, 0, size)]), notes=model.notes, reader=model.reader,
+                      skipped=model.skipped)
+
+
+def _is_keras_archive(path: Path) -> bool:
+    """Whether a zip file is a Keras 3 `.keras` archive (config.json and model.weights.h5)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, ValueError):
+        return False
+    return "model.weights.h5" in names and "config.json" in names
 
 
 def _open_gguf(files: list[Path]) -> Checkpoint:

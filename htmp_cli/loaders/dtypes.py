@@ -22,6 +22,13 @@ QUANTIZED_DTYPES = (
 # Other dtypes the safetensors format knows (F8_E8M0, C64, F4, F6_E2M3, F6_E3M2) are not converted:
 # such tensors are skipped with a reason.
 
+# numpy's dtype names in the safetensors names every loader uses (in-memory arrays, ONNX, HDF5).
+NUMPY_DTYPE_NAMES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bool": "BOOL", "uint8": "U8", "int8": "I8",
+    "uint16": "U16", "int16": "I16", "uint32": "U32", "int32": "I32", "uint64": "U64", "int64": "I64",
+    "complex64": "C64",
+}
+
 BITS_PER_ELEMENT = {
     "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "F8_E4M3": 8, "F8_E5M2": 8,
     "BOOL": 8, "U8": 8, "I8": 8, "U16": 16, "I16": 16, "U32": 32, "I32": 32, "U64": 64, "I64": 64,

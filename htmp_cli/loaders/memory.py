@@ -21,16 +21,11 @@ import numpy as np
 
 from htmp_cli.errors import CheckpointError
 from htmp_cli.loaders import Checkpoint
-from htmp_cli.loaders.dtypes import Decoder
+from htmp_cli.loaders.dtypes import NUMPY_DTYPE_NAMES, Decoder
 from htmp_cli.loaders.entry import TensorEntry
 from htmp_cli.loaders.matrices import SkippedTensor
 from htmp_cli.loaders.pytorch import dtype_name, stored_from_tensor, strip_wrapper_prefixes, unwrap_state_dict
 
-_NUMPY_DTYPES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bool": "BOOL", "uint8": "U8", "int8": "I8",
-    "uint16": "U16", "int16": "I16", "uint32": "U32", "int32": "I32", "uint64": "U64", "int64": "I64",
-    "complex64": "C64",
-}
 _SAMPLE_BYTES = 4096  # of each CPU tensor, for the fingerprint
 
 
@@ -134,7 +129,7 @@ def _identity(tensor: Any) -> tuple:
 
 def _dtype(tensor: Any) -> str:
     if isinstance(tensor, np.ndarray):
-        return _NUMPY_DTYPES.get(str(tensor.dtype), str(tensor.dtype))
+        return NUMPY_DTYPE_NAMES.get(str(tensor.dtype), str(tensor.dtype))
     return dtype_name(tensor)
 
 
