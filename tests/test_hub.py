@@ -113,6 +113,10 @@ def test_a_hub_id_is_downloaded_once_then_read_from_the_cache_offline(hub, tmp_p
             [layer["power_law"]["alpha"] for layer in first["layers"]]
     listing = run_htmp("ls", "org/tiny", env=offline, cwd=tmp_path)
     assert listing.returncode == 0 and "matrices to analyse" in listing.stdout
+    scan = run_htmp("scan", "org/tiny", "--db", str(tmp_path / "scan.sqlite"), "--export", str(tmp_path / "rows.jsonl"),
+                    env=offline, cwd=tmp_path)
+    assert scan.returncode == 0, scan.stderr
+    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 1
     local = run_htmp("analyze", str(weights_file), "-f", "json", cwd=tmp_path)
     assert [layer["power_law"]["alpha"] for layer in json.loads(local.stdout)["layers"]] == \
         [layer["power_law"]["alpha"] for layer in first["layers"]]

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from htmp_cli.errors import HtmpError
 from htmp_cli.loaders import FOLDER_FILES, PYTORCH_SUFFIXES
+from htmp_cli.loaders.hub import hub_id, resolve
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".gguf", *PYTORCH_SUFFIXES)
+CHECKPOINT_SUFFIXES = (".safetensors", ".gguf", ".onnx", ".keras", ".h5", *PYTORCH_SUFFIXES)
 LIST_SUFFIXES = (".txt", ".lst")
 _SPLIT_GGUF = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -75,6 +76,8 @@ def _expand(arguments: list[str]) -> list[Path]:
             paths += [Path(m) for m in matches]
         elif Path(argument).exists():
             paths.append(Path(argument))
+        elif hub_id(argument) is not None:  # a Hugging Face model id: its files in the cache
+            paths.append(resolve(argument)[0])
         else:
             raise HtmpError(f"{argument}: no such file or directory")
     return paths
