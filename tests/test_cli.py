@@ -259,8 +259,6 @@ def test_files_that_are_not_checkpoints_are_named_for_what_they_look_like(fixtur
     cases = {
         "notes.txt": "it looks like a text file",
         "data.json": "it looks like a JSON file",
-        "model.onnx": "it looks like an ONNX model",
-        "weights.h5": "it looks like an HDF5 file (a Keras .h5 model?)",
         "store.sqlite": "it looks like an SQLite database",
         "run.jsonl": "it is a training log of htmp_cli.Monitor (JSON Lines): htmp trajectory",
     }
@@ -284,6 +282,12 @@ def test_files_that_are_not_checkpoints_are_named_for_what_they_look_like(fixtur
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1 and expected in lines[0] and "htmp reads safetensors" in lines[0], (name, lines)
             assert "exceeds" not in lines[0]
+    # ONNX and HDF5 are formats htmp reads: a damaged one is refused by its reader, in one line.
+    for name, expected in (("model.onnx", "not a readable ONNX model"), ("weights.h5", "not readable Keras weights")):
+        for command in ("analyze", "ls"):
+            result = run_htmp(command, str(tmp_path / name))
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], (name, lines)
 
 
 def test_option_errors_read_cleanly(fixtures: Path) -> None:

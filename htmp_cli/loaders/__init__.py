@@ -191,7 +191,7 @@ def _open_file(path: Path) -> Checkpoint:
     return _open_safetensors([path], index=None)
 
 
-_LOOKS = ((b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5 model?)"), (b"PK", "a zip archive"),
+_LOOKS = ((b"PK", "a zip archive"),
           (b"\x1f\x8b", "a gzip file"), (b"%PDF", "a PDF document"), (b"\x7fELF", "an executable"),
           (b"\x93NUMPY", "a NumPy .npy array"), (b"SQLite format 3", "an SQLite database (an htmp scan store?)"))
 
@@ -224,8 +224,6 @@ def looks_like(path: Path) -> str:
     for magic, what in _LOOKS:
         if head.startswith(magic):
             return f"it looks like {what}"
-    if path.suffix == ".onnx":
-        return "it looks like an ONNX model"
     text = head.lstrip()
     if text[:1] in (b"{", b"["):
         if starts_an_htmp_report(head):

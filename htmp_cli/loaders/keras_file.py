@@ -121,15 +121,13 @@ def _keras3(h5: Any, classes: dict[str, str]) -> Iterator[tuple[str, str, Any, b
         for key in group:
             item = group[key]
             if key == "vars" and isinstance(item, h5py.Group):
-                layer = item.attrs.get("name", "")
-                layer = layer.decode() if isinstance(layer, bytes) else str(layer)
+                layer = _text(item.attrs.get("name", ""))
                 names = _VARIABLES.get(classes.get(layer, ""), ())
                 for index in sorted(item, key=lambda k: (len(k), k)):
                     var = names[int(index)] if index.isdigit() and int(index) < len(names) else index
                     yield f"{prefix}{var}", item[index].name, item[index], var != "embeddings"
             elif isinstance(item, h5py.Group) and key != "optimizer":
-                layer = item["vars"].attrs.get("name", key) if "vars" in item else key
-                layer = layer.decode() if isinstance(layer, bytes) else str(layer)
+                layer = _text(item["vars"].attrs.get("name", key)) if "vars" in item else key
                 yield from walk(item, prefix if key == "layers" else f"{prefix}{layer}.")
 
     yield from walk(h5, "")
@@ -145,8 +143,12 @@ def _legacy(h5: Any) -> Iterator[tuple[str, str, Any, bool]]:
             yield name, group[weight].name, group[weight], not name.endswith("embeddings")
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _strings(values: Any) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(values) if str(v)]
+    return [_text(v) for v in np.atleast_1d(values) if str(v)]
 
 
 def _layer_classes(path: Path) -> dict[str, str]:
