@@ -359,6 +359,8 @@ def llama_formats(make_formats, tmp_path_factory):  # type: ignore[no-untyped-de
     weights = make_formats.llama_weights()
     weights["model.custom_proj.weight"] = np.eye(32, dtype=np.float32) + 0.1
     make_formats.write_safetensors_file(out / "extra.safetensors", weights)
+    del weights["model.custom_proj.weight"]
+    make_formats.write_gguf(out / "unpermuted.gguf", make_formats.llama_as_gguf(weights, permute=False), arch="llama")
     return out
 
 
@@ -384,6 +386,10 @@ def test_diff_pairs_hugging_face_names_with_llama_cpp_names(llama_formats) -> No
             assert abs(change["delta"]) <= 1e-9 * max(1.0, abs(change["before"])), (layer["name"], metric, change)
         assert abs(layer["metrics"]["kappa"]["relative"]) < 1e-4
     assert f32["alpha_rank_correlation"] == pytest.approx(1.0)
+    # Without llama.cpp's rotary row order the bytes are the same, and so is every number.
+    same = _cross_diff(llama_formats / "llama", llama_formats / "unpermuted.gguf")
+    assert len(same["layers"]) == 16 and all(layer["ks_esd"] == 0 for layer in same["layers"])
+    assert all(change["delta"] in (0, None) for layer in same["layers"] for change in layer["metrics"].values())
     quantised = {q: _cross_diff(llama_formats / "llama", llama_formats / f"llama-{q}.gguf") for q in ("Q8_0", "Q4_K")}
     ks = {q: [layer["ks_esd"] for layer in d["layers"]] for q, d in quantised.items()}
     assert all(a < b for a, b in zip(ks["Q8_0"], ks["Q4_K"]))  # every layer's ESD moves less under Q8_0
