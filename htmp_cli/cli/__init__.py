@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from htmp_cli.cli import analyze, figures, scan, trajectory  # noqa: F401  (registers the commands)
+from htmp_cli.cli import advise, analyze, figures, scan, trajectory  # noqa: F401  (registers the commands)
 from htmp_cli.cli.common import EXIT_OK, EXIT_USAGE, app
 
 __all__ = ["app", "main"]
