@@ -4,7 +4,8 @@
 alphas of one estimator (htmp_cli.advise.estimators). Every analysed layer appears in the result
 with a status:
 - "fitted": its setting comes from its alpha (or its block's mean alpha);
-- "neutral": it has no alpha (a failed fit, or none by this estimator); it gets the method's
+- "neutral": it has no alpha (a failed fit, none by this estimator, or fewer than 50
+  eigenvalues, too few to rank it against the others); it gets the method's
   neutral setting (the global sparsity, factor 1, the uniform rank share, the width nearest the
   average) and the reason, never a number from a failed fit;
 - "left out": the method does not set it (embeddings and output heads; with block grouping, the
@@ -30,7 +31,7 @@ from htmp_cli.results import LayerResult, Report
 SCHEMA = "htmp.advice/1"
 METHODS = ("pruning", "lr", "weight-decay", "lora-rank", "bits")
 GROUPINGS = ("layer", "block")
-BALANCE_MIN_EIGENVALUES = 50  # AlphaDecay's eigs_thresh: fewer eigenvalues make no tail worth ranking
+MIN_EIGENVALUES = 50  # AlphaDecay's eigs_thresh: fewer eigenvalues make no tail worth ranking
 
 
 @dataclass(frozen=True)
@@ -251,9 +252,15 @@ def _entries(layers: tuple[LayerResult, ...], method: str, estimator: str, group
             for e in entry:
                 e.status, e.reason = "left out", f"{paper} leaves out the {'first' if position == 0 else 'last'} layer"
         for e in candidates:
-            if e.status == "fitted" and e.layer.n_eigenvalues < BALANCE_MIN_EIGENVALUES:
+            if e.status == "fitted" and e.layer.n_eigenvalues < MIN_EIGENVALUES:
                 e.status, e.reason = "left out", (f"{e.layer.n_eigenvalues} eigenvalues: {paper} leaves out layers "
-                                                  f"with fewer than {BALANCE_MIN_EIGENVALUES}")
+                                                  f"with fewer than {MIN_EIGENVALUES}")
+    for e in entries:
+        if e.status == "fitted" and e.layer.n_eigenvalues < MIN_EIGENVALUES:
+            # A tail fit on a handful of eigenvalues ranks nothing: a 10-class head's "alpha" of 6
+            # from its 10 eigenvalues had AlphaPruning remove the whole head (docs/advise.md).
+            e.status, e.reason = "neutral", (f"{e.layer.n_eigenvalues} eigenvalues: fewer than the "
+                                             f"{MIN_EIGENVALUES} an alpha needs to rank layers")
     for e in entries:
         if e.status != "fitted":
             continue

@@ -105,3 +105,38 @@ class HTMPCallback(Callback):
     def _log(self, result: StepReport, scalars: dict[str, float]) -> None:
         for logger in self._trainer.loggers:
             logger.log_metrics(scalars, step=result.step)
+
+
+class BalanceCallback(Callback):
+    """TempBalance (per-module learning rates) and AlphaDecay (weight decays) in `trainer.fit`.
+
+    The LightningModule's `configure_optimizers` must build its optimizer from
+    `htmp_cli.advise.param_groups(self, lr=..., weight_decay=...)`; its scheduler, if any, goes on
+    (its base rates are rescaled with the groups'). every_epochs / every_steps: the cadence
+    (default: the papers', once an epoch when the lr is balanced, every 500 steps for weight decay
+    alone). The other arguments are SpectralBalancer's; `balancer.advice` holds the latest advice.
+    """
+
+    def __init__(self, *, every_epochs: int | None = None, every_steps: int | None = None,
+                 estimator: str | None = None, lr_ratios: tuple[float, float] | None = None,
+                 weight_decay_ratios: tuple[float, float] | None = None) -> None:
+        self.every_epochs, self.every_steps = every_epochs, every_steps
+        self.settings = dict(estimator=estimator, lr_ratios=lr_ratios, weight_decay_ratios=weight_decay_ratios)
+        self.balancer: Any = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        from htmp_cli.integrations.balance import SpectralBalancer
+
+        configs = getattr(trainer, "lr_scheduler_configs", None) or []
+        scheduler = configs[0].scheduler if configs else None
+        self.balancer = SpectralBalancer(pl_module, trainer.optimizers[0], scheduler, **self.settings)  # type: ignore[arg-type]
+        if self.every_epochs is None and self.every_steps is None:
+            self.every_epochs, self.every_steps = self.balancer.default_cadence()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.every_steps and trainer.global_step % self.every_steps == 0:
+            self.balancer.step()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.every_epochs and (trainer.current_epoch + 1) % self.every_epochs == 0:
+            self.balancer.step()

@@ -124,3 +124,47 @@ class HTMPCallback(TrainerCallback):
                             processing_class=handler.processing_class, optimizer=handler.optimizer,
                             lr_scheduler=handler.lr_scheduler, train_dataloader=handler.train_dataloader,
                             eval_dataloader=handler.eval_dataloader, logs=dict(scalars))
+
+
+class BalanceCallback(TrainerCallback):
+    """TempBalance (per-module learning rates) and AlphaDecay (weight decays) in a Trainer run.
+
+    The Trainer must train with an optimizer built from `htmp_cli.advise.param_groups`:
+
+        optimizer = torch.optim.AdamW(param_groups(model, lr=5e-5, weight_decay=0.01))
+        trainer = Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None),
+                          callbacks=[BalanceCallback()])
+
+    The Trainer's schedule goes on (its LambdaLR's base rates are rescaled with the groups').
+    every_epochs / every_steps: the cadence (default: the papers', once an epoch when the lr is
+    balanced, every 500 steps for weight decay alone). The other arguments are SpectralBalancer's.
+    After each update, `balancer.advice` holds the advice applied.
+    """
+
+    def __init__(self, *, every_epochs: int | None = None, every_steps: int | None = None,
+                 estimator: str | None = None, lr_ratios: tuple[float, float] | None = None,
+                 weight_decay_ratios: tuple[float, float] | None = None) -> None:
+        self.every_epochs, self.every_steps = every_epochs, every_steps
+        self.settings = dict(estimator=estimator, lr_ratios=lr_ratios, weight_decay_ratios=weight_decay_ratios)
+        self.balancer: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       lr_scheduler: Any = None, **kwargs: Any) -> None:
+        from htmp_cli.integrations.balance import SpectralBalancer
+
+        self.balancer = SpectralBalancer(model, optimizer, lr_scheduler, **self.settings)  # type: ignore[arg-type]
+        if self.every_epochs is None and self.every_steps is None:
+            self.every_epochs, self.every_steps = self.balancer.default_cadence()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
+        if self.every_steps and state.global_step % self.every_steps == 0:
+            self._rebalance(lr_scheduler)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
+        if self.every_epochs and round(state.epoch or 0) % self.every_epochs == 0:
+            self._rebalance(lr_scheduler)
+
+    def _rebalance(self, lr_scheduler: Any) -> None:
+        if lr_scheduler is not None:  # the Trainer makes its scheduler after on_train_begin's arguments are bound
+            self.balancer.scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
+        self.balancer.step()
