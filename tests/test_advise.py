@@ -27,7 +27,7 @@ alphas_st = st.lists(st.floats(1.5, 12.0), min_size=1, max_size=12)
 
 # --- the rules ------------------------------------------------------------------------------------
 
-def test_alpha_pruning_reproduces_the_papers_worked_numbers():
+def test_alpha_pruning_on_numbers_worked_by_hand():
     # ww_sparsity with s1 = 0.7, s2 = 1.3: r = [0.7, 1.0, 1.3]; equal sizes, S = 0.7 -> scaler 0.7.
     sparsities = rules.alpha_pruning(np.array([2.0, 3.0, 4.0]), np.ones(3), 0.7, 0.3)
     assert np.allclose(sparsities, [0.49, 0.70, 0.91], atol=1e-12)
@@ -459,3 +459,60 @@ def test_a_lightning_run_rebalances_every_epoch():
         group = groups[layer.module]
         assert math.isclose(group["htmp_lr_factor"], layer.factor, rel_tol=1e-9)
         assert math.isclose(group["lr"], 0.2 * 0.5**3 * layer.factor, rel_tol=1e-9)
+
+
+def test_the_advise_guide_runs_as_written(tmp_path):
+    """docs/advise.md's Python, as a user would paste it."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "advise.md").read_text(), flags=re.S)
+    done = subprocess.run([sys.executable, "-c", "\n".join(blocks)], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert math.isclose(float(lines[0]), 0.6, rel_tol=1e-9)
+    assert "htmp_lr_factor" not in done.stderr and "'4'" in lines[-1]
+
+
+def test_split_parts_keep_their_own_values_in_the_mapping():
+    rng = np.random.default_rng(3)
+    weights = {f"h.{k}.attn.c_attn.weight": rng.standard_t(3 + k, size=(64, 192)) for k in range(2)}
+    report = htmp_cli.analyze(weights, split_fused=True, htmp=False)
+    advice = advise(report, "bits", estimator="csn", average_bits=2.5)
+    mapping = advice.mapping()
+    assert len(mapping) == 6 and "h.0.attn.c_attn:q" in mapping
+    assert mapping == {f"{layer.module}:{layer.name.split(':')[1]}": layer.value for layer in advice.layers}
+
+
+def test_budgets_hold_when_no_layer_has_a_fit():
+    report = htmp_cli.analyze({f"encoder.layer.{k}.w.weight": np.ones((60, 60)) for k in range(3)}, htmp=False)
+    ranks = advise(report, "lora-rank", estimator="csn", total_rank=10)
+    assert [layer.status for layer in ranks.layers] == ["neutral"] * 3 and ranks.achieved == 10
+    bits = advise(report, "bits", estimator="csn", average_bits=3.5)
+    assert bits.achieved <= 3.5 and {layer.value for layer in bits.layers} == {3}
+    assert all(layer.reason for layer in bits.layers)
+
+
+def test_a_wrapped_model_gets_its_groups():
+    net = torch.nn.DataParallel(_Net())
+    groups = param_groups(net, lr=0.1)
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in net.parameters())
+    assert "module.conv2" in {g["htmp_module"] for g in groups}
+
+
+def test_the_balancer_refuses_a_scheduler_that_would_undo_the_factors():
+    net = _Net()
+    optimizer = torch.optim.SGD(param_groups(net, lr=0.1), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
+    with pytest.raises(OptionError, match="cannot rescale a OneCycleLR"):
+        SpectralBalancer(net, optimizer, scheduler)
+
+
+def test_flags_that_cannot_change_the_advice_are_refused(checkpoint):
+    result = run_cli("advise", str(checkpoint), "--for", "pruning", "--vectors", "--fit", "ww")
+    assert result.returncode == 2
+    assert "--vectors, --fit: no effect on the advice with --estimator peak" in result.stderr

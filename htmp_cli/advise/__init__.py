@@ -68,7 +68,7 @@ def source_options(estimator: str, options: dict[str, Any]) -> dict[str, Any]:
 def _report(source: Any, options: dict[str, Any], jobs: int | None, progress: bool) -> Report:
     saved = isinstance(source, (str, os.PathLike)) and is_report_file(source)
     if isinstance(source, Report) or saved:
-        extra = {k: v for k, v in options.items() if k not in ("farms", "farms_window")}
+        extra = {k: v for k, v in options.items() if k not in ("farms", "farms_window", "htmp")}
         if extra:
             raise OptionError(f"{', '.join(sorted(extra))}: analysis options apply to sources, not to a report "
                               "analysed already")
@@ -79,4 +79,4 @@ def _report(source: Any, options: dict[str, Any], jobs: int | None, progress: bo
         return source
     from htmp_cli.api import analyze
 
-    return analyze(source, jobs=jobs, progress=progress, **options)
+    return analyze(source, jobs=jobs, progress=progress, **{"htmp": False, **options})  # no rule reads HTMP

@@ -88,16 +88,18 @@ def balance_advice(model: Any, report: Report | None, *, lr: float | None, weigh
 def module_factors(model: Any, advices: dict[str, Advice]) -> dict[str, dict[str, float]]:
     """{module name: {"lr": factor, "weight_decay": factor}} for every module an advice sets, and for
     the norm layers that follow them; a module of the advice that `model` lacks is an error."""
-    names = {name for name, _ in model.named_modules()}
+    names = [name for name, _ in model.named_modules()]
+    owner = _owners(names)
     factors: dict[str, dict[str, float]] = {}
     for method, advice in advices.items():
         key = "lr" if method == "lr" else "weight_decay"
         parts: dict[str, list[float]] = {}
         for layer in advice.layers:
-            if layer.module not in names:
+            module = owner.get(layer.module)
+            if module is None:
                 raise OptionError(f"the report's layer {layer.name} is not a module of this model "
                                   f"(no {layer.module!r}): give the report of this model")
-            parts.setdefault(layer.module, []).append(layer.factor if layer.factor is not None else 1.0)
+            parts.setdefault(module, []).append(layer.factor if layer.factor is not None else 1.0)
         for module, values in parts.items():  # a fused q/k/v split in three: the mean of its parts
             factors.setdefault(module, {"lr": 1.0, "weight_decay": 1.0})[key] = sum(values) / len(values)
     for name in names:
@@ -106,3 +108,17 @@ def module_factors(model: Any, advices: dict[str, Advice]) -> dict[str, dict[str
             factors[name] = dict(factors[follows])
     order = [name for name, _ in model.named_modules() if name in factors]
     return {name: factors[name] for name in order}
+
+
+def _owners(names: list[str]) -> dict[str, str]:
+    """{name as the report has it: the model's module}. The loaders drop the wrappers' prefixes
+    (DataParallel's and DDP's `module.`, torch.compile's `_orig_mod.`), the model keeps them."""
+    owners: dict[str, str] = {}
+    for name in names:
+        owners.setdefault(name, name)
+        for prefix in ("module.", "_orig_mod."):
+            stripped = name
+            while stripped.startswith(prefix):
+                stripped = stripped[len(prefix):]
+                owners.setdefault(stripped, name)
+    return owners

@@ -16,6 +16,8 @@ _VALUE_FORMATS = {"pruning": "{:.4f}", "lr": "{:.6g}", "weight-decay": "{:.6g}",
 def budget_line(advice: Advice) -> str:
     """What the settings hold, in one line: the budget asked and the one spent."""
     s = advice.settings
+    if advice.achieved is None and advice.method not in ("lr", "weight-decay"):
+        return "no layer set: every analysed layer is left out"
     if advice.method == "pruning":
         return (f"global sparsity {s['sparsity']:g} (epsilon {s['epsilon']:g}): parameter-weighted mean "
                 f"{advice.achieved:.6f} over the layers pruned")

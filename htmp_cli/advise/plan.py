@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -103,10 +104,14 @@ class Advice:
         return float((sizes * np.array([layer.value for layer in chosen])).sum() / sizes.sum())
 
     def mapping(self) -> dict[str, float | int]:
-        """`{module: setting}` for every layer: sparsities as AlphaPruning's scripts take them, a
-        peft `rank_pattern`, a bits map, per-module lr or weight decay (or their factors)."""
+        """`{module: setting}` for every layer: the layer sparsities that AlphaPruning's scripts list,
+        keyed by module; a peft `rank_pattern`; a bits map; per-module lr or weight decay (or their
+        factors). The parts of a split matrix are keyed `module:part`."""
         integer = self.method in ("lora-rank", "bits")
-        return {layer.module: (int(layer.value) if integer else float(layer.value)) for layer in self.layers
+        shared = {m for m, n in Counter(layer.module for layer in self.layers).items() if n > 1}
+        # the parts of a split matrix (q/k/v, experts) each keep their own value, under their own name
+        return {(_part_key(layer.name) if layer.module in shared else layer.module):
+                (int(layer.value) if integer else float(layer.value)) for layer in self.layers
                 if not (integer and layer.status == "left out")}
 
     def layer(self, name: str) -> LayerAdvice:
@@ -187,6 +192,11 @@ def block_of(name: str) -> str:
     return match.group(1) if match else module_of(name)
 
 
+def _part_key(name: str) -> str:
+    base, _, part = name.partition(":")
+    return f"{module_of(base)}:{part}" if part else module_of(base)
+
+
 def module_of(name: str) -> str:
     base = name.split(":", 1)[0]
     return base[: -len(".weight")] if base.endswith(".weight") else base
@@ -233,7 +243,9 @@ def _entries(layers: tuple[LayerResult, ...], method: str, estimator: str, group
         params = int(layer.N) * int(layer.M) * int(layer.slices)
         unit = block_of(layer.name) if grouping == "block" else layer.name
         entry = _Entry(layer=layer, params=params, unit=unit, status="fitted")
-        if layer.kind in ("embedding", "head"):
+        if layer.status != "success":
+            entry.status, entry.reason = "neutral", f"no spectrum: {layer.reason}"
+        elif layer.kind in ("embedding", "head"):
             entry.status, entry.reason = "left out", f"{'embedding' if layer.kind == 'embedding' else 'output head'}: " \
                                                      "the methods set linear and conv layers"
         entries.append(entry)
@@ -281,6 +293,7 @@ def _allocate(entries: list[_Entry], method: str, s: dict[str, Any]) -> tuple[li
     unit_size = np.array([sum(e.params for e in members[u]) for u in units], dtype=np.float64)
     notes: list[str] = []
     values: dict[str, float] = {}  # by unit
+    neutral_values: dict[str, float] = {}  # by layer, where the neutral setting differs between layers
     factor_of: dict[str, float] = {}
     neutral_value: float
     left_out_value: float
@@ -302,6 +315,9 @@ def _allocate(entries: list[_Entry], method: str, s: dict[str, Any]) -> tuple[li
         n_units = len(units) + len(neutral)
         total = s["total_rank"] if s["total_rank"] is not None else RANK_PER_UNIT * n_units
         share = rules.uniform_share(total, n_units)
+        if not units and neutral:  # no fit at all: equal shares, the total still spent exactly
+            shares = rules.equal_shares(total, len(neutral))
+            neutral_values = {e.layer.name: int(v) for e, v in zip(neutral, shares)}
         rest = total - share * len(neutral)
         if units and rest < s["min_rank"] * len(units):
             raise OptionError(f"--total-rank {total} leaves {rest} for {len(units)} fitted unit(s) after the "
@@ -310,7 +326,7 @@ def _allocate(entries: list[_Entry], method: str, s: dict[str, Any]) -> tuple[li
         neutral_value, left_out_value = share, 0
     else:  # bits
         widths = s["bit_widths"]
-        neutral_value, left_out_value = rules.nearest_width(s["average_bits"], widths), 0
+        neutral_value, left_out_value = rules.neutral_width(s["average_bits"], widths), 0
         neutral_size = float(sum(e.params for e in neutral))
         total_size = neutral_size + float(unit_size.sum())
         if units:
@@ -328,7 +344,8 @@ def _allocate(entries: list[_Entry], method: str, s: dict[str, Any]) -> tuple[li
         if e.status == "fitted":
             value, alpha, factor = values[e.unit], alpha_by_unit[e.unit], factor_of.get(e.unit)
         else:
-            value, alpha = (neutral_value if e.status == "neutral" else left_out_value), None
+            value = (neutral_values.get(e.layer.name, neutral_value) if e.status == "neutral" else left_out_value)
+            alpha = None
             factor = 1.0 if method in ("lr", "weight-decay") else None
         result.append(LayerAdvice(name=e.layer.name, module=module_of(e.layer.name), kind=e.layer.kind,
                                   params=e.params, unit=e.unit if e.status == "fitted" else e.layer.name,

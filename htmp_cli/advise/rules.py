@@ -38,6 +38,8 @@ def alpha_pruning(alphas: np.ndarray, sizes: np.ndarray, sparsity: float, epsilo
     """
     alphas = np.asarray(alphas, dtype=np.float64)
     sizes = np.asarray(sizes, dtype=np.float64)
+    if not 0.0 <= epsilon < 1.0:
+        raise OptionError(f"epsilon {epsilon} must lie in [0, 1): the ratios 1 - eps must stay positive")
     if not 0.0 <= sparsity <= max_sparsity <= 1.0:
         raise OptionError(f"sparsity {sparsity} must lie in [0, max sparsity {max_sparsity}] and that in [0, 1]")
     return _scaled_to_budget(linear_map(alphas, 1.0 - epsilon, 1.0 + epsilon), sizes, sparsity, max_sparsity)
@@ -79,9 +81,9 @@ def alpha_lora(alphas: np.ndarray, total: int, power: float, minimum: int = 1) -
 
 def _rounded_to_total(ideal: np.ndarray, total: int, minimum: int) -> np.ndarray:
     counts = np.maximum(np.floor(ideal).astype(np.int64), minimum)
-    while counts.sum() < total:  # the largest shortfall first
+    while counts.sum() < total:
         counts[int(np.argmax(ideal - counts))] += 1
-    while counts.sum() > total:  # the largest excess first, never below the minimum
+    while counts.sum() > total:  # the floor can overshoot: take back where it gave most, never below it
         excess = np.where(counts > minimum, counts - ideal, -np.inf)
         counts[int(np.argmax(excess))] -= 1
     return counts
@@ -90,7 +92,8 @@ def _rounded_to_total(ideal: np.ndarray, total: int, minimum: int) -> np.ndarray
 def alpha_q(alphas: np.ndarray, variances: np.ndarray, sizes: np.ndarray, average_bits: float,
             widths: tuple[int, ...], gamma: float = 1.0) -> np.ndarray:
     """AlphaQ's bit widths: one width per unit minimising sum n s v 2^(-2b), with
-    s = (median alpha / alpha)^gamma and v the weights' variance, under the parameter-weighted
+    s = (median alpha / alpha)^gamma and v the weights' mean square (their variance, about a zero
+    mean), under the parameter-weighted
     mean width <= `average_bits` (for units of equal size, AlphaQ's own program). Solved exactly
     as a mixed-integer program; heavier tails (lower alpha) get more bits."""
     alphas = np.asarray(alphas, dtype=np.float64)
@@ -109,7 +112,7 @@ def alpha_q(alphas: np.ndarray, variances: np.ndarray, sizes: np.ndarray, averag
     units, choices = alphas.size, len(widths)
     bits = np.array(widths, dtype=np.float64)
     cost = (sizes * sensitivity * variances)[:, None] * 2.0 ** (-2.0 * bits)[None, :]
-    cost = cost / max(float(cost.max()), np.finfo(float).tiny)  # HiGHS works best near 1
+    cost = cost / max(float(cost.max()), np.finfo(float).tiny)  # weights span decades; HiGHS's tolerances are absolute
     share = sizes / sizes.sum()
     one_each = np.kron(np.eye(units), np.ones(choices))
     width_used = (share[:, None] * bits[None, :]).ravel()
@@ -122,10 +125,15 @@ def alpha_q(alphas: np.ndarray, variances: np.ndarray, sizes: np.ndarray, averag
     return np.array([widths[k] for k in chosen], dtype=np.int64)
 
 
-def nearest_width(average_bits: float, widths: tuple[int, ...]) -> int:
-    """The neutral width of a unit without a fit: the allowed width nearest the average, the larger
-    on a tie (a unit we know nothing about is not the one to quantise hardest)."""
-    return min(sorted(widths), key=lambda w: (abs(w - average_bits), -w))
+def neutral_width(average_bits: float, widths: tuple[int, ...]) -> int:
+    """The neutral width of a unit without a fit: the largest allowed width within the average, so
+    that units without a fit never spend more than their share of the budget."""
+    return max(w for w in widths if w <= average_bits)
+
+
+def equal_shares(total: int, units: int) -> np.ndarray:
+    """`total` split as evenly as whole numbers allow (the first units take the remainder)."""
+    return np.array([total // units + (1 if k < total % units else 0) for k in range(units)], dtype=np.int64)
 
 
 def uniform_share(total: int, units: int) -> int:

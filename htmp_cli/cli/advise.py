@@ -103,8 +103,10 @@ def advise(
                      min_ratio=min_ratio, max_ratio=max_ratio, total_rank=total_rank, power=power, min_rank=min_rank,
                      average_bits=average_bits, bit_widths=widths, gamma=gamma)
         chosen = estimator.value if estimator is not None else SPECS[method.value].estimator
+        _refuse_idle_flags(analysis, chosen)
+        analysis = replace(analysis, htmp=False)  # no rule reads HTMP's fit
         if is_report_file(path):
-            if analysis != AnalysisOptions():
+            if analysis != replace(AnalysisOptions(), htmp=False):
                 raise HtmpError(f"{path} is a saved report: analysis options apply only to checkpoints")
             report = read_report_file(Path(path), "report")
         else:
@@ -116,6 +118,24 @@ def advise(
         _emit(result, format, output)
 
     run_guarded(debug, body)
+
+
+def _refuse_idle_flags(analysis: AnalysisOptions, estimator: str) -> None:
+    """The analysis flags that could not change the advice are errors, not silently ignored."""
+    default = AnalysisOptions()
+    idle = [flag for flag, field in (("--vectors", "vectors"), ("--randomize", "randomize"),
+                                     ("--bootstrap", "bootstrap"), ("--alternatives", "alternatives"),
+                                     ("--seed", "seed"), ("--threshold", "thresholds"))
+            if getattr(analysis, field) != getattr(default, field)]
+    if estimator != "csn":
+        idle += [flag for flag, field in (("--fit", "fit"), ("--min-tail", "min_tail"))
+                 if getattr(analysis, field) != getattr(default, field)]
+    if estimator != "farms":
+        idle += [flag for flag, field in (("--farms", "farms"), ("--farms-window", "farms_window"),
+                                          ("--farms-grid", "farms_grid"))
+                 if getattr(analysis, field) != getattr(default, field)]
+    if idle:
+        raise HtmpError(f"{', '.join(idle)}: no effect on the advice with --estimator {estimator}")
 
 
 def _widths(text: str) -> tuple[int, ...]:

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from htmp_cli.advise.plan import Advice
 
 TEMPBALANCE_EVERY_EPOCHS = 1
+# Schedulers whose rates come from fields the balancer does not own (or from inner schedulers).
+UNSUPPORTED_SCHEDULERS = {"OneCycleLR": "max_lr and min_lr", "CyclicLR": "max_lrs and base_lrs bounds",
+                          "SequentialLR": "inner schedulers", "ChainedScheduler": "inner schedulers"}
 ALPHADECAY_EVERY_STEPS = 500
 
 
@@ -49,6 +52,10 @@ class SpectralBalancer:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the scheduler
+        kind = type(self.scheduler).__name__
+        if kind in UNSUPPORTED_SCHEDULERS:
+            raise OptionError(f"SpectralBalancer cannot rescale a {kind}: it sets each group's rate from its own "
+                              f"{UNSUPPORTED_SCHEDULERS[kind]}, which would undo the factors")
         self.estimator = estimator
         self.lr_ratios = lr_ratios
         self.weight_decay_ratios = weight_decay_ratios

@@ -123,6 +123,7 @@ class BalanceCallback(Callback):
         self.every_epochs, self.every_steps = every_epochs, every_steps
         self.settings = dict(estimator=estimator, lr_ratios=lr_ratios, weight_decay_ratios=weight_decay_ratios)
         self.balancer: Any = None
+        self._last_step = 0  # step 0 is before any update: nothing to rebalance yet
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         from htmp_cli.integrations.balance import SpectralBalancer
@@ -134,7 +135,9 @@ class BalanceCallback(Callback):
             self.every_epochs, self.every_steps = self.balancer.default_cadence()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.every_steps and trainer.global_step % self.every_steps == 0:
+        step = trainer.global_step  # with gradient accumulation, several batches end at one step
+        if self.every_steps and step % self.every_steps == 0 and step != self._last_step:
+            self._last_step = step
             self.balancer.step()
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:

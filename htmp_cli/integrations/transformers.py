@@ -157,7 +157,7 @@ class BalanceCallback(TrainerCallback):
             self.every_epochs, self.every_steps = self.balancer.default_cadence()
 
     def on_step_end(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
-        if self.every_steps and state.global_step % self.every_steps == 0:
+        if self.every_steps and state.global_step > 0 and state.global_step % self.every_steps == 0:
             self._rebalance(lr_scheduler)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
