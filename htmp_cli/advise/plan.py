@@ -198,8 +198,7 @@ def _part_key(name: str) -> str:
 
 
 def module_of(name: str) -> str:
-    base = name.split(":", 1)[0]
-    return base[: -len(".weight")] if base.endswith(".weight") else base
+    return name.split(":", 1)[0].removesuffix(".weight")
 
 
 def advise_report(report: Report, method: str, *, estimator: str | None = None, grouping: str | None = None,
